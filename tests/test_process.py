@@ -157,16 +157,16 @@ def test_monte_carlo_chain_matches_marginal(kind):
     """Running Eq. 3 step by step gives Eq. 4's marginal (checked at several t)."""
     proc = _procs()[kind]
     n, d = 20000, 3
-    z0 = _randn(1, d, seed=30).expand(n, d)
-    enc = {k: _randn(1, d, seed=31 + j).expand(n, d) for j, k in enumerate(proc.weights)}
+    z0 = _randn(1, d, seed=30).expand(n, d).contiguous()
+    enc = {k: _randn(1, d, seed=31 + j).expand(n, d).contiguous() for j, k in enumerate(proc.weights)}
     g = _gen(32)
     z = z0.clone()
     checkpoints = {0, 9, 99, 499, T - 1}
     for i in range(T):
-        t = torch.full((n,), i)
+        t = torch.full((1,), i)  # broadcasts over the n chains
         z = proc.q_step(z, t, enc, torch.randn(n, d, generator=g, dtype=torch.float64))
         if i in checkpoints:
-            mean, std = proc.q_mean_std(z0[:1], t[:1], {k: v[:1] for k, v in enc.items()})
+            mean, std = proc.q_mean_std(z0[:1], t, {k: v[:1] for k, v in enc.items()})
             _assert_gaussian(z, mean[0], std.flatten()[0])
 
 
@@ -175,8 +175,8 @@ def test_posterior_then_forward_reproduces_marginal(kind):
     """z_t ~ q(z_t|z0,X), z_{t-1} ~ q(z_{t-1}|z_t,z0,X) gives q(z_{t-1}|z0,X); a forward step gives back q(z_t|z0,X)."""
     proc = _procs()[kind]
     n, d = 40000, 2
-    z0 = _randn(1, d, seed=40).expand(n, d)
-    enc = {k: _randn(1, d, seed=41 + j).expand(n, d) for j, k in enumerate(proc.weights)}
+    z0 = _randn(1, d, seed=40).expand(n, d).contiguous()
+    enc = {k: _randn(1, d, seed=41 + j).expand(n, d).contiguous() for j, k in enumerate(proc.weights)}
     g = _gen(42)
     for i in [1, 50, 600]:
         t = torch.full((n,), i)
