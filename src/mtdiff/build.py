@@ -1,0 +1,65 @@
+"""Build the process and the model from a Config (the one place that maps config to objects)."""
+from __future__ import annotations
+
+from .config import Config
+from .modalities import MODALITY_KINDS
+from .models import MTModel, UNet
+from .process import MTProcess, aggregation_schedule, beta_schedule
+
+__all__ = ["build_process", "build_model", "context_dim"]
+
+_TOKEN_KINDS = ("label", "vector")
+
+
+def build_process(cfg: Config) -> MTProcess:
+    """beta schedule + one aggregation schedule per modality -> MTProcess."""
+    betas = beta_schedule(cfg.diffusion.beta_schedule, cfg.diffusion.timesteps)
+    weights = {}
+    for name, mc in cfg.modalities.items():
+        params = {"bridge": {"gamma": mc.gamma}, "constant": {"value": mc.weight}, "paper": {}}[mc.aggregation]
+        weights[name] = aggregation_schedule(mc.aggregation, **params).weights(1 - betas)
+    return MTProcess(betas, weights)
+
+
+def conditioned(cfg: Config) -> tuple[str, ...]:
+    """Modalities fed to the backbone: all of them in the -X variant, none otherwise."""
+    return tuple(cfg.modalities) if cfg.model.variant == "X" else ()
+
+
+def context_dim(cfg: Config) -> int:
+    """Cross-attention width, or 0 when no modality enters as tokens."""
+    needs = any(mc.encoder == "backbone" or (mc.kind in _TOKEN_KINDS and name in conditioned(cfg))
+                for name, mc in cfg.modalities.items())
+    return (cfg.model.context_dim or 4 * cfg.model.channels) if needs else 0
+
+
+def build_model(cfg: Config) -> MTModel:
+    """The U-Net backbone and one Modality object (encoder + head) per configured modality."""
+    m, d = cfg.model, cfg.data
+    ctx = context_dim(cfg)
+    cond_names = conditioned(cfg)
+    z_shape = (d.channels, d.image_size, d.image_size)
+    mult = tuple(m.channel_mult)
+    features = {"output": m.channels * mult[0], "middle": m.channels * mult[-1]}
+    tokens = lambda name, mc: ctx if mc.encoder == "backbone" or name in cond_names else 0  # noqa: E731
+    modalities = []
+    for name, mc in cfg.modalities.items():
+        kw = dict(z_shape=z_shape, features=features, head=mc.head, encoder=mc.encoder, source=mc.source)
+        if mc.kind == "masked_image":
+            kw.update(mask=mc.mask, max_patches=mc.max_patches, patch_frac=mc.patch_frac, full_mask_prob=mc.full_mask_prob)
+        elif mc.kind == "label":
+            kw.update(num_classes=mc.num_classes, hidden=mc.hidden, seed=mc.seed, context_dim=tokens(name, mc))
+        elif mc.kind == "segmentation":
+            kw.update(num_classes=mc.num_classes, seed=mc.seed)
+        elif mc.kind == "vector":
+            kw.update(dim=mc.dim, hidden=mc.hidden or 256, seed=mc.seed, context_dim=tokens(name, mc))
+        modalities.append(MODALITY_KINDS[mc.kind](name, **kw))
+    cond_channels = sum(mod.cond_channels for mod in modalities if mod.name in cond_names and not mod.uses_context)
+    backbone = UNet(image_size=d.image_size, in_channels=d.channels, out_channels=d.channels,
+                    model_channels=m.channels, channel_mult=mult, num_res_blocks=m.num_res_blocks,
+                    attention_resolutions=tuple(m.attention_resolutions), num_heads=m.num_heads,
+                    num_head_channels=m.num_head_channels, dropout=m.dropout,
+                    use_scale_shift_norm=m.use_scale_shift_norm, resblock_updown=m.resblock_updown,
+                    cond_channels=cond_channels, context_dim=ctx or None,
+                    gradient_checkpointing=m.gradient_checkpointing)
+    return MTModel(backbone, modalities, conditioned=cond_names)

@@ -1,0 +1,300 @@
+"""Typed configuration: dataclasses, YAML presets of them, ``--set a.b=value`` overrides.
+
+Every error names the key, the value and what was expected, and happens before any work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = ["Config", "DataConfig", "DiffusionConfig", "ModalityConfig", "ModelConfig", "TrainConfig",
+           "SampleConfig", "ConfigError", "load_config", "from_dict", "to_dict", "presets", "apply_overrides"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, raised before any work starts."""
+
+
+@dataclass
+class DataConfig:
+    source: Literal["mnist", "fashion-mnist", "folder"] = "mnist"
+    root: str | None = None                     # image folder root (source "folder")
+    image_size: int = 32
+    channels: int = 1
+    on_bad: Literal["error", "skip"] = "error"  # what to do with an unreadable image file
+
+
+@dataclass
+class DiffusionConfig:
+    timesteps: int = 1000
+    beta_schedule: Literal["linear", "cosine"] = "linear"
+    lam: float = 0.1                            # lambda of Eq. 6
+
+
+@dataclass
+class ModalityConfig:
+    kind: Literal["image", "masked_image", "label", "segmentation", "vector"] = "masked_image"
+    source: str | None = None                   # batch key the data comes from (default: image for masks, label for labels)
+    head: str = "auto"                          # output | middle | classifier; auto picks by kind and model.variant
+    encoder: str = "auto"                       # identity | fixed | backbone; auto picks the kind's first
+    aggregation: Literal["bridge", "constant", "paper"] = "bridge"
+    gamma: float = 1.0                          # bridge: alpha~_t = gamma sqrt(ab_t (1 - ab_t))
+    weight: float = 0.0                         # constant: w_t = weight
+    num_classes: int = 10                       # label, segmentation
+    dim: int = 0                                # vector
+    hidden: int = 0                             # head MLP width (0: one linear layer)
+    mask: Literal["random", "half", "full", "none"] = "random"   # masked_image
+    max_patches: int = 10
+    patch_frac: float = 0.25
+    full_mask_prob: float = 0.1                 # masked_image: fraction of fully masked training inputs
+    seed: int = 0                               # seed of fixed random encoder maps
+
+
+@dataclass
+class ModelConfig:
+    variant: Literal["U", "X", "M", "E"] = "U"  # U: eps(z_t, t); X: eps(z_t, X, t); M / E: U with label head on middle / output
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    num_heads: int = 4
+    num_head_channels: int = -1
+    dropout: float = 0.1
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = False
+    context_dim: int = 0                        # cross-attention width; 0: 4 * channels when a modality needs it
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10000
+    batch_size: int = 64
+    lr: float = 2e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    seed: int = 0
+    device: str = "auto"                        # auto | cpu | cuda | cuda:N
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"   # autocast dtype on GPU; the CPU always runs fp32
+    log_every: int = 50
+    ckpt_every: int = 1000
+    sample_every: int = 1000
+    keep_checkpoints: int = 2
+    max_nonfinite: int = 20                     # consecutive non-finite losses before the run stops
+
+
+@dataclass
+class SampleConfig:
+    sampler: Literal["ddim", "ancestral"] = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    start: Literal["marginal", "standard"] = "marginal"
+    clip: bool = True
+    num: int = 64
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    modalities: dict[str, ModalityConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# ---------------------------------------------------------------------------- typed loading
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not valid; choose one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {_type_name(args[0])}, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of name -> {_type_name(args[1])}, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {key}")
+
+
+def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    where = prefix or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        dotted = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown key {dotted!r}; valid keys in {where}: {names}")
+    return cls(**{k: _coerce(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in raw.items()})
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, YAML/JSON-ready dict (tuples become lists)."""
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p, {}), dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return raw
+
+
+# ---------------------------------------------------------------------------- presets
+
+def presets() -> dict[str, Any]:
+    """Preset name -> the YAML file shipped with the package."""
+    root = resources.files("mtdiff") / "configs"
+    return {p.name[:-5]: p for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a preset by name (see ``presets()``) or a YAML file, apply overrides, validate."""
+    path = Path(name_or_path)
+    available = presets()
+    if str(name_or_path) in available:
+        text, origin = available[str(name_or_path)].read_text(), f"preset {name_or_path!r}"
+    elif path.suffix in (".yaml", ".yml") and path.is_file():
+        text, origin = path.read_text(), str(path)
+    else:
+        raise ConfigError(f"no preset or YAML file {str(name_or_path)!r}; presets: {sorted(available)}")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{origin}: not valid YAML ({e})") from None
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        cfg = from_dict(Config, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+    return validate(cfg)
+
+
+# ---------------------------------------------------------------------------- cross-field rules
+
+_KIND_HEADS = {"image": ("output",), "masked_image": ("output",), "label": ("middle", "classifier"),
+               "segmentation": ("output",), "vector": ("middle",)}
+_KIND_ENCODERS = {"image": ("identity",), "masked_image": ("identity",), "label": ("fixed", "backbone"),
+                  "segmentation": ("fixed",), "vector": ("fixed", "backbone")}
+_KIND_SOURCE = {"image": "image", "masked_image": "image", "label": "label", "segmentation": "segmentation",
+                "vector": "vector"}
+
+
+def validate(cfg: Config) -> Config:
+    """Resolve ``auto`` choices and check combinations; returns the same object, resolved."""
+    m = cfg.model
+    labels = [n for n, mc in cfg.modalities.items() if mc.kind == "label"]
+    if m.variant in ("M", "E") and not labels:
+        raise ConfigError(f"model.variant={m.variant!r} (MT-Diffusion-{m.variant}) needs a modality of kind 'label'; "
+                          f"modalities are {dict((n, mc.kind) for n, mc in cfg.modalities.items()) or 'empty'}")
+    if m.variant == "X" and not cfg.modalities:
+        raise ConfigError("model.variant='X' feeds modality data to the backbone but no modalities are configured; "
+                          "use variant 'U' for single-task DDPM")
+    for name, mc in cfg.modalities.items():
+        key = f"modalities.{name}"
+        heads, encoders = _KIND_HEADS[mc.kind], _KIND_ENCODERS[mc.kind]
+        if mc.head == "auto":
+            mc.head = {"M": "middle", "E": "classifier"}.get(m.variant, heads[0]) if mc.kind == "label" else heads[0]
+        if mc.head not in heads:
+            raise ConfigError(f"{key}.head: {mc.head!r} is not valid for kind {mc.kind!r}; choose one of {list(heads)}")
+        if mc.kind == "label" and m.variant in ("M", "E") and mc.head != {"M": "middle", "E": "classifier"}[m.variant]:
+            raise ConfigError(f"{key}.head={mc.head!r} contradicts model.variant={m.variant!r} "
+                              f"(M: head 'middle', E: head 'classifier')")
+        if mc.encoder == "auto":
+            mc.encoder = encoders[0]
+        if mc.encoder not in encoders:
+            raise ConfigError(f"{key}.encoder: {mc.encoder!r} is not valid for kind {mc.kind!r}; choose one of {list(encoders)}")
+        mc.source = mc.source or _KIND_SOURCE[mc.kind]
+        if mc.kind == "vector" and mc.dim <= 0:
+            raise ConfigError(f"{key}.dim must be > 0 for a vector modality, got {mc.dim}")
+        if mc.kind in ("label", "segmentation") and mc.num_classes < 2:
+            raise ConfigError(f"{key}.num_classes must be >= 2, got {mc.num_classes}")
+        if not 0 <= mc.full_mask_prob <= 1:
+            raise ConfigError(f"{key}.full_mask_prob must be in [0, 1], got {mc.full_mask_prob}")
+    positive = {"train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
+                "diffusion.timesteps": cfg.diffusion.timesteps, "data.image_size": cfg.data.image_size,
+                "data.channels": cfg.data.channels, "model.channels": m.channels,
+                "train.log_every": cfg.train.log_every, "train.ckpt_every": cfg.train.ckpt_every,
+                "train.keep_checkpoints": cfg.train.keep_checkpoints, "sample.num": cfg.sample.num}
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{key} must be > 0, got {v}")
+    if not 1 <= cfg.sample.steps <= cfg.diffusion.timesteps:
+        raise ConfigError(f"sample.steps must be in [1, diffusion.timesteps={cfg.diffusion.timesteps}], got {cfg.sample.steps}")
+    if cfg.data.channels not in (1, 3):
+        raise ConfigError(f"data.channels must be 1 or 3, got {cfg.data.channels}")
+    if cfg.data.source == "folder" and not cfg.data.root:
+        raise ConfigError("data.source='folder' needs data.root (a folder of class subfolders)")
+    if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
+        raise ConfigError(f"train.device: {cfg.train.device!r} is not valid; choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
+    return cfg

@@ -1,0 +1,82 @@
+"""The Modality type: one object per modality says how its data enters the diffusion space
+(encoder E_i), how it is read back out (head D_i) and how the head is scored (the KL term of Eq. 6).
+
+A new modality is one subclass. Data of a modality is one tensor; discrete modalities accept
+either class indices or probability vectors (what their head estimates during sampling).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .heads import HEADS
+
+__all__ = ["Modality", "BackboneEncode"]
+
+# (context tokens [B, L, D]) -> backbone eps output at z = 0, t = 0 (the "U-Net as encoder" option)
+BackboneEncode = Callable[[Tensor], Tensor]
+
+
+class Modality(nn.Module):
+    """Base class. ``z_shape`` is the diffusion space [C, H, W]; ``features`` maps backbone feature
+    names ("middle", "output") to channel counts, so the head can be built on them.
+
+    Subclasses set ``kind``, ``head_choices`` and ``encoder_choices`` and implement the methods below.
+    """
+    kind: ClassVar[str] = ""
+    head_choices: ClassVar[tuple[str, ...]] = ()
+    encoder_choices: ClassVar[tuple[str, ...]] = ()
+    cond_channels: int = 0       # channels this modality adds to the backbone input in the -X variant
+    uses_context: bool = False   # whether it enters the backbone as cross-attention tokens
+
+    def __init__(self, name: str, *, z_shape: tuple[int, int, int], features: Mapping[str, int],
+                 head: str, encoder: str, source: str | None = None):
+        super().__init__()
+        for what, value, choices in (("head", head, self.head_choices), ("encoder", encoder, self.encoder_choices)):
+            if value not in choices:
+                raise ValueError(f"modality {name!r} ({self.kind}): {what} {value!r} is not one of {list(choices)}")
+        self.name, self.z_shape, self.head_name, self.encoder_name = name, tuple(z_shape), head, encoder
+        self.source = source or name
+        self.features = dict(features)
+
+    def _build_head(self, out: int, **kw) -> nn.Module:
+        head = HEADS[self.head_name]
+        return head(self.features[head.feature], out, **kw)
+
+    # -- data ------------------------------------------------------------------------------
+    def derive(self, batch: Mapping[str, Tensor], generator: torch.Generator | None) -> Tensor:
+        """This modality's data x_i from a training batch (default: ``batch[source]``)."""
+        if self.source not in batch:
+            raise KeyError(f"modality {self.name!r} reads batch[{self.source!r}], but the batch has {sorted(batch)}")
+        return batch[self.source]
+
+    def init_unknown(self, batch: int, *, generator: torch.Generator | None, device) -> Tensor:
+        """Random initial data for Algorithm 1, line 3."""
+        raise NotImplementedError
+
+    # -- encoder E_i, head D_i, likelihood -------------------------------------------------
+    def encode(self, x: Tensor, backbone_encode: BackboneEncode | None = None) -> Tensor:
+        """E_i(x_i): [B, *z_shape]. No trainable parameters or under stop-gradient (Section 2.2.4)."""
+        raise NotImplementedError
+
+    def head(self, features: Mapping[str, Tensor]) -> Tensor:
+        """D_i(c_t): the head's raw output (logits or values)."""
+        return self.decoder(features)
+
+    def loss(self, pred: Tensor, x: Tensor) -> Tensor:
+        """Per-sample KL(q_i(x_i) || p_theta(x_i | z_t)) up to a constant: [B] (Eq. 6)."""
+        raise NotImplementedError
+
+    def estimate(self, pred: Tensor) -> Tensor:
+        """Turn the head's output into data of this modality (Algorithm 1, line 10)."""
+        raise NotImplementedError
+
+    def condition(self, x: Tensor) -> Tensor:
+        """Backbone input for the -X variant: channels [B, c, H, W] or tokens [B, L, D]."""
+        raise NotImplementedError(f"modality {self.name!r} ({self.kind}) cannot be a backbone input")
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, head={self.head_name!r}, encoder={self.encoder_name!r}"

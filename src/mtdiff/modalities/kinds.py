@@ -1,0 +1,216 @@
+"""The modality kinds of the paper's four settings: images (and masked images), labels,
+per-pixel segmentation classes and representation vectors."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.masking import apply_mask, make_mask
+from .base import BackboneEncode, Modality
+
+__all__ = ["ImageModality", "MaskedImageModality", "LabelModality", "SegmentationModality",
+           "VectorModality", "MODALITY_KINDS"]
+
+
+def _per_sample_mean(x: Tensor) -> Tensor:
+    return x.flatten(1).mean(1)
+
+
+def _fixed_normal(seed: int, *shape: int) -> Tensor:
+    """A fixed random map, reproducible from its seed and saved with the model as a buffer."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+class ImageModality(Modality):
+    """A continuous image in the diffusion space's shape. E = identity; head = output-block replica;
+    Gaussian likelihood, so the KL term is an MSE (Section 2.2.3)."""
+    kind = "image"
+    head_choices = ("output",)
+    encoder_choices = ("identity",)
+
+    def __init__(self, name: str, *, head: str = "output", encoder: str = "identity", **kw):
+        super().__init__(name, head=head, encoder=encoder, **kw)
+        self.cond_channels = self.z_shape[0]
+        self.decoder = self._build_head(self.z_shape[0])
+
+    def init_unknown(self, batch, *, generator, device):
+        return torch.randn(batch, *self.z_shape, generator=generator, device=device)
+
+    def encode(self, x, backbone_encode=None):
+        return x
+
+    def loss(self, pred, x):
+        return _per_sample_mean((pred.float() - x.float()) ** 2)
+
+    def estimate(self, pred):
+        return pred.clamp(-1, 1)
+
+    def condition(self, x):
+        return x
+
+
+class MaskedImageModality(ImageModality):
+    """The paper's masked image (Section 4.1): the image with m ~ U{0..max_patches} square patches
+    zeroed; ``full_mask_prob`` of training samples are fully masked, the input that the -X
+    variant receives when it generates from scratch."""
+    kind = "masked_image"
+
+    def __init__(self, name: str, *, mask: str = "random", max_patches: int = 10, patch_frac: float = 0.25,
+                 full_mask_prob: float = 0.0, **kw):
+        super().__init__(name, **kw)
+        if not 0.0 <= full_mask_prob <= 1.0:
+            raise ValueError(f"modality {name!r}: full_mask_prob must be in [0, 1], got {full_mask_prob}")
+        self.mask, self.max_patches, self.patch_frac, self.full_mask_prob = mask, max_patches, patch_frac, full_mask_prob
+
+    def keep_mask(self, batch: int, *, generator, device) -> Tensor:
+        """Training masks [B, 1, H, W] (1 = pixel kept)."""
+        size = self.z_shape[-1]
+        kw = {"max_patches": self.max_patches, "patch_frac": self.patch_frac} if self.mask == "random" else {}
+        keep = make_mask(self.mask, batch, size, generator=generator, **kw).to(device)
+        if self.full_mask_prob > 0:
+            full = torch.rand(batch, generator=generator) < self.full_mask_prob
+            keep = keep * (~full).to(keep).reshape(-1, 1, 1, 1).to(device)
+        return keep
+
+    def derive(self, batch, generator):
+        image = batch[self.source]
+        return apply_mask(image, self.keep_mask(image.shape[0], generator=generator, device=image.device))
+
+    def init_unknown(self, batch, *, generator, device):
+        return torch.zeros(batch, *self.z_shape, device=device)  # the "complete mask" (Section 4.1)
+
+
+class _Discrete(Modality):
+    """Shared parts of label-like modalities: data are indices or probability vectors."""
+    num_classes: int
+
+    def probs(self, x: Tensor) -> Tensor:
+        """Indices [B, ...] or probabilities [B, K, ...] -> probabilities [B, K, ...] (float)."""
+        if x.dtype in (torch.int64, torch.int32, torch.uint8, torch.int16):
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_classes):
+                raise ValueError(f"modality {self.name!r}: class indices must be in [0, {self.num_classes}), "
+                                 f"got range [{int(x.min())}, {int(x.max())}]")
+            oh = F.one_hot(x.long(), self.num_classes).float()
+            return oh.movedim(-1, 1) if oh.ndim > 2 else oh
+        return x.float()
+
+    def loss(self, pred, x):
+        """Cross-entropy = the KL to the one-hot (or soft) target, up to the target's entropy."""
+        logp = F.log_softmax(pred.float(), dim=1)
+        return _per_sample_mean(-(self.probs(x) * logp).sum(1))
+
+    def estimate(self, pred):
+        return F.softmax(pred.float(), dim=1)
+
+
+class LabelModality(_Discrete):
+    """A class label (Section 4.2). Encoders: ``fixed`` (a fixed random image per class, mixed by the
+    class probabilities) or ``backbone`` (the shared U-Net run on z = 0, t = 0 with the label as a
+    cross-attention token, under stop-gradient; Appendix E.3). Heads: ``middle`` (MLP on the middle
+    block, MT-Diffusion-M) or ``classifier`` (on the output, MT-Diffusion-E)."""
+    kind = "label"
+    head_choices = ("middle", "classifier")
+    encoder_choices = ("fixed", "backbone")
+
+    def __init__(self, name: str, *, num_classes: int, head: str = "middle", encoder: str = "fixed",
+                 context_dim: int = 0, hidden: int = 0, seed: int = 0, **kw):
+        super().__init__(name, head=head, encoder=encoder, **kw)
+        if num_classes < 2:
+            raise ValueError(f"modality {name!r}: num_classes must be >= 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.decoder = self._build_head(num_classes, hidden=hidden, image_size=self.z_shape[-1])
+        self.register_buffer("class_images", _fixed_normal(seed, num_classes, *self.z_shape))
+        self.uses_context = encoder == "backbone" or context_dim > 0
+        if self.uses_context:
+            if context_dim <= 0:
+                raise ValueError(f"modality {name!r}: the backbone encoder needs model.context_dim > 0")
+            self.token = nn.Linear(num_classes, context_dim, bias=False)
+
+    def init_unknown(self, batch, *, generator, device):
+        return torch.full((batch, self.num_classes), 1.0 / self.num_classes, device=device)  # uniform
+
+    def encode(self, x, backbone_encode: BackboneEncode | None = None):
+        p = self.probs(x)                                                          # [B, K]
+        if self.encoder_name == "fixed":
+            return torch.einsum("bk,kchw->bchw", p, self.class_images.to(p))
+        if backbone_encode is None:
+            raise ValueError(f"modality {self.name!r} uses the backbone encoder; pass backbone_encode")
+        return backbone_encode(self.condition(p))
+
+    def condition(self, x):
+        return self.token(self.probs(x))[:, None]                                  # [B, 1, D]
+
+
+class SegmentationModality(_Discrete):
+    """Per-pixel classes [B, H, W] (image translation, Appendix E.1). E maps each class to a fixed
+    random vector in the diffusion space's channels; the head replicates the output block with
+    one logit per class; the KL term is a per-pixel cross-entropy."""
+    kind = "segmentation"
+    head_choices = ("output",)
+    encoder_choices = ("fixed",)
+
+    def __init__(self, name: str, *, num_classes: int, head: str = "output", encoder: str = "fixed",
+                 seed: int = 0, **kw):
+        super().__init__(name, head=head, encoder=encoder, **kw)
+        self.num_classes = num_classes
+        self.cond_channels = num_classes
+        self.decoder = self._build_head(num_classes)
+        self.register_buffer("class_values", _fixed_normal(seed, num_classes, self.z_shape[0]))
+
+    def init_unknown(self, batch, *, generator, device):
+        return torch.full((batch, self.num_classes, *self.z_shape[1:]), 1.0 / self.num_classes, device=device)
+
+    def encode(self, x, backbone_encode=None):
+        return torch.einsum("bkhw,kc->bchw", self.probs(x), self.class_values.to(torch.float32))
+
+    def condition(self, x):
+        return self.probs(x)                                                       # [B, K, H, W]
+
+
+class VectorModality(Modality):
+    """A representation vector [B, D] (Appendix E.4). Encoders: ``fixed`` (a fixed random linear map
+    into the diffusion space) or ``backbone`` (cross-attention token, stop-gradient). Head: MLP
+    on the middle block (two layers: hidden, ReLU-like, out). Gaussian likelihood -> MSE."""
+    kind = "vector"
+    head_choices = ("middle",)
+    encoder_choices = ("fixed", "backbone")
+
+    def __init__(self, name: str, *, dim: int, head: str = "middle", encoder: str = "fixed",
+                 context_dim: int = 0, hidden: int = 256, seed: int = 0, **kw):
+        super().__init__(name, head=head, encoder=encoder, **kw)
+        self.dim = dim
+        self.decoder = self._build_head(dim, hidden=hidden)
+        self.register_buffer("projection", _fixed_normal(seed, dim, math.prod(self.z_shape)) / math.sqrt(dim))
+        self.uses_context = encoder == "backbone" or context_dim > 0
+        if self.uses_context:
+            if context_dim <= 0:
+                raise ValueError(f"modality {name!r}: the backbone encoder needs model.context_dim > 0")
+            self.token = nn.Linear(dim, context_dim)
+
+    def init_unknown(self, batch, *, generator, device):
+        return torch.randn(batch, self.dim, generator=generator, device=device)
+
+    def encode(self, x, backbone_encode=None):
+        if self.encoder_name == "fixed":
+            return (x.float() @ self.projection).reshape(-1, *self.z_shape)
+        if backbone_encode is None:
+            raise ValueError(f"modality {self.name!r} uses the backbone encoder; pass backbone_encode")
+        return backbone_encode(self.condition(x))
+
+    def loss(self, pred, x):
+        return _per_sample_mean((pred.float() - x.float()) ** 2)
+
+    def estimate(self, pred):
+        return pred.float()
+
+    def condition(self, x):
+        return self.token(x.float())[:, None]                                      # [B, 1, D]
+
+
+MODALITY_KINDS: Mapping[str, type[Modality]] = {
+    cls.kind: cls for cls in (ImageModality, MaskedImageModality, LabelModality, SegmentationModality, VectorModality)
+}

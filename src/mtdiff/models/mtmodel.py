@@ -1,0 +1,84 @@
+"""The reverse model: a shared backbone plus one head per modality (Section 2.2.3, Figure 3)."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from .unet import UNet
+
+if TYPE_CHECKING:
+    from ..modalities.base import Modality
+
+__all__ = ["MTModel"]
+
+
+class MTModel(nn.Module):
+    """eps_theta and the heads D_i on one backbone.
+
+    ``conditioned`` lists the modalities fed to the backbone as inputs: empty is MT-Diffusion-U,
+    eps_theta(z_t, t); non-empty is MT-Diffusion-X, eps_theta(z_t, X, t). Image-like modalities
+    enter as extra input channels, label and vector modalities as cross-attention tokens.
+    """
+
+    def __init__(self, backbone: UNet, modalities: Sequence[Modality], *, conditioned: Sequence[str] = ()):
+        super().__init__()
+        self.backbone = backbone
+        self.modalities = nn.ModuleDict({m.name: m for m in modalities})
+        unknown = [c for c in conditioned if c not in self.modalities]
+        if unknown:
+            raise ValueError(f"conditioned modalities {unknown} are not among {list(self.modalities)}")
+        self.conditioned = tuple(conditioned)
+
+    @property
+    def z_shape(self) -> tuple[int, ...]:
+        return (self.backbone.in_channels, self.backbone.image_size, self.backbone.image_size)
+
+    # -- encoders ------------------------------------------------------------------------
+    def _backbone_encode(self, context: Tensor) -> Tensor:
+        """The "U-Net as encoder" option: eps_theta(z = 0, t = 0; context) under stop-gradient (Appendix E.3)."""
+        with torch.no_grad():
+            b = context.shape[0]
+            z = torch.zeros(b, *self.z_shape, device=context.device, dtype=context.dtype)
+            t = torch.zeros(b, dtype=torch.long, device=context.device)
+            cond = None
+            if self.backbone.cond_channels:
+                cond = torch.zeros(b, self.backbone.cond_channels, *self.z_shape[1:], device=context.device)
+            return self.backbone(z, t, cond=cond, context=context.detach())["eps"].detach()
+
+    def encode(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """E_i(x_i) for every modality present in ``data`` (Algorithm 1 line 7, Algorithm 2 line 4)."""
+        return {name: self.modalities[name].encode(x, self._backbone_encode)
+                for name, x in data.items() if name in self.modalities}
+
+    # -- reverse model -------------------------------------------------------------------
+    def _inputs(self, data: Mapping[str, Tensor] | None, batch: int) -> tuple[Tensor | None, Tensor | None]:
+        if not self.conditioned:
+            return None, None
+        data = data or {}
+        missing = [n for n in self.conditioned if n not in data]
+        if missing:
+            raise ValueError(f"MT-Diffusion-X needs data for {missing} as backbone input; got {sorted(data)}")
+        chans = [self.modalities[n].condition(data[n]) for n in self.conditioned if not self.modalities[n].uses_context]
+        toks = [self.modalities[n].condition(data[n]) for n in self.conditioned if self.modalities[n].uses_context]
+        cond = torch.cat(chans, 1) if chans else None                    # [B, sum c_i, H, W]
+        context = torch.cat(toks, 1) if toks else None                   # [B, L, D]
+        return cond, context
+
+    def forward(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(eps_theta, {name: head output}) for z_t [B, C, H, W] at timesteps t [B]."""
+        cond, context = self._inputs(data, z.shape[0])
+        feats = self.backbone(z, t, cond=cond, context=context)
+        return feats["eps"], {name: m.head(feats) for name, m in self.modalities.items()}
+
+    @torch.no_grad()
+    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(eps_theta, {name: estimated x_i}) for sampling (Algorithm 1 lines 8-10)."""
+        eps, preds = self(z, t, data)
+        return eps.to(z.dtype), {name: self.modalities[name].estimate(p) for name, p in preds.items()}
+
+    def init_data(self, names: Sequence[str], batch: int, *, generator: torch.Generator | None, device) -> dict[str, Tensor]:
+        """Random initial data for the unknown modalities (Algorithm 1 line 3)."""
+        return {n: self.modalities[n].init_unknown(batch, generator=generator, device=device) for n in names}

@@ -1,0 +1,132 @@
+"""Samplers on the y-chain (DESIGN.md section 1, key identity).
+
+With m_t = sum_i alpha~_t^(i) E_i and y_t = z_t - m_t, y is an ordinary DDPM chain, so every
+step below is a standard DDPM/DDIM step on y: subtract the shift that formed z_t, step, add
+the shift of the next time with the newest encodings. With the encodings fixed this is exactly
+Algorithm 1's update z_{t-1} = (z_t - (1 - a_t)/sqrt(1 - ab_t) eps)/sqrt(a_t) - sum_i w_t E_i
+(plus noise), corrected to noise of standard deviation sqrt(beta~_t), not beta~_t.
+
+A sampler is ``(model, process, init, steps, *, generator, callback) -> SampleState``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from ..process import MTProcess
+
+__all__ = ["SampleState", "Denoiser", "init_state", "ancestral", "ddim", "timesteps", "SAMPLERS"]
+
+
+class Denoiser(Protocol):
+    """What a sampler needs from a model (``mtdiff.models.MTModel`` is one)."""
+
+    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...
+    def encode(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]: ...
+    def init_data(self, names: Sequence[str], batch: int, *, generator, device) -> dict[str, Tensor]: ...
+
+
+@dataclass
+class SampleState:
+    """z at the current time, the modality data (known and current estimates) and the encodings
+    that formed z. ``unknown`` names the modalities updated from their heads (Algorithm 1, line 10)."""
+    z: Tensor
+    data: dict[str, Tensor]
+    unknown: tuple[str, ...]
+    enc: dict[str, Tensor] = field(default_factory=dict)
+
+
+def init_state(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequence[int],
+               known: Mapping[str, Tensor] | None = None, unknown: Sequence[str] = (),
+               start: str = "marginal", generator: torch.Generator | None = None, device=None) -> SampleState:
+    """z_T and the initial data. ``start="marginal"``: z_T ~ N(m_T(E), (1 - ab_T) I), the forward
+    process's end given the current encodings (DESIGN.md, paper error 3); ``"standard"``: N(0, I),
+    Algorithm 1 as printed."""
+    if start not in ("marginal", "standard"):
+        raise ValueError(f"start must be 'marginal' or 'standard', got {start!r}")
+    data = {**model.init_data(list(unknown), batch, generator=generator, device=device), **(known or {})}
+    enc = model.encode(data)
+    noise = torch.randn(batch, *z_shape, generator=generator, device=device)
+    if start == "standard":
+        return SampleState(noise, data, tuple(unknown), enc)
+    mean, std = process.prior_mean_std(enc, noise)
+    return SampleState(mean + std * noise, data, tuple(unknown), enc)
+
+
+def timesteps(num_timesteps: int, steps: int | None) -> list[int]:
+    """Descending, evenly spaced indices from T - 1 (inclusive) over ``steps`` steps (all when None)."""
+    steps = num_timesteps if steps is None else int(steps)
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
+    idx = torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long()
+    return list(dict.fromkeys(idx.tolist()))
+
+
+Callback = Callable[[int, int, SampleState, Tensor], None]  # (step, t, state, z0_hat)
+
+
+def _loop(step_fn, model: Denoiser, process: MTProcess, init: SampleState, steps: int | None, *,
+          generator, callback: Callback | None, clip: bool) -> SampleState:
+    """Shared loop: predict, estimate z_0, update unknown data, step on y, re-add the shift."""
+    ts = timesteps(process.num_timesteps, steps)
+    state = SampleState(init.z, dict(init.data), init.unknown, dict(init.enc))
+    z = state.z
+    for k, (t, s) in enumerate(zip(ts, ts[1:] + [-1])):
+        tt = torch.full((z.shape[0],), t, dtype=torch.long, device=z.device)
+        eps, est = model.predict(z, tt, state.data)
+        ab_t = process.alphas_cumprod[t]
+        ab_s = process.alphas_cumprod[s] if s >= 0 else torch.ones((), dtype=torch.float64)
+        y = z - process.shift(tt, state.enc, z)                           # into the DDPM chain
+        z0 = (y - (1 - ab_t).sqrt().item() * eps) / ab_t.sqrt().item()   # predicted z_0 (= y_0)
+        if clip:
+            z0 = z0.clamp(-1, 1)
+            eps = (y - ab_t.sqrt().item() * z0) / (1 - ab_t).sqrt().item()
+        state.data.update({n: est[n] for n in state.unknown})
+        state.enc = model.encode(state.data)
+        y_s = step_fn(y, z0, eps, ab_t, ab_s, generator=generator, last=s < 0)
+        z = y_s + process.shift(torch.full_like(tt, s), state.enc, y_s)   # back into z
+        state.z = z
+        if callback is not None:
+            callback(k, t, state, z0)
+    return state
+
+
+def _ancestral_step(y, z0, eps, ab_t, ab_s, *, generator, last):
+    """DDPM posterior q(y_s | y_t, y_0) (Eq. 5 on y; strided when s < t - 1)."""
+    a_ts = ab_t / ab_s
+    coef0 = (ab_s.sqrt() * (1 - a_ts) / (1 - ab_t)).item()
+    coeft = (a_ts.sqrt() * (1 - ab_s) / (1 - ab_t)).item()
+    mean = coef0 * z0 + coeft * y
+    if last:
+        return mean
+    var = ((1 - a_ts) * (1 - ab_s) / (1 - ab_t)).item()                 # beta~ (std sqrt(beta~), not beta~)
+    return mean + var**0.5 * torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+
+
+def ancestral(model: Denoiser, process: MTProcess, init: SampleState, steps: int | None = None, *,
+              generator: torch.Generator | None = None, callback: Callback | None = None,
+              clip: bool = False) -> SampleState:
+    """Algorithm 1 (corrected): ancestral sampling with the posterior variance beta~_t."""
+    return _loop(_ancestral_step, model, process, init, steps, generator=generator, callback=callback, clip=clip)
+
+
+def ddim(model: Denoiser, process: MTProcess, init: SampleState, steps: int | None = 50, *,
+         eta: float = 0.0, generator: torch.Generator | None = None, callback: Callback | None = None,
+         clip: bool = False) -> SampleState:
+    """DDIM (Song et al., 2021) on the y-chain; eta = 0 is deterministic, eta = 1 is ancestral."""
+
+    def step(y, z0, eps, ab_t, ab_s, *, generator, last):
+        sigma = (eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).sqrt()).item()
+        y_s = ab_s.sqrt().item() * z0 + max(float(1 - ab_s) - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0 and not last:
+            y_s = y_s + sigma * torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        return y_s
+
+    return _loop(step, model, process, init, steps, generator=generator, callback=callback, clip=clip)
+
+
+SAMPLERS = {"ancestral": ancestral, "ddim": ddim}
