@@ -1,0 +1,64 @@
+"""An in-memory, exactly resumable batch stream over an ImageSet.
+
+Epoch e visits the samples in the permutation drawn from seed (seed, e); the position in the
+stream is (epoch, offset), saved in checkpoints, so a resumed run sees the same batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .sources import ImageSet
+
+__all__ = ["BatchStream"]
+
+
+@dataclass
+class BatchStream:
+    """Batches {"image": float [-1, 1] [B, C, H, W], "label": long [B]} of ``batch_size`` samples.
+
+    ``rank`` / ``world_size`` shard each global batch: every rank takes its slice of the same
+    global permutation, so one process with the global batch sees the same samples.
+    """
+    data: ImageSet
+    batch_size: int
+    seed: int = 0
+    device: torch.device | str = "cpu"
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+    offset: int = 0
+
+    def __post_init__(self):
+        n = len(self.data.images)
+        if self.batch_size * self.world_size > n:
+            raise ValueError(f"global batch {self.batch_size * self.world_size} exceeds the {n} samples of {self.data.name!r}")
+        self._perm_epoch, self._perm = -1, None
+
+    def _permutation(self) -> Tensor:
+        if self._perm_epoch != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.data.images), generator=g), self.epoch
+        return self._perm
+
+    def next(self) -> dict[str, Tensor]:
+        """The next batch (the last incomplete global batch of an epoch is dropped)."""
+        global_batch = self.batch_size * self.world_size
+        if self.offset + global_batch > len(self.data.images):
+            self.epoch, self.offset = self.epoch + 1, 0
+        idx = self._permutation()[self.offset + self.rank * self.batch_size:][: self.batch_size]
+        self.offset += global_batch
+        batch = {"image": self.data.to_float(idx).to(self.device, non_blocking=True)}
+        if self.data.labels is not None:
+            batch["label"] = self.data.labels[idx].to(self.device, non_blocking=True)
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed, "global_batch": self.batch_size * self.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"data stream seed {self.seed} differs from the checkpoint's {state['seed']}")
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])

@@ -1,0 +1,244 @@
+"""The training loop (Algorithm 2): AdamW with warm-up, clipping, EMA, autocast on GPU,
+atomic checkpoints with exact resume, JSONL + TensorBoard logs, sample grids."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..build import build_model, build_process
+from ..checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from ..config import Config, ConfigError, to_dict
+from ..data.loader import BatchStream
+from ..data.sources import ImageSet, load_source
+from ..loss import mt_loss
+from ..runs import CONFIG_FILE
+from ..sampling import generate
+from ..viz import save_grid
+from .ema import EMA
+
+__all__ = ["Trainer", "TrainingError", "resolve_device"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss kept being NaN); the last good checkpoint is saved."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def load_data(cfg: Config, split: str = "train") -> ImageSet:
+    d = cfg.data
+    kw: dict[str, Any] = {}
+    if d.source == "folder":
+        kw = {"root": d.root, "image_size": d.image_size, "channels": d.channels, "on_bad": d.on_bad}
+    elif d.root:
+        kw = {"root": d.root}
+    data = load_source(d.source, split, **kw)
+    if data.channels != d.channels or data.image_size != d.image_size:
+        raise ConfigError(f"data {data.name!r} has {data.channels} channels at {data.image_size}px but the config says "
+                          f"data.channels={d.channels}, data.image_size={d.image_size}")
+    for name, mc in cfg.modalities.items():
+        if mc.kind == "label":
+            if data.labels is None:
+                raise ConfigError(f"modalities.{name} is a label modality but {data.name!r} has no labels")
+            if int(data.labels.max()) >= mc.num_classes:
+                raise ConfigError(f"modalities.{name}.num_classes={mc.num_classes} but {data.name!r} has labels up to "
+                                  f"{int(data.labels.max())}")
+    return data
+
+
+class Trainer:
+    """Train ``cfg`` into ``run_dir``. ``resume=True`` continues the latest checkpoint exactly."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, data: ImageSet | None = None,
+                 progress: bool = True):
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        has_ckpt = (self.run_dir / "checkpoints").is_dir() and any((self.run_dir / "checkpoints").glob("ckpt-*"))
+        if has_ckpt and not resume:
+            raise ConfigError(f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
+        if resume and not has_ckpt:
+            raise ConfigError(f"--resume: {self.run_dir} holds no checkpoint to resume")
+        self.device = resolve_device(cfg.train.device)
+        t = cfg.train
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[t.precision] \
+            if self.device.type == "cuda" else None
+        self.process = build_process(cfg)
+        self.model = build_model(cfg).to(self.device)
+        self.ema = EMA(self.model, t.ema_decay)
+        fused = self.device.type == "cuda"
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.data = data if data is not None else load_data(cfg)
+        self.stream = BatchStream(self.data, t.batch_size, seed=t.seed, device=self.device)
+        self.gen = torch.Generator(self.device).manual_seed(t.seed)   # t, noise and masks
+        torch.manual_seed(t.seed)                                    # dropout
+        self.step, self.nonfinite, self.skipped = 0, 0, 0
+        if resume:
+            self._restore()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, opt_meta = optimizer_to_flat(self.opt)
+        tensors["rng.cpu"] = torch.get_rng_state()
+        tensors["rng.gen"] = self.gen.get_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {"config": to_dict(self.cfg), "data": self.stream.state_dict(), "optimizer": opt_meta,
+                "ema_updates": self.ema.updates, "scaler": self.scaler.state_dict(),
+                "counters": {"skipped_nonfinite": self.skipped}}
+        return tensors, meta
+
+    def save(self) -> Path:
+        tensors, meta = self._state()
+        return save_checkpoint(self.run_dir / "checkpoints", step=self.step, model=self.model.state_dict(),
+                               ema=self.ema.state_dict(), state=tensors, meta=meta, keep=self.cfg.train.keep_checkpoints)
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.run_dir)
+        meta, state = ckpt["meta"], ckpt["state"]
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"], meta["ema_updates"])
+        optimizer_from_flat(self.opt, {k: v.to(self.device) for k, v in state.items() if k.startswith("optim.")},
+                            meta["optimizer"])
+        self.stream.load_state_dict(meta["data"])
+        torch.set_rng_state(state["rng.cpu"])
+        self.gen.set_state(state["rng.gen"])
+        if self.device.type == "cuda" and "rng.cuda" in state:
+            torch.cuda.set_rng_state(state["rng.cuda"], self.device)
+        if meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        self.step = int(meta["step"])
+        self.skipped = int(meta.get("counters", {}).get("skipped_nonfinite", 0))
+
+    # -- one step ------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        t = self.cfg.train
+        return t.lr * min(1.0, (step + 1) / max(t.warmup_steps, 1))
+
+    def train_step(self) -> dict[str, torch.Tensor] | None:
+        """One optimizer step (Algorithm 2). Returns the loss terms, or None if the loss was not finite."""
+        t, model = self.cfg.train, self.model
+        batch = self.stream.next()
+        z0 = batch["image"]
+        data = {name: m.derive(batch, self.gen) for name, m in model.modalities.items()}
+        tt = torch.randint(0, self.process.num_timesteps, (z0.shape[0],), generator=self.gen, device=self.device)
+        noise = torch.randn(z0.shape, generator=self.gen, device=self.device)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with ctx:
+            loss, terms = mt_loss(model, self.process, z0, data, t=tt, noise=noise, lam=self.cfg.diffusion.lam)
+        self.opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return None
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.ema.update(model)
+        return {"loss": loss.detach(), **terms, "grad_norm": grad_norm.detach()}
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        """Train to ``train.steps``; returns the last logged metrics."""
+        t = self.cfg.train
+        log_path = self.run_dir / "log.jsonl"
+        writer = _tensorboard(self.run_dir / "tb")
+        if self.step == 0:
+            self._log_prior(log_path, writer)
+        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc="train", dynamic_ncols=True)
+        last: dict[str, float] = {}
+        acc: dict[str, Any] = {}
+        n_acc, t0 = 0, time.perf_counter()
+        while self.step < t.steps:
+            terms = self.train_step()
+            if terms is None:
+                self.nonfinite += 1
+                self.skipped += 1
+                if self.nonfinite >= t.max_nonfinite:
+                    path = self.save()
+                    raise TrainingError(
+                        f"loss was NaN/Inf for {self.nonfinite} consecutive steps at step {self.step}; the last good "
+                        f"weights are saved in {path}. Lower train.lr, raise train.warmup_steps, set train.grad_clip, "
+                        f"or use train.precision=fp32 (or bf16 instead of fp16).")
+                continue
+            self.nonfinite = 0
+            self.step += 1
+            for k, v in terms.items():
+                acc[k] = acc.get(k, 0.0) + v  # stays on the device: no host sync until logging
+            n_acc += 1
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                dt = time.perf_counter() - t0
+                last = {k: float(v) / n_acc for k, v in acc.items()}
+                last.update(step=self.step, lr=self.lr_at(self.step - 1), img_per_s=n_acc * t.batch_size / dt,
+                            skipped_nonfinite=self.skipped)
+                _append_jsonl(log_path, last)
+                for k, v in last.items():
+                    if k != "step" and writer is not None:
+                        writer.add_scalar(f"train/{k}", v, self.step)
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+                acc, n_acc, t0 = {}, 0, time.perf_counter()
+            if self.step % t.ckpt_every == 0 or self.step == t.steps:
+                self.save()
+            if t.sample_every > 0 and (self.step % t.sample_every == 0 or self.step == t.steps):
+                self.sample_grid(self.run_dir / "samples" / f"step-{self.step:07d}.png")
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return last
+
+    def _log_prior(self, log_path: Path, writer) -> None:
+        """L0 = KL(q(z_T | z_0, X) || N(0, I)) on one batch: whether the schedules end at the prior."""
+        batch = BatchStream(self.data, min(256, len(self.data)), seed=self.cfg.train.seed + 1, device=self.device).next()
+        g = torch.Generator(self.device).manual_seed(0)
+        with torch.no_grad():
+            data = {n: m.derive(batch, g) for n, m in self.model.modalities.items()}
+            kl = self.process.prior_kl(batch["image"], self.model.encode(data)).mean().item()
+        entry = {"step": 0, "prior_kl": kl, **self.process.signal_summary()}
+        _append_jsonl(log_path, entry)
+        if writer is not None:
+            writer.add_scalar("schedule/prior_kl", kl, 0)
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path) -> Path:
+        """Joint samples from the EMA model with the config's sampler (a fixed seed per run)."""
+        s, model = self.cfg.sample, self.ema.model
+        g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 12345)
+        known = {}
+        unknown = [n for n in model.modalities if n not in model.conditioned]
+        for n in model.conditioned:  # -X: generation from scratch = the "complete mask" / uniform label
+            known[n] = model.modalities[n].init_unknown(s.num, generator=g, device=self.device)
+        state = generate(model, self.process, batch=s.num, z_shape=model.z_shape, known=known, unknown=unknown,
+                         sampler=s.sampler, steps=s.steps, eta=s.eta, start=s.start, clip=s.clip, generator=g,
+                         device=self.device)
+        return save_grid(state.z, path)
+
+
+def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps({k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in entry.items()}) + "\n")
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but logs must not kill a run
+        return None
+    return SummaryWriter(str(path))

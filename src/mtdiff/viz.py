@@ -1,0 +1,58 @@
+"""Image grids written with Pillow (no torchvision)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+__all__ = ["to_uint8", "make_grid", "save_grid", "load_image"]
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] float -> uint8 with the same shape."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def make_grid(images: Tensor, nrow: int | None = None, pad: int = 2, pad_value: int = 128) -> Tensor:
+    """[N, C, H, W] in [-1, 1] -> uint8 [C, rows * (H + pad) + pad, ncol * (W + pad) + pad]."""
+    n, c, h, w = images.shape
+    ncol = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / ncol)
+    grid = torch.full((c, rows * (h + pad) + pad, ncol * (w + pad) + pad), pad_value, dtype=torch.uint8)
+    for i, img in enumerate(to_uint8(images)):
+        r, col = divmod(i, ncol)
+        grid[:, pad + r * (h + pad):][:, :h, pad + col * (w + pad):][:, :, :w] = img
+    return grid
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> Path:
+    """Save a grid PNG of [N, C, H, W] images in [-1, 1], upscaled by ``scale`` (nearest) for viewing."""
+    grid = make_grid(images, nrow)
+    arr = grid.permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def load_image(path: str | Path, *, size: int, channels: int) -> Tensor:
+    """One image file -> float [1, C, size, size] in [-1, 1]; a clear error if it is not that size."""
+    import numpy as np
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            arr = np.asarray(im)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    if arr.shape[0] != size or arr.shape[1] != size:
+        raise ValueError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the model expects {size}x{size}")
+    t = torch.from_numpy(arr.copy()).float()
+    t = t[None, None] if channels == 1 else t.permute(2, 0, 1)[None]
+    return t / 127.5 - 1
