@@ -61,6 +61,3 @@ class ClassifierHead(nn.Module):
 
 HEADS = {"output": OutputHead, "middle": MLPHead, "classifier": ClassifierHead}
 
-
-def feature_channels(features: dict[str, int], head: str) -> int:
-    return features[HEADS[head].feature]

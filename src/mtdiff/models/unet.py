@@ -23,8 +23,14 @@ __all__ = ["UNet", "output_block", "timestep_embedding", "group_norm"]
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups, or the largest divisor of ``channels`` that is <= 32."""
-    groups = next(g for g in range(min(32, channels), 0, -1) if channels % g == 0)
+    """GroupNorm with at least 4 channels per group and at most 32 groups.
+
+    One channel per group (instance norm) removes each channel's spatial mean, so a small
+    network could not carry the image's mean brightness from z_t to eps; samples then come
+    out with grey backgrounds. ADM's 32 groups are kept from 128 channels up.
+    """
+    limit = max(1, min(32, channels // 4))
+    groups = next(g for g in range(limit, 0, -1) if channels % g == 0)
     return nn.GroupNorm(groups, channels)
 
 

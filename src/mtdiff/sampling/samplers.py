@@ -38,6 +38,7 @@ class SampleState:
     data: dict[str, Tensor]
     unknown: tuple[str, ...]
     enc: dict[str, Tensor] = field(default_factory=dict)
+    raw_z0: Tensor | None = None
 
 
 def init_state(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequence[int],
@@ -67,11 +68,17 @@ def timesteps(num_timesteps: int, steps: int | None) -> list[int]:
 
 
 Callback = Callable[[int, int, SampleState, Tensor], None]  # (step, t, state, z0_hat)
+Constraint = Callable[[Tensor], Tensor]                      # z0_hat -> z0_hat satisfying known values
 
 
 def _loop(step_fn, model: Denoiser, process: MTProcess, init: SampleState, steps: int | None, *,
-          generator, callback: Callback | None, clip: bool) -> SampleState:
-    """Shared loop: predict, estimate z_0, update unknown data, step on y, re-add the shift."""
+          generator, callback: Callback | None, clip: bool, constraint: Constraint | None = None) -> SampleState:
+    """Shared loop: predict, estimate z_0 (clipped, constrained), update unknown data, step on y, re-add the shift.
+
+    ``constraint`` projects each z_0 estimate onto known values (for restoration: paste the known
+    pixels), so the chain stays consistent with them; eps is re-derived from the projected z_0.
+    ``state.raw_z0`` keeps the model's last unconstrained z_0 estimate.
+    """
     ts = timesteps(process.num_timesteps, steps)
     state = SampleState(init.z, dict(init.data), init.unknown, dict(init.enc))
     z = state.z
@@ -82,8 +89,10 @@ def _loop(step_fn, model: Denoiser, process: MTProcess, init: SampleState, steps
         ab_s = process.alphas_cumprod[s] if s >= 0 else torch.ones((), dtype=torch.float64)
         y = z - process.shift(tt, state.enc, z)                           # into the DDPM chain
         z0 = (y - (1 - ab_t).sqrt().item() * eps) / ab_t.sqrt().item()   # predicted z_0 (= y_0)
-        if clip:
-            z0 = z0.clamp(-1, 1)
+        state.raw_z0 = z0
+        if clip or constraint is not None:
+            z0 = z0.clamp(-1, 1) if clip else z0
+            z0 = constraint(z0) if constraint is not None else z0
             eps = (y - ab_t.sqrt().item() * z0) / (1 - ab_t).sqrt().item()
         state.data.update({n: est[n] for n in state.unknown})
         state.enc = model.encode(state.data)
@@ -109,14 +118,15 @@ def _ancestral_step(y, z0, eps, ab_t, ab_s, *, generator, last):
 
 def ancestral(model: Denoiser, process: MTProcess, init: SampleState, steps: int | None = None, *,
               generator: torch.Generator | None = None, callback: Callback | None = None,
-              clip: bool = False) -> SampleState:
+              clip: bool = False, constraint: Constraint | None = None) -> SampleState:
     """Algorithm 1 (corrected): ancestral sampling with the posterior variance beta~_t."""
-    return _loop(_ancestral_step, model, process, init, steps, generator=generator, callback=callback, clip=clip)
+    return _loop(_ancestral_step, model, process, init, steps, generator=generator, callback=callback, clip=clip,
+                 constraint=constraint)
 
 
 def ddim(model: Denoiser, process: MTProcess, init: SampleState, steps: int | None = 50, *,
          eta: float = 0.0, generator: torch.Generator | None = None, callback: Callback | None = None,
-         clip: bool = False) -> SampleState:
+         clip: bool = False, constraint: Constraint | None = None) -> SampleState:
     """DDIM (Song et al., 2021) on the y-chain; eta = 0 is deterministic, eta = 1 is ancestral."""
 
     def step(y, z0, eps, ab_t, ab_s, *, generator, last):
@@ -126,7 +136,8 @@ def ddim(model: Denoiser, process: MTProcess, init: SampleState, steps: int | No
             y_s = y_s + sigma * torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         return y_s
 
-    return _loop(step, model, process, init, steps, generator=generator, callback=callback, clip=clip)
+    return _loop(step, model, process, init, steps, generator=generator, callback=callback, clip=clip,
+                 constraint=constraint)
 
 
 SAMPLERS = {"ancestral": ancestral, "ddim": ddim}

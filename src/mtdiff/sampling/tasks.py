@@ -17,34 +17,40 @@ def generate(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequen
              known: Mapping[str, Tensor] | None = None, unknown: Sequence[str] = (),
              sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0, start: str = "marginal",
              clip: bool = True, generator: torch.Generator | None = None, device=None,
-             callback=None) -> SampleState:
+             callback=None, constraint=None) -> SampleState:
     """Joint (nothing known) or conditional (some X known) generation of z_0 and the unknown X."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid: {sorted(SAMPLERS)}")
     init = init_state(model, process, batch=batch, z_shape=z_shape, known=known, unknown=unknown,
                       start=start, generator=generator, device=device)
     kw = {"eta": eta} if sampler == "ddim" else {}
-    return SAMPLERS[sampler](model, process, init, steps, generator=generator, callback=callback, clip=clip, **kw)
+    return SAMPLERS[sampler](model, process, init, steps, generator=generator, callback=callback, clip=clip,
+                             constraint=constraint, **kw)
 
 
 @dataclass
 class Restoration:
-    """``restored`` keeps the known pixels exactly; ``raw`` is the model's own z_0; ``drift`` is the
-    mean absolute difference between ``raw`` and the input on the known pixels, per sample."""
+    """``restored`` keeps the known pixels exactly; ``raw`` is the model's own last z_0 estimate;
+    ``drift`` is the mean absolute difference between ``raw`` and the input on the known pixels, per sample."""
     restored: Tensor
     raw: Tensor
     drift: Tensor
 
 
 def restore(model: Denoiser, process: MTProcess, masked: Tensor, keep: Tensor, *, modality: str = "masked",
-            unknown: Sequence[str] = (), **kw) -> Restoration:
-    """Constrained restoration (Section 4.1): generate z_0 given the masked image, then paste
-    the known pixels back so they are kept exactly, reporting how far the raw output drifted."""
+            unknown: Sequence[str] = (), project: bool = True, **kw) -> Restoration:
+    """Constrained restoration (Section 4.1): generate z_0 given the masked image and keep the known
+    pixels exactly. With ``project`` each step's z_0 estimate takes the known pixels (hard data
+    consistency), which keeps the deterministic chain from drifting off them; the known pixels are
+    pasted into the result either way. ``drift`` reports how far the model's own estimate was."""
     if keep.shape[0] != masked.shape[0] or keep.shape[-2:] != masked.shape[-2:]:
         raise ValueError(f"keep mask {tuple(keep.shape)} does not match masked image {tuple(masked.shape)}")
+    kw["device"] = masked.device
+    if project:
+        kw["constraint"] = lambda z0: keep * masked + (1 - keep) * z0
     state = generate(model, process, batch=masked.shape[0], z_shape=masked.shape[1:], known={modality: masked},
-                     unknown=unknown, device=masked.device, **kw)
-    raw = state.z
+                     unknown=unknown, **kw)
+    raw = state.raw_z0 if state.raw_z0 is not None else state.z
     restored = keep * masked + (1 - keep) * raw
     denom = (keep.expand_as(raw).flatten(1).sum(1)).clamp(min=1)
     drift = ((raw - masked).abs() * keep).flatten(1).sum(1) / denom

@@ -1,0 +1,58 @@
+"""Configs fail before any work, naming the key, the value and the valid choices."""
+import pytest
+
+from mtdiff.build import build_model
+from mtdiff.config import ConfigError, Config, from_dict, load_config, presets, to_dict
+
+PRESETS = ["mnist-masked-x", "mnist-masked-u", "mnist-ddpm", "mnist-demo"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load_build_and_round_trip(name):
+    cfg = load_config(name)
+    build_model(cfg)
+    assert from_dict(Config, to_dict(cfg)) == cfg
+
+
+def test_presets_are_listed():
+    assert set(PRESETS) <= set(presets())
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.lrr=1", "unknown key 'train.lrr'; valid keys in train: ['steps'"),
+    ("trian.lr=1", "unknown key 'trian'"),
+    ("train.steps=abc", "train.steps: expected an integer, got 'abc'"),
+    ("train.steps=1.5", "train.steps: expected an integer"),
+    ("model.variant=Z", "model.variant: 'Z' is not valid; choose one of ['U', 'X', 'M', 'E']"),
+    ("model.variant=E", "needs a modality of kind 'label'"),
+    ("model.channel_mult=3", "model.channel_mult: expected a list"),
+    ("modalities.masked.head=middle", "modalities.masked.head: 'middle' is not valid for kind 'masked_image'"),
+    ("modalities.masked.kind=audio", "modalities.masked.kind: 'audio' is not valid"),
+    ("modalities.v.kind=vector", "modalities.v.dim must be > 0"),
+    ("sample.steps=5000", "sample.steps must be in [1, diffusion.timesteps=1000]"),
+    ("train.device=tpu", "train.device: 'tpu' is not valid"),
+    ("data.source=folder", "needs data.root"),
+    ("train.batch_size=0", "train.batch_size must be > 0"),
+    ("model.dropout=[1]", "model.dropout: expected a number"),
+    ("nonsense", "must look like key.path=value"),
+])
+def test_bad_configs_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config("mnist-masked-x", [override])
+    assert needle in str(e.value)
+
+
+def test_e_variant_with_label_head_conflict():
+    with pytest.raises(ConfigError, match="contradicts model.variant='E'"):
+        load_config("mnist-masked-u", ["modalities.y.kind=label", "modalities.y.head=middle", "model.variant=E"])
+    cfg = load_config("mnist-masked-u", ["modalities.y.kind=label", "model.variant=E"])
+    assert cfg.modalities["y"].head == "classifier" and cfg.modalities["y"].source == "label"
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="mnist-masked-x"):
+        load_config("no-such-preset")
+
+
+def test_exponent_floats_from_yaml_are_numbers():
+    assert load_config("mnist-masked-x", ["train.lr=2e-3"]).train.lr == 0.002

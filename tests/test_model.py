@@ -1,0 +1,103 @@
+"""Modalities, heads and the multi-head model: shapes, stop-gradients, the loss, Eq. 6's reduction to DDPM."""
+import pytest
+import torch
+
+from conftest import tiny
+from mtdiff.build import build_model, build_process
+from mtdiff.loss import mt_loss
+from mtdiff.modalities import LabelModality, SegmentationModality, VectorModality
+
+B = 4
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(B, 1, 32, 32, generator=g) * 2 - 1, "label": torch.randint(0, 10, (B,), generator=g),
+            "vector": torch.randn(B, 6, generator=g), "segmentation": torch.randint(0, 3, (B, 32, 32), generator=g)}
+
+
+ALL = ["modalities.label.kind=label", "modalities.seg.kind=segmentation", "modalities.seg.num_classes=3",
+       "modalities.vec.kind=vector", "modalities.vec.dim=6"]
+
+
+@pytest.mark.parametrize("variant,extra", [("X", []), ("U", []), ("M", ALL), ("E", ALL), ("X", ALL),
+                                           ("U", ALL + ["modalities.label.encoder=backbone",
+                                                        "modalities.vec.encoder=backbone"])])
+def test_every_modality_trains_through_the_loss(variant, extra):
+    cfg = tiny("mnist-masked-x", f"model.variant={variant}", *extra)
+    model, proc = build_model(cfg), build_process(cfg)
+    batch = _batch()
+    g = torch.Generator().manual_seed(1)
+    data = {n: m.derive(batch, g) for n, m in model.modalities.items()}
+    t = torch.randint(0, 1000, (B,), generator=g)
+    noise = torch.randn(B, 1, 32, 32, generator=g)
+    with torch.no_grad():  # heads start from zero: make every path carry gradient
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    loss, terms = mt_loss(model, proc, batch["image"], data, t=t, noise=noise)
+    assert set(terms) == {"eps_mse", *model.modalities}
+    loss.backward()
+    for name, m in model.modalities.items():
+        assert all(p.grad is not None for p in m.decoder.parameters()), f"head of {name} gets no gradient"
+    eps, preds = model(torch.zeros(B, 1, 32, 32), t, data)
+    assert eps.shape == (B, 1, 32, 32)
+    shapes = {"masked_image": (B, 1, 32, 32), "label": (B, 10), "segmentation": (B, 3, 32, 32), "vector": (B, 6)}
+    for name, m in model.modalities.items():
+        assert preds[name].shape == shapes[m.kind]
+        assert model.encode({name: data[name]})[name].shape == (B, 1, 32, 32)
+
+
+def test_zero_weights_and_lambda_zero_reduce_eq6_to_the_ddpm_loss():
+    cfg_mt = tiny("mnist-masked-u", "modalities.masked.aggregation=constant", "modalities.masked.weight=0.0")
+    cfg_ddpm = tiny("mnist-ddpm")
+    torch.manual_seed(0)
+    mt = build_model(cfg_mt)
+    ddpm = build_model(cfg_ddpm)
+    ddpm.backbone.load_state_dict(mt.backbone.state_dict())
+    with torch.no_grad():
+        for p in list(mt.backbone.parameters()):
+            p.add_(0.01 * torch.randn_like(p))
+        ddpm.backbone.load_state_dict(mt.backbone.state_dict())
+    batch = _batch()
+    g = torch.Generator().manual_seed(2)
+    data = {"masked": mt.modalities["masked"].derive(batch, g)}
+    t, noise = torch.randint(0, 1000, (B,), generator=g), torch.randn(B, 1, 32, 32, generator=g)
+    l_mt, _ = mt_loss(mt, build_process(cfg_mt), batch["image"], data, t=t, noise=noise, lam=0.0)
+    l_dd, _ = mt_loss(ddpm, build_process(cfg_ddpm), batch["image"], {}, t=t, noise=noise, lam=0.0)
+    assert torch.equal(l_mt, l_dd)
+
+
+def test_label_fixed_encoder_is_linear_in_class_probabilities():
+    m = LabelModality("y", num_classes=3, z_shape=(1, 4, 4), features={"middle": 8, "output": 8})
+    e = m.encode(torch.tensor([0, 2]))
+    torch.testing.assert_close(e, m.class_images[[0, 2]])
+    p = torch.tensor([[0.25, 0.5, 0.25]])
+    torch.testing.assert_close(m.encode(p)[0], 0.25 * m.class_images[0] + 0.5 * m.class_images[1] + 0.25 * m.class_images[2])
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        m.encode(torch.tensor([3]))
+
+
+def test_backbone_encoder_is_under_stop_gradient():
+    cfg = tiny("mnist-masked-u", *ALL[:1], "modalities.label.encoder=backbone")
+    model = build_model(cfg)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    e = model.encode({"label": torch.tensor([1, 2])})["label"]
+    assert e.shape == (2, 1, 32, 32) and not e.requires_grad and e.abs().sum() > 0
+
+
+def test_segmentation_and_vector_encoders():
+    seg = SegmentationModality("s", num_classes=3, z_shape=(2, 4, 4), features={"middle": 8, "output": 8})
+    x = torch.randint(0, 3, (2, 4, 4))
+    e = seg.encode(x)
+    torch.testing.assert_close(e.permute(0, 2, 3, 1), seg.class_values[x])
+    vec = VectorModality("v", dim=5, z_shape=(1, 4, 4), features={"middle": 8, "output": 8})
+    v = torch.randn(3, 5)
+    torch.testing.assert_close(vec.encode(2 * v), 2 * vec.encode(v))
+
+
+def test_x_variant_needs_its_inputs():
+    model = build_model(tiny("mnist-masked-x"))
+    with pytest.raises(ValueError, match="masked"):
+        model(torch.zeros(1, 1, 32, 32), torch.zeros(1, dtype=torch.long), {})

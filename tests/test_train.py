@@ -1,0 +1,143 @@
+"""Training: exact resume (in-process and after SIGKILL), NaN handling, the CLI failing before work."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny
+from mtdiff.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from mtdiff.data.sources import ImageSet
+from mtdiff.train import Trainer, TrainingError
+
+FAST = ["train.log_every=2", "train.sample_every=0", "train.warmup_steps=3", "train.lr=1e-3", "train.batch_size=8",
+        "sample.num=4", "sample.steps=3", "model.dropout=0.1"]
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(64, 1, 32, 32, generator=g) * 255).to(torch.uint8)
+    return ImageSet(images, torch.randint(0, 10, (64,), generator=g), [str(i) for i in range(10)], "toy")
+
+
+def _params(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_in_process_is_bit_identical(tmp_path, toy_data):
+    cfg = tiny("mnist-masked-x", *FAST, "train.steps=10", "train.ckpt_every=4")
+    straight = Trainer(cfg, tmp_path / "a", data=toy_data, progress=False)
+    straight.run()
+    part = Trainer(tiny("mnist-masked-x", *FAST, "train.steps=6", "train.ckpt_every=4"), tmp_path / "b",
+                   data=toy_data, progress=False)
+    part.run()  # checkpoints at 4 and 6
+    resumed = Trainer(cfg, tmp_path / "b", data=toy_data, resume=True, progress=False)
+    assert resumed.step == 6
+    resumed.run()
+    for k, v in _params(straight.model).items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    for k, v in straight.ema.state_dict().items():
+        assert torch.equal(v, resumed.ema.state_dict()[k]), k
+
+
+def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path, toy_data):
+    cfg = tiny("mnist-masked-x", *FAST, "train.steps=2", "train.ckpt_every=2")
+    Trainer(cfg, tmp_path / "r", data=toy_data, progress=False).run()
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        Trainer(cfg, tmp_path / "empty", data=toy_data, resume=True, progress=False)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, toy_data):
+    cfg = tiny("mnist-masked-x", *FAST, "train.steps=4", "train.ckpt_every=2")
+    Trainer(cfg, tmp_path / "r", data=toy_data, progress=False).run()
+    latest = latest_checkpoint(tmp_path / "r")
+    with open(latest / "model.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00garbage\x00")
+    with pytest.warns(UserWarning, match="SHA-256"):
+        ckpt = load_checkpoint(tmp_path / "r")
+    assert ckpt["meta"]["step"] == 2
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(tmp_path / "r", fallback=False)
+
+
+def test_nonfinite_loss_is_skipped_then_stops_with_a_checkpoint(tmp_path, toy_data, monkeypatch):
+    import mtdiff.train.trainer as tr
+
+    cfg = tiny("mnist-masked-x", *FAST, "train.steps=50", "train.ckpt_every=100", "train.max_nonfinite=3")
+    trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
+    real = tr.mt_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss, terms = real(*a, **k)
+        return (loss * float("nan"), terms) if calls["n"] in (2,) or calls["n"] > 4 else (loss, terms)
+
+    monkeypatch.setattr(tr, "mt_loss", flaky)
+    with pytest.raises(TrainingError, match="NaN/Inf for 3 consecutive steps"):
+        trainer.run()
+    assert trainer.step == 3 and trainer.skipped == 4
+    assert load_checkpoint(tmp_path / "r")["meta"]["step"] == 3
+
+
+def _train_cmd(out, steps, *extra):
+    over = ["model.channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1", "model.attention_resolutions=[16]",
+            "model.num_heads=2", *FAST, f"train.steps={steps}", "train.ckpt_every=3", *extra]
+    cmd = [sys.executable, "-m", "mtdiff", "train", "--config", "mnist-masked-x", "--out", str(out), "--quiet"]
+    for o in over:
+        cmd += ["--set", o]
+    return cmd
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_is_bit_identical(tmp_path):
+    """Kill -9 a real training process after its first checkpoint; resume; compare with a run never killed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    steps = 40
+    subprocess.run(_train_cmd(tmp_path / "ref", steps), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(tmp_path / "killed", steps), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while latest_checkpoint(tmp_path / "killed") is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(tmp_path / "killed")["meta"]["step"]
+    assert killed_at < steps, "the process finished before it was killed; nothing was tested"
+    resume = [sys.executable, "-m", "mtdiff", "train", "--out", str(tmp_path / "killed"), "--resume", "--quiet"]
+    subprocess.run(resume, check=True, env=env, capture_output=True)
+    ref = load_file(str(latest_checkpoint(tmp_path / "ref") / "model.safetensors"))
+    got = load_file(str(latest_checkpoint(tmp_path / "killed") / "model.safetensors"))
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
+def test_cli_rejects_bad_config_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "mtdiff", "train", "--config", "mnist-masked-x", "--out", str(out),
+                        "--set", "train.lrr=1"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "unknown key 'train.lrr'" in r.stderr and "valid keys in train" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_log_has_prior_kl_and_loss_terms(tmp_path, toy_data):
+    cfg = tiny("mnist-masked-x", *FAST, "train.steps=4", "train.ckpt_every=4")
+    Trainer(cfg, tmp_path / "r", data=toy_data, progress=False).run()
+    lines = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert "prior_kl" in lines[0] and lines[0]["prior_kl"] < 1e-3
+    assert {"loss", "eps_mse", "masked", "grad_norm", "img_per_s"} <= set(lines[-1])
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "variant: X" in saved
