@@ -17,7 +17,8 @@ __all__ = ["ImageModality", "MaskedImageModality", "LabelModality", "Segmentatio
 
 
 def _per_sample_mean(x: Tensor) -> Tensor:
-    return x.flatten(1).mean(1)
+    """[B, ...] -> [B]."""
+    return x.reshape(x.shape[0], -1).mean(1)
 
 
 def _fixed_normal(seed: int, *shape: int) -> Tensor:

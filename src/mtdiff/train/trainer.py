@@ -75,6 +75,7 @@ class Trainer:
         t = cfg.train
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[t.precision] \
             if self.device.type == "cuda" else None
+        torch.manual_seed(t.seed)                                    # initial weights, then dropout
         self.process = build_process(cfg)
         self.model = build_model(cfg).to(self.device)
         self.ema = EMA(self.model, t.ema_decay)
@@ -84,7 +85,6 @@ class Trainer:
         self.data = data if data is not None else load_data(cfg)
         self.stream = BatchStream(self.data, t.batch_size, seed=t.seed, device=self.device)
         self.gen = torch.Generator(self.device).manual_seed(t.seed)   # t, noise and masks
-        torch.manual_seed(t.seed)                                    # dropout
         self.step, self.nonfinite, self.skipped = 0, 0, 0
         if resume:
             self._restore()
