@@ -110,15 +110,11 @@ def _load(args):
 
 
 def cmd_sample(args) -> int:
-    from ..sampling import generate
+    from ..sampling import generate_joint
     from ..viz import save_grid
 
     run, kw = _load(args)
-    model = run.model
-    known = {n: model.modalities[n].init_unknown(args.num, generator=kw["generator"], device=args.device)
-             for n in model.conditioned}
-    unknown = [n for n in model.modalities if n not in known]
-    state = generate(model, run.process, batch=args.num, z_shape=model.z_shape, known=known, unknown=unknown, **kw)
+    state = generate_joint(run.model, run.process, batch=args.num, **kw)
     save_grid(state.z, args.out)
     print(json.dumps({"out": str(args.out), "num": args.num, "step": run.step}))
     return 0
@@ -178,6 +174,7 @@ def cmd_demo(args) -> int:
     from types import SimpleNamespace
 
     from ..config import load_config
+    from ..sampling import generate_joint
     from ..train import Trainer
     from ..viz import save_grid
 
@@ -190,12 +187,7 @@ def cmd_demo(args) -> int:
     Trainer(cfg, out, resume=resume, progress=not args.quiet).run()
     ns = SimpleNamespace(run=out, num=64, steps=None, sampler=None, eta=None, seed=0, device="cpu")
     run, kw = _load(ns)
-    from ..sampling import generate
-
-    model = run.model
-    known = {n: model.modalities[n].init_unknown(64, generator=kw["generator"], device="cpu") for n in model.conditioned}
-    state = generate(model, run.process, batch=64, z_shape=model.z_shape, known=known,
-                     unknown=[n for n in model.modalities if n not in known], **kw)
+    state = generate_joint(run.model, run.process, batch=64, **kw)
     samples = save_grid(state.z, out / "samples.png", nrow=8)
     grid, ncol, stats = restoration_grid(run, num=16, mask="random", patches=None, per_input=2, kw=kw)
     restorations = save_grid(grid, out / "restorations.png", nrow=ncol * 2)

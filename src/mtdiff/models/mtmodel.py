@@ -54,7 +54,8 @@ class MTModel(nn.Module):
                 for name, x in data.items() if name in self.modalities}
 
     # -- reverse model -------------------------------------------------------------------
-    def _inputs(self, data: Mapping[str, Tensor] | None, batch: int) -> tuple[Tensor | None, Tensor | None]:
+    def _inputs(self, data: Mapping[str, Tensor] | None) -> tuple[Tensor | None, Tensor | None]:
+        """Backbone inputs of the -X variant: (extra channels, cross-attention tokens)."""
         if not self.conditioned:
             return None, None
         data = data or {}
@@ -69,7 +70,7 @@ class MTModel(nn.Module):
 
     def forward(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """(eps_theta, {name: head output}) for z_t [B, C, H, W] at timesteps t [B]."""
-        cond, context = self._inputs(data, z.shape[0])
+        cond, context = self._inputs(data)
         feats = self.backbone(z, t, cond=cond, context=context)
         return feats["eps"], {name: m.head(feats) for name, m in self.modalities.items()}
 

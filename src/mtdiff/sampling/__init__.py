@@ -1,6 +1,6 @@
 """Samplers (pure functions on the y-chain) and the joint / conditional / inverse modes."""
 from .samplers import SAMPLERS, Denoiser, SampleState, ancestral, ddim, init_state, timesteps
-from .tasks import Restoration, generate, inverse, restore
+from .tasks import Restoration, generate, generate_joint, inverse, restore
 
 __all__ = ["SAMPLERS", "Denoiser", "SampleState", "ancestral", "ddim", "init_state", "timesteps",
-           "generate", "restore", "inverse", "Restoration"]
+           "generate", "generate_joint", "restore", "inverse", "Restoration"]

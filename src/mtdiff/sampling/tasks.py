@@ -10,7 +10,7 @@ from torch import Tensor
 from ..process import MTProcess
 from .samplers import SAMPLERS, Denoiser, SampleState, init_state
 
-__all__ = ["generate", "restore", "inverse", "Restoration"]
+__all__ = ["generate", "generate_joint", "restore", "inverse", "Restoration"]
 
 
 def generate(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequence[int],
@@ -26,6 +26,16 @@ def generate(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequen
     kw = {"eta": eta} if sampler == "ddim" else {}
     return SAMPLERS[sampler](model, process, init, steps, generator=generator, callback=callback, clip=clip,
                              constraint=constraint, **kw)
+
+
+def generate_joint(model, process: MTProcess, *, batch: int, generator: torch.Generator | None = None,
+                   device=None, **kw) -> SampleState:
+    """Joint generation from nothing: every modality is generated from its head, except those the
+    backbone takes as input (-X), which get their "nothing known" value (the complete mask)."""
+    known = {n: model.modalities[n].init_unknown(batch, generator=generator, device=device) for n in model.conditioned}
+    unknown = [n for n in model.modalities if n not in known]
+    return generate(model, process, batch=batch, z_shape=model.z_shape, known=known, unknown=unknown,
+                    generator=generator, device=device, **kw)
 
 
 @dataclass

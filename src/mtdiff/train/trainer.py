@@ -20,7 +20,7 @@ from ..data.loader import BatchStream
 from ..data.sources import ImageSet, load_source
 from ..loss import mt_loss
 from ..runs import CONFIG_FILE
-from ..sampling import generate
+from ..sampling import generate_joint
 from ..viz import save_grid
 from .ema import EMA
 
@@ -219,15 +219,10 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, path: Path) -> Path:
         """Joint samples from the EMA model with the config's sampler (a fixed seed per run)."""
-        s, model = self.cfg.sample, self.ema.model
+        s = self.cfg.sample
         g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 12345)
-        known = {}
-        unknown = [n for n in model.modalities if n not in model.conditioned]
-        for n in model.conditioned:  # -X: generation from scratch = the "complete mask" / uniform label
-            known[n] = model.modalities[n].init_unknown(s.num, generator=g, device=self.device)
-        state = generate(model, self.process, batch=s.num, z_shape=model.z_shape, known=known, unknown=unknown,
-                         sampler=s.sampler, steps=s.steps, eta=s.eta, start=s.start, clip=s.clip, generator=g,
-                         device=self.device)
+        state = generate_joint(self.ema.model, self.process, batch=s.num, sampler=s.sampler, steps=s.steps, eta=s.eta,
+                               start=s.start, clip=s.clip, generator=g, device=self.device)
         return save_grid(state.z, path)
 
 
