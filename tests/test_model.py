@@ -101,3 +101,19 @@ def test_x_variant_needs_its_inputs():
     model = build_model(tiny("mnist-masked-x"))
     with pytest.raises(ValueError, match="masked"):
         model(torch.zeros(1, 1, 32, 32), torch.zeros(1, dtype=torch.long), {})
+
+
+def test_inverse_mode_reads_a_label_distribution_from_the_head():
+    """Image -> label (classification) through the label head, from one model."""
+    from mtdiff.sampling import inverse
+
+    cfg = tiny("mnist-masked-u", *ALL[:1], "model.variant=M")
+    model, proc = build_model(cfg).eval(), build_process(cfg)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    z0 = _batch()["image"]
+    probs = inverse(model, proc, z0, "label", generator=torch.Generator().manual_seed(0))
+    assert probs.shape == (B, 10)
+    torch.testing.assert_close(probs.sum(1), torch.ones(B))
+    again = inverse(model, proc, z0, "label", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(probs, again)
