@@ -65,3 +65,31 @@ def test_restore_needs_a_masked_image_run(tmp_path, capsys):
 def test_presets_command_lists_presets(capsys):
     assert main(["presets"]) == 0
     assert "mnist-demo" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def label_run(tmp_path_factory):
+    g = torch.Generator().manual_seed(1)
+    data = ImageSet((torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8), torch.randint(0, 10, (32,)),
+                    [str(i) for i in range(10)], "toy")
+    out = tmp_path_factory.mktemp("runs") / "m"
+    cfg = tiny("mnist-label-m", "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4")
+    Trainer(cfg, out, data=data, progress=False).run()
+    return out
+
+
+def test_joint_and_class_conditional_samples_carry_labels(label_run, tmp_path, capsys):
+    assert main(["sample", "--run", str(label_run), "--num", "4", "--steps", "2", "--out", str(tmp_path / "j.png")]) == 0
+    joint = json.loads(capsys.readouterr().out)
+    assert len(joint["labels"]) == 4 and all(0 <= y < 10 for y in joint["labels"])
+    assert main(["sample", "--run", str(label_run), "--num", "4", "--steps", "2", "--label", "each",
+                 "--out", str(tmp_path / "c.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["labels"] == [0, 1, 2, 3]
+    assert main(["sample", "--run", str(label_run), "--label", "12", "--out", str(tmp_path / "x.png")]) == 2
+    assert "[0, 10)" in capsys.readouterr().err
+
+
+def test_classify_reports_accuracy_on_the_test_split(label_run, capsys):
+    assert main(["classify", "--run", str(label_run), "--num", "50"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 50 and 0 <= result["accuracy"] <= 1 and result["head"] == "middle"

@@ -4,7 +4,7 @@ import pytest
 from mtdiff.build import build_model
 from mtdiff.config import ConfigError, Config, from_dict, load_config, presets, to_dict
 
-PRESETS = ["mnist-masked-x", "mnist-masked-u", "mnist-ddpm", "mnist-demo"]
+PRESETS = ["mnist-masked-x", "mnist-masked-u", "mnist-ddpm", "mnist-demo", "mnist-label-m", "mnist-label-e"]
 
 
 @pytest.mark.parametrize("name", PRESETS)

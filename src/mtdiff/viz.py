@@ -28,13 +28,26 @@ def make_grid(images: Tensor, nrow: int | None = None, pad: int = 2, pad_value: 
     return grid
 
 
-def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> Path:
-    """Save a grid PNG of [N, C, H, W] images in [-1, 1], upscaled by ``scale`` (nearest) for viewing."""
-    grid = make_grid(images, nrow)
+def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: int = 2,
+              captions: list[str] | None = None, pad: int = 2) -> Path:
+    """Save a grid PNG of [N, C, H, W] images in [-1, 1], upscaled by ``scale`` (nearest) for viewing;
+    ``captions[i]`` is printed in the top-left corner of cell i."""
+    grid = make_grid(images, nrow, pad=pad)
     arr = grid.permute(1, 2, 0).numpy()
     img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    if captions:
+        from PIL import ImageDraw
+
+        img = img.convert("RGB")
+        draw = ImageDraw.Draw(img)
+        n, _, h, w = images.shape
+        ncol = nrow or math.ceil(math.sqrt(n))
+        for i, text in enumerate(captions[:n]):
+            r, c = divmod(i, ncol)
+            x, y = (pad + c * (w + pad)) * scale + 2, (pad + r * (h + pad)) * scale + 1
+            draw.text((x, y), str(text), fill=(255, 64, 64))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
