@@ -35,6 +35,7 @@ def test_presets_are_listed():
     ("train.batch_size=0", "train.batch_size must be > 0"),
     ("model.dropout=[1]", "model.dropout: expected a number"),
     ("nonsense", "must look like key.path=value"),
+    ("train.cond_drop_prob=1.5", "train.cond_drop_prob must be in [0, 1]"),
 ])
 def test_bad_configs_name_the_key(override, needle):
     with pytest.raises(ConfigError) as e:
@@ -56,3 +57,11 @@ def test_unknown_preset_lists_presets():
 
 def test_exponent_floats_from_yaml_are_numbers():
     assert load_config("mnist-masked-x", ["train.lr=2e-3"]).train.lr == 0.002
+
+
+def test_backbone_encoder_needs_the_x_variant():
+    with pytest.raises(ConfigError, match="cross-attention stays zero"):
+        load_config("mnist-masked-u", ["modalities.y.kind=label", "modalities.y.encoder=backbone"])
+    with pytest.raises(ConfigError, match="only model.variant='X'"):
+        load_config("mnist-masked-u", ["train.cond_drop_prob=0.1"])
+    load_config("mnist-masked-x", ["modalities.y.kind=label", "modalities.y.encoder=backbone", "train.cond_drop_prob=0.1"])

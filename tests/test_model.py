@@ -21,7 +21,7 @@ ALL = ["modalities.label.kind=label", "modalities.seg.kind=segmentation", "modal
 
 
 @pytest.mark.parametrize("variant,extra", [("X", []), ("U", []), ("M", ALL), ("E", ALL), ("X", ALL),
-                                           ("U", ALL + ["modalities.label.encoder=backbone",
+                                           ("X", ALL + ["modalities.label.encoder=backbone",
                                                         "modalities.vec.encoder=backbone"])])
 def test_every_modality_trains_through_the_loss(variant, extra):
     cfg = tiny("mnist-masked-x", f"model.variant={variant}", *extra)
@@ -79,7 +79,7 @@ def test_label_fixed_encoder_is_linear_in_class_probabilities():
 
 
 def test_backbone_encoder_is_under_stop_gradient():
-    cfg = tiny("mnist-masked-u", *ALL[:1], "modalities.label.encoder=backbone")
+    cfg = tiny("mnist-masked-x", *ALL[:1], "modalities.label.encoder=backbone")
     model = build_model(cfg)
     for p in model.parameters():
         p.data.normal_(0, 0.05)
@@ -117,3 +117,58 @@ def test_inverse_mode_reads_a_label_distribution_from_the_head():
     torch.testing.assert_close(probs.sum(1), torch.ones(B))
     again = inverse(model, proc, z0, "label", generator=torch.Generator().manual_seed(0))
     assert torch.equal(probs, again)
+
+
+def test_condition_dropout_replaces_exactly_the_dropped_samples():
+    model = build_model(tiny("mnist-masked-x", *ALL[:1]))
+    dropped = torch.tensor([True, False, True, False])
+    y = torch.tensor([1, 2, 3, 4])
+    out = model.modalities["label"].drop(y, dropped)
+    torch.testing.assert_close(out[dropped], torch.full((2, 10), 0.1))
+    torch.testing.assert_close(out[~dropped], torch.nn.functional.one_hot(y[~dropped], 10).float())
+    img = _batch()["image"]
+    out = model.modalities["masked"].drop(img, dropped)
+    assert out[dropped].abs().max() == 0 and torch.equal(out[~dropped], img[~dropped])
+
+
+def _randomised(cfg):
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model, build_process(cfg)
+
+
+def test_classifier_free_guidance_interpolates_conditional_and_unconditional():
+    from mtdiff.sampling import ClassifierFreeGuidance
+
+    model, _ = _randomised(tiny("mnist-masked-x"))
+    z, t = torch.randn(B, 1, 32, 32), torch.full((B,), 500)
+    data = {"masked": _batch()["image"]}
+    eps_c, _ = model.predict(z, t, data)
+    eps_u, _ = model.predict(z, t, {"masked": torch.zeros(B, 1, 32, 32)})
+    assert not torch.allclose(eps_c, eps_u)
+    torch.testing.assert_close(ClassifierFreeGuidance(model, 1.0).predict(z, t, data)[0], eps_c)
+    torch.testing.assert_close(ClassifierFreeGuidance(model, 0.0).predict(z, t, data)[0], eps_u)
+    torch.testing.assert_close(ClassifierFreeGuidance(model, 3.0).predict(z, t, data)[0], eps_u + 3 * (eps_c - eps_u))
+
+
+def test_head_guidance_follows_the_gradient_of_the_label_head():
+    from mtdiff.sampling import HeadGuidance
+
+    model, proc = _randomised(tiny("mnist-masked-u", *ALL[:1], "model.variant=M"))
+    z, t = torch.randn(B, 1, 32, 32, dtype=torch.float64), torch.full((B,), 300)
+    model = model.double()
+    y = torch.tensor([0, 3, 5, 9])
+    eps, _ = model.predict(z, t, {})
+    torch.testing.assert_close(HeadGuidance(model, proc, "label", y, 0.0).predict(z, t, {})[0], eps)
+    guided, _ = HeadGuidance(model, proc, "label", y, 2.0).predict(z, t, {})
+    grad = (eps - guided) / (2.0 * proc.noise_std(t, z))       # = grad_z sum_b log p(y_b | z_b)
+
+    def logp(zz):
+        return torch.log_softmax(model(zz, t, {})[1]["label"], 1).gather(1, y[:, None]).sum()
+
+    v = torch.randn_like(z)
+    h = 1e-5
+    numeric = (logp(z + h * v) - logp(z - h * v)) / (2 * h)
+    torch.testing.assert_close((grad * v).sum(), numeric, rtol=1e-5, atol=1e-7)

@@ -90,6 +90,7 @@ class TrainConfig:
     sample_every: int = 1000
     keep_checkpoints: int = 2
     max_nonfinite: int = 20                     # consecutive non-finite losses before the run stops
+    cond_drop_prob: float = 0.0                 # -X: drop each backbone input with this probability (classifier-free guidance)
 
 
 @dataclass
@@ -278,6 +279,12 @@ def validate(cfg: Config) -> Config:
         if mc.encoder not in encoders:
             raise ConfigError(f"{key}.encoder: {mc.encoder!r} is not valid for kind {mc.kind!r}; choose one of {list(encoders)}")
         mc.source = mc.source or _KIND_SOURCE[mc.kind]
+        if mc.encoder == "backbone" and m.variant != "X":
+            raise ConfigError(
+                f"{key}.encoder='backbone' runs the U-Net on this modality's cross-attention token, but with "
+                f"model.variant={m.variant!r} the backbone never sees that token in training, so its zero-initialised "
+                f"cross-attention stays zero and E would be the same for every input. Use model.variant='X' "
+                f"(optionally with train.cond_drop_prob for guidance) or encoder 'fixed'")
         if mc.kind == "vector" and mc.dim <= 0:
             raise ConfigError(f"{key}.dim must be > 0 for a vector modality, got {mc.dim}")
         if mc.kind in ("label", "segmentation") and mc.num_classes < 2:
@@ -300,6 +307,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.source='folder' needs data.root (a folder of class subfolders)")
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
         raise ConfigError(f"train.device: {cfg.train.device!r} is not valid; choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not 0 <= cfg.train.cond_drop_prob <= 1:
+        raise ConfigError(f"train.cond_drop_prob must be in [0, 1], got {cfg.train.cond_drop_prob}")
+    if cfg.train.cond_drop_prob > 0 and m.variant != "X":
+        raise ConfigError(f"train.cond_drop_prob={cfg.train.cond_drop_prob} drops backbone inputs, which only "
+                          f"model.variant='X' has (got {m.variant!r})")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
     return cfg

@@ -54,8 +54,19 @@ class Modality(nn.Module):
         return batch[self.source]
 
     def init_unknown(self, batch: int, *, generator: torch.Generator | None, device) -> Tensor:
-        """Random initial data for Algorithm 1, line 3."""
+        """Initial data for Algorithm 1, line 3: random, or the value that says "nothing known"."""
         raise NotImplementedError
+
+    def canonical(self, x: Tensor) -> Tensor:
+        """The float form of the data (class indices become probability vectors)."""
+        return x.float()
+
+    def drop(self, x: Tensor, dropped: Tensor) -> Tensor:
+        """x with the samples where ``dropped`` [B] is True replaced by the "nothing known" value of
+        ``init_unknown`` (condition dropout for classifier-free guidance)."""
+        x = self.canonical(x)
+        null = self.init_unknown(x.shape[0], generator=None, device=x.device).to(x.dtype)
+        return torch.where(dropped.reshape(-1, *([1] * (x.ndim - 1))), null, x)
 
     # -- encoder E_i, head D_i, likelihood -------------------------------------------------
     def encode(self, x: Tensor, backbone_encode: BackboneEncode | None = None) -> Tensor:

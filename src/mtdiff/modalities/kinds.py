@@ -99,6 +99,9 @@ class _Discrete(Modality):
             return oh.movedim(-1, 1) if oh.ndim > 2 else oh
         return x.float()
 
+    def canonical(self, x):
+        return self.probs(x)
+
     def loss(self, pred, x):
         """Cross-entropy = the KL to the one-hot (or soft) target, up to the target's entropy."""
         logp = F.log_softmax(pred.float(), dim=1)

@@ -75,6 +75,10 @@ class MTProcess:
         keep = (t >= 0).to(device=like.device, dtype=like.dtype)
         return m * keep.reshape(-1, *([1] * (like.ndim - 1)))
 
+    def noise_std(self, t: Tensor, like: Tensor) -> Tensor:
+        """sqrt(1 - ab_t) as [B, 1, ..., 1]: the standard deviation of z_t given z_0 and X."""
+        return self._at(1 - self.alphas_cumprod, t, like).sqrt()
+
     # -- forward process -----------------------------------------------------------------
     def q_step(self, z_prev: Tensor, t: Tensor, enc: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         """One forward step (Eq. 3): z_t = sqrt(alpha_t) (z_{t-1} + sum_i w_t^(i) E_i) + sqrt(1 - alpha_t) eps."""

@@ -140,9 +140,15 @@ class Trainer:
         noise = torch.randn(z0.shape, generator=self.gen, device=self.device)
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
+        inputs = None
+        if t.cond_drop_prob > 0:  # classifier-free guidance: the backbone sometimes sees "nothing known"
+            inputs = {n: model.modalities[n].drop(x, torch.rand(x.shape[0], generator=self.gen, device=self.device)
+                                                  < t.cond_drop_prob) if n in model.conditioned else x
+                      for n, x in data.items()}
         ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with ctx:
-            loss, terms = mt_loss(model, self.process, z0, data, t=tt, noise=noise, lam=self.cfg.diffusion.lam)
+            loss, terms = mt_loss(model, self.process, z0, data, t=tt, noise=noise, lam=self.cfg.diffusion.lam,
+                                  inputs=inputs)
         self.opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return None

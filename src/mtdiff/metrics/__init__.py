@@ -1,0 +1,7 @@
+"""Evaluation metrics: FCN-style segmentation scores (paper Table 4) and an external MNIST classifier
+used to score generated (image, label) pairs ("MNIST-CNN (ccexam)", never trained by mtdiff)."""
+from .classifier import MissingWeightsError, MNISTClassifier, label_agreement, load_mnist_classifier
+from .segmentation import SegmentationMeter, confusion_matrix, segmentation_scores
+
+__all__ = ["SegmentationMeter", "confusion_matrix", "segmentation_scores", "MNISTClassifier",
+           "load_mnist_classifier", "label_agreement", "MissingWeightsError"]
