@@ -93,3 +93,13 @@ def test_classify_reports_accuracy_on_the_test_split(label_run, capsys):
     assert main(["classify", "--run", str(label_run), "--num", "50"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 50 and 0 <= result["accuracy"] <= 1 and result["head"] == "middle"
+
+
+def test_guidance_flags(run_dir, label_run, tmp_path, capsys):
+    out = str(tmp_path / "g.png")
+    assert main(["sample", "--run", str(run_dir), "--num", "2", "--steps", "2", "--guidance", "2", "--out", out]) == 0
+    assert main(["sample", "--run", str(label_run), "--num", "2", "--steps", "2", "--label", "3",
+                 "--head-guidance", "1.5", "--out", out]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["labels"] == [3, 3]
+    assert main(["sample", "--run", str(label_run), "--head-guidance", "1", "--out", out]) == 2
+    assert "--head-guidance needs --label" in capsys.readouterr().err
