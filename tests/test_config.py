@@ -4,7 +4,8 @@ import pytest
 from mtdiff.build import build_model
 from mtdiff.config import ConfigError, Config, from_dict, load_config, presets, to_dict
 
-PRESETS = ["mnist-masked-x", "mnist-masked-u", "mnist-ddpm", "mnist-demo", "mnist-label-m", "mnist-label-e"]
+PRESETS = ["mnist-masked-x", "mnist-masked-u", "mnist-ddpm", "mnist-demo", "mnist-label-m", "mnist-label-e",
+           "mnist-seg2img", "fashion-edges2img"]
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -65,3 +66,23 @@ def test_backbone_encoder_needs_the_x_variant():
     with pytest.raises(ConfigError, match="only model.variant='X'"):
         load_config("mnist-masked-u", ["train.cond_drop_prob=0.1"])
     load_config("mnist-masked-x", ["modalities.y.kind=label", "modalities.y.encoder=backbone", "train.cond_drop_prob=0.1"])
+
+
+@pytest.mark.parametrize("name", ["imagenet64-masked-x", "imagenet64-label-m", "imagenet64-label-e"])
+def test_real_scale_presets_train_two_steps_tiny(name, tmp_path):
+    """The GPU presets cannot rot: validate them and run two steps with a tiny model on a synthetic folder."""
+    import numpy as np
+    from PIL import Image
+
+    from mtdiff.train import Trainer
+
+    rng = np.random.default_rng(0)
+    for c in ("n01", "n02"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (70, 80, 3), dtype=np.uint8)).save(tmp_path / "data" / c / f"{i}.png")
+    tiny = [f"data.root={tmp_path / 'data'}", "model.channels=8", "model.num_head_channels=-1", "model.num_heads=2",
+            "model.num_res_blocks=1", "train.steps=2", "train.batch_size=2", "train.ckpt_every=2", "train.sample_every=0"]
+    cfg = load_config(name, tiny + (["modalities.label.num_classes=2"] if "label" in name else []))
+    metrics = Trainer(cfg, tmp_path / "run", progress=False).run()
+    assert metrics["step"] == 2 and metrics["loss"] == metrics["loss"]
