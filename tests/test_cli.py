@@ -118,3 +118,9 @@ def test_translate_mask_to_image_writes_triplets_and_table4_scores(tmp_path, cap
     for key in ("inverse_image_to_mask/pixel_accuracy", "generated_by_own_head/class_iou"):
         assert 0 <= scores[key] <= 1
     assert out.is_file()
+
+
+def test_classify_by_elbo(label_run, capsys):
+    assert main(["classify", "--run", str(label_run), "--num", "3", "--method", "elbo"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "elbo" and result["n"] == 3 and len(result["elbo_timesteps"]) == 10

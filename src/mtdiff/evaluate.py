@@ -7,25 +7,53 @@ from .data.sources import ImageSet
 from .runs import Run
 from .sampling import inverse
 
-__all__ = ["classify", "translate"]
+__all__ = ["classify", "elbo_logits", "translate"]
 
 
 @torch.no_grad()
-def classify(run: Run, data: ImageSet, *, modality: str, t: int = 0, batch_size: int = 500, num: int | None = None,
-             device="cpu", seed: int = 0) -> dict[str, float]:
-    """Accuracy of the label head on ``data`` (image -> label, Section 4.2), reading z_t at index t."""
+def elbo_logits(run: Run, z0: torch.Tensor, modality: str, *, timesteps: list[int], generator=None) -> torch.Tensor:
+    """Classify by the diffusion loss: logit_c = -mean_t ||eps_theta(z_t(c), t) - eps||^2, with
+    z_t(c) = q_sample(z_0, t, E(c), eps) and the same eps for every class (a Monte-Carlo estimate of
+    the eps term of the ELBO with the label set to c)."""
+    model, k = run.model, run.model.modalities[modality].num_classes
+    b = z0.shape[0]
+    err = torch.zeros(b, k, device=z0.device)
+    for t in timesteps:
+        tt = torch.full((b,), t, dtype=torch.long, device=z0.device)
+        noise = torch.randn(z0.shape, generator=generator, device=z0.device)
+        for c in range(k):
+            data = {modality: torch.full((b,), c, dtype=torch.long, device=z0.device)}
+            zt = run.process.q_sample(z0, tt, model.encode(data), noise)
+            eps, _ = model.predict(zt, tt, data)
+            err[:, c] += ((eps - noise) ** 2).flatten(1).mean(1)
+    return -err / len(timesteps)
+
+
+@torch.no_grad()
+def classify(run: Run, data: ImageSet, *, modality: str, method: str = "head", t: int = 0, batch_size: int = 500,
+             num: int | None = None, device="cpu", seed: int = 0, elbo_steps: int = 10) -> dict[str, float]:
+    """Accuracy on ``data`` (image -> label, Section 4.2). ``method="head"`` reads the label head at
+    time index t (inverse mode); ``"elbo"`` picks the class whose encoding best explains the image
+    under the diffusion loss, at ``elbo_steps`` evenly spaced times."""
     if data.labels is None:
         raise ValueError(f"{data.name!r} has no labels to classify against")
+    if method not in ("head", "elbo"):
+        raise ValueError(f"method must be 'head' or 'elbo', got {method!r}")
     n = len(data) if num is None else min(num, len(data))
     g = torch.Generator(device).manual_seed(seed)
+    ts = torch.linspace(0, run.process.num_timesteps - 1, elbo_steps + 2)[1:-1].round().long().tolist()
     correct, nll = 0, 0.0
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
         z0, y = data.to_float(idx).to(device), data.labels[idx].to(device)
-        probs = inverse(run.model, run.process, z0, modality, t=t, generator=g)
+        if method == "head":
+            probs = inverse(run.model, run.process, z0, modality, t=t, generator=g)
+        else:
+            probs = torch.softmax(elbo_logits(run, z0, modality, timesteps=ts, generator=g), 1)
         correct += int((probs.argmax(1) == y).sum())
         nll += float(-probs.gather(1, y[:, None]).clamp_min(1e-12).log().sum())
-    return {"accuracy": correct / n, "nll": nll / n, "n": n, "t": t}
+    out = {"accuracy": correct / n, "nll": nll / n, "n": n, "method": method}
+    return {**out, "t": t} if method == "head" else {**out, "elbo_timesteps": ts}
 
 
 def _as_image(modality, x: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--num", type=int, default=None, help="test images to use (default all)")
     p.add_argument("--t", type=int, default=0, help="time index at which the head reads z_t (default 0)")
+    p.add_argument("--method", choices=["head", "elbo"], default="head",
+                   help="head: the label head in inverse mode; elbo: the class whose encoding minimises the "
+                        "diffusion loss (10 timesteps x classes forward passes per image)")
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("restore", help="restore masked test images (masked-image runs)")
@@ -215,7 +218,8 @@ def cmd_classify(args) -> int:
 
     run = load_run(args.run, device=args.device)
     label = _label_modality(run, required=True)
-    result = classify(run, load_data(run.config, "test"), modality=label, t=args.t, num=args.num, device=args.device)
+    result = classify(run, load_data(run.config, "test"), modality=label, method=args.method, t=args.t,
+                      num=args.num, device=args.device)
     print(json.dumps({"run": str(args.run), "head": run.config.modalities[label].head, **result}))
     return 0
 
