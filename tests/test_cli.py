@@ -11,15 +11,20 @@ from mtdiff.data.sources import ImageSet
 from mtdiff.train import Trainer
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def _tiny_run(out, preset, *, labels=True, steps=2, data=None):
+    """Train ``preset`` shrunk to a tiny model for a few steps on random images; returns the run dir."""
     g = torch.Generator().manual_seed(0)
-    data = ImageSet((torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8), torch.randint(0, 10, (32,)),
-                    [str(i) for i in range(10)], "toy")
-    out = tmp_path_factory.mktemp("runs") / "x"
-    cfg = tiny("mnist-masked-x", "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4")
+    if data is None:
+        data = ImageSet((torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8),
+                        torch.randint(0, 10, (32,), generator=g) if labels else None, [str(i) for i in range(10)], "toy")
+    cfg = tiny(preset, f"train.steps={steps}", f"train.ckpt_every={steps}", "train.sample_every=0", "train.batch_size=4")
     Trainer(cfg, out, data=data, progress=False).run()
     return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return _tiny_run(tmp_path_factory.mktemp("runs") / "x", "mnist-masked-x")
 
 
 def test_sample_writes_a_grid(run_dir, tmp_path, capsys):
@@ -54,11 +59,8 @@ def test_missing_run_and_missing_checkpoint_are_clear(tmp_path, capsys):
 
 
 def test_restore_needs_a_masked_image_run(tmp_path, capsys):
-    g = torch.Generator().manual_seed(0)
-    data = ImageSet((torch.rand(16, 1, 32, 32, generator=g) * 255).to(torch.uint8), None, [], "toy")
-    cfg = tiny("mnist-ddpm", "train.steps=1", "train.ckpt_every=1", "train.sample_every=0", "train.batch_size=4")
-    Trainer(cfg, tmp_path / "d", data=data, progress=False).run()
-    assert main(["restore", "--run", str(tmp_path / "d"), "--out", str(tmp_path / "x.png")]) == 2
+    run = _tiny_run(tmp_path / "d", "mnist-ddpm", labels=False, steps=1)
+    assert main(["restore", "--run", str(run), "--out", str(tmp_path / "x.png")]) == 2
     assert "no masked_image modality" in capsys.readouterr().err
 
 
@@ -69,13 +71,7 @@ def test_presets_command_lists_presets(capsys):
 
 @pytest.fixture(scope="module")
 def label_run(tmp_path_factory):
-    g = torch.Generator().manual_seed(1)
-    data = ImageSet((torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8), torch.randint(0, 10, (32,)),
-                    [str(i) for i in range(10)], "toy")
-    out = tmp_path_factory.mktemp("runs") / "m"
-    cfg = tiny("mnist-label-m", "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4")
-    Trainer(cfg, out, data=data, progress=False).run()
-    return out
+    return _tiny_run(tmp_path_factory.mktemp("runs") / "m", "mnist-label-m")
 
 
 def test_joint_and_class_conditional_samples_carry_labels(label_run, tmp_path, capsys):
@@ -110,8 +106,7 @@ def test_translate_mask_to_image_writes_triplets_and_table4_scores(tmp_path, cap
 
     test = load_mnist("test")
     data = ImageSet(test.images[:32], test.labels[:32], test.class_names, "mnist-head")
-    cfg = tiny("mnist-seg2img", "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4")
-    Trainer(cfg, tmp_path / "seg", data=data, progress=False).run()
+    _tiny_run(tmp_path / "seg", "mnist-seg2img", data=data)
     out = tmp_path / "t.png"
     assert main(["translate", "--run", str(tmp_path / "seg"), "--num", "4", "--steps", "2", "--out", str(out)]) == 0
     scores = json.loads(capsys.readouterr().out)
