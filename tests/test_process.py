@@ -152,13 +152,19 @@ def _assert_gaussian(samples, mean, std, n_se=4.0):
     assert bool(((samples.var(0) - var).abs() <= n_se * se_var).all()), "variance off"
 
 
+def _population(proc, n, d, seed):
+    """n copies of one z_0 and one E per modality (contiguous: stride-0 tensors are slow)."""
+    z0 = _randn(1, d, seed=seed).expand(n, d).contiguous()
+    enc = {k: _randn(1, d, seed=seed + 1 + j).expand(n, d).contiguous() for j, k in enumerate(proc.weights)}
+    return z0, enc
+
+
 @pytest.mark.parametrize("kind", ["bridge", "constant"])
 def test_monte_carlo_chain_matches_marginal(kind):
     """Running Eq. 3 step by step gives Eq. 4's marginal (checked at several t)."""
     proc = _procs()[kind]
     n, d = 20000, 3
-    z0 = _randn(1, d, seed=30).expand(n, d).contiguous()
-    enc = {k: _randn(1, d, seed=31 + j).expand(n, d).contiguous() for j, k in enumerate(proc.weights)}
+    z0, enc = _population(proc, n, d, seed=30)
     g = _gen(32)
     z = z0.clone()
     checkpoints = {0, 9, 99, 499, T - 1}
@@ -175,8 +181,7 @@ def test_posterior_then_forward_reproduces_marginal(kind):
     """z_t ~ q(z_t|z0,X), z_{t-1} ~ q(z_{t-1}|z_t,z0,X) gives q(z_{t-1}|z0,X); a forward step gives back q(z_t|z0,X)."""
     proc = _procs()[kind]
     n, d = 40000, 2
-    z0 = _randn(1, d, seed=40).expand(n, d).contiguous()
-    enc = {k: _randn(1, d, seed=41 + j).expand(n, d).contiguous() for j, k in enumerate(proc.weights)}
+    z0, enc = _population(proc, n, d, seed=40)
     g = _gen(42)
     for i in [1, 50, 600]:
         t = torch.full((n,), i)
