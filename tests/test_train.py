@@ -140,3 +140,18 @@ def test_log_has_prior_kl_and_loss_terms(tmp_path, toy_data):
     assert {"loss", "eps_mse", "masked", "grad_norm", "img_per_s"} <= set(lines[-1])
     saved = (tmp_path / "r" / "config.yaml").read_text()
     assert "variant: X" in saved
+
+
+def test_dropping_encodings_and_inputs(tmp_path, toy_data):
+    cfg = tiny("mnist-masked-x", *FAST, "train.steps=2", "train.ckpt_every=2", "modalities.label.kind=label",
+               "train.enc_drop_prob=0.5", "train.cond_drop_prob=0.5")
+    trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
+    data = {"label": torch.tensor([1, 2, 3, 4]), "masked": torch.ones(4, 1, 32, 32)}
+    assert trainer._dropped(data, 0.0, ("label",)) is None
+    every = trainer._dropped(data, 1.0, ("label",))
+    torch.testing.assert_close(every["label"], torch.full((4, 10), 0.1))
+    assert every["masked"] is data["masked"]  # not among the names: untouched
+    some = trainer._dropped(data, 0.5, ("label", "masked"))
+    # every sample is either kept whole or whole "nothing known"
+    assert bool(((some["masked"] == 1).flatten(1).all(1) | (some["masked"] == 0).flatten(1).all(1)).all())
+    trainer.run()  # trains with both kinds of dropout

@@ -91,6 +91,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_nonfinite: int = 20                     # consecutive non-finite losses before the run stops
     cond_drop_prob: float = 0.0                 # -X: drop each backbone input with this probability (classifier-free guidance)
+    enc_drop_prob: float = 0.0                  # build z_t without a modality's encoding with this probability (trains inverse mode)
 
 
 @dataclass
@@ -309,6 +310,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.device: {cfg.train.device!r} is not valid; choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if not 0 <= cfg.train.cond_drop_prob <= 1:
         raise ConfigError(f"train.cond_drop_prob must be in [0, 1], got {cfg.train.cond_drop_prob}")
+    if not 0 <= cfg.train.enc_drop_prob <= 1:
+        raise ConfigError(f"train.enc_drop_prob must be in [0, 1], got {cfg.train.enc_drop_prob}")
     if cfg.train.cond_drop_prob > 0 and m.variant != "X":
         raise ConfigError(f"train.cond_drop_prob={cfg.train.cond_drop_prob} drops backbone inputs, which only "
                           f"model.variant='X' has (got {m.variant!r})")

@@ -14,14 +14,17 @@ __all__ = ["mt_loss"]
 
 def mt_loss(model: MTModel, process: MTProcess, z0: Tensor, data: Mapping[str, Tensor], *,
             t: Tensor, noise: Tensor, lam: float = 0.1,
-            inputs: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+            inputs: Mapping[str, Tensor] | None = None,
+            encoded: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """L = ||eps_theta(z_t, t) - eps||^2 + lambda * sum_i KL(q_i(x_i) || p_theta(x_i | z_t))   (Eq. 6)
 
     with z_t ~ q(z_t | z_0, X) by Eq. 4. Returns the scalar loss and its per-term batch means
     (``eps_mse`` and one entry per modality, unweighted) for logging. ``inputs`` is what the -X
-    backbone sees (default ``data``; with some conditions dropped for classifier-free guidance).
+    backbone sees (default ``data``; with some conditions dropped for classifier-free guidance);
+    ``encoded`` is what the forward process aggregates (default ``data``; with some modalities
+    replaced by their "nothing known" value, the heads must read x_i from the image itself).
     """
-    enc = model.encode(data)                                         # {i: E_i(x_i)}  [B, C, H, W]
+    enc = model.encode(data if encoded is None else encoded)         # {i: E_i(x_i)}  [B, C, H, W]
     zt = process.q_sample(z0, t, enc, noise)                         # Eq. 4
     eps, preds = model(zt, t, data if inputs is None else inputs)   # eps_theta, {i: D_i(c_t)}
     eps_mse = ((eps.float() - noise.float()) ** 2).flatten(1).mean(1)  # [B]

@@ -71,11 +71,12 @@ def restore(model: Denoiser, process: MTProcess, masked: Tensor, keep: Tensor, *
 def inverse(model: Denoiser, process: MTProcess, z0: Tensor, name: str, *, t: int = 0,
             known: Mapping[str, Tensor] | None = None, generator: torch.Generator | None = None) -> Tensor:
     """Inverse mode: z_0 known, modality ``name`` read from its head at time index t
-    (image -> label is classification, photo -> mask is segmentation)."""
+    (image -> label is classification, photo -> mask is segmentation). The forward process and the
+    -X backbone see ``name`` as "nothing known", as in training with ``train.enc_drop_prob``."""
     known = dict(known or {})
     tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
     data = {**model.init_data([name], z0.shape[0], generator=generator, device=z0.device), **known}
     noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-    zt = process.q_sample(z0, tt, model.encode(known), noise)
+    zt = process.q_sample(z0, tt, model.encode(data), noise)  # the unknown modality as "nothing known"
     _, est = model.predict(zt, tt, data)
     return est[name]

@@ -140,15 +140,12 @@ class Trainer:
         noise = torch.randn(z0.shape, generator=self.gen, device=self.device)
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
-        inputs = None
-        if t.cond_drop_prob > 0:  # classifier-free guidance: the backbone sometimes sees "nothing known"
-            inputs = {n: model.modalities[n].drop(x, torch.rand(x.shape[0], generator=self.gen, device=self.device)
-                                                  < t.cond_drop_prob) if n in model.conditioned else x
-                      for n, x in data.items()}
+        inputs = self._dropped(data, t.cond_drop_prob, model.conditioned)   # classifier-free guidance
+        encoded = self._dropped(data, t.enc_drop_prob, tuple(model.modalities))  # heads learn image -> x
         ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with ctx:
             loss, terms = mt_loss(model, self.process, z0, data, t=tt, noise=noise, lam=self.cfg.diffusion.lam,
-                                  inputs=inputs)
+                                  inputs=inputs, encoded=encoded)
         self.opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return None
@@ -159,6 +156,14 @@ class Trainer:
         self.scaler.update()
         self.ema.update(model)
         return {"loss": loss.detach(), **terms, "grad_norm": grad_norm.detach()}
+
+    def _dropped(self, data: dict[str, torch.Tensor], prob: float, names) -> dict[str, torch.Tensor] | None:
+        """``data`` with each of ``names`` replaced per sample, with probability ``prob``, by its
+        "nothing known" value; None when prob is 0 (nothing is drawn from the generator then)."""
+        if prob <= 0:
+            return None
+        return {n: self.model.modalities[n].drop(x, torch.rand(x.shape[0], generator=self.gen, device=self.device) < prob)
+                if n in names else x for n, x in data.items()}
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
