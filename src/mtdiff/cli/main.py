@@ -224,49 +224,15 @@ def cmd_classify(args) -> int:
     return 0
 
 
-def restoration_grid(run, *, num: int, mask: str, patches: int | None, per_input: int, kw: dict,
-                     project: bool = True):
-    """Rows of (original, masked, restoration x per_input) on test images; returns (grid images, stats)."""
-    import torch
-
-    from ..config import ConfigError
-    from ..data.masking import apply_mask, make_mask
-    from ..sampling import restore
-    from ..train.trainer import load_data
-
-    masked_names = [n for n, m in run.model.modalities.items() if m.kind == "masked_image"]
-    if not masked_names:
-        raise ConfigError(f"{run.directory} has no masked_image modality; restore needs a masked-image run")
-    name = masked_names[0]
-    test = load_data(run.config, "test")
-    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:num]
-    x = test.to_float(idx).to(kw["device"])
-    mkw = {"num_patches": patches} if (mask == "random" and patches is not None) else {}
-    keep = make_mask(mask, num, x.shape[-1], generator=torch.Generator().manual_seed(1), **mkw).to(x)
-    masked = apply_mask(x, keep)
-    unknown = [n for n in run.model.modalities if n != name and n not in run.model.conditioned]
-    outs = [restore(run.model, run.process, masked, keep, modality=name, unknown=unknown, project=project, **kw)
-            for _ in range(per_input)]
-    rows = [x, masked] + [o.restored for o in outs]
-    grid = torch.stack(rows, 1).flatten(0, 1)                                   # [num * (2 + per_input), C, H, W]
-    known_equal = all(bool(((o.restored - x) * keep).abs().max() == 0) for o in outs)
-    hole = (1 - keep).expand_as(x)
-    stats = {
-        "known_pixels_exact": known_equal,
-        "raw_drift_known_mean_abs": float(torch.stack([o.drift for o in outs]).mean()),
-        "masked_region_mse": float(torch.stack([((o.restored - x) ** 2 * hole).sum() / hole.sum().clamp(min=1)
-                                                for o in outs]).mean()),
-        "masked_fraction": float(hole.mean()),
-    }
-    return grid, 2 + per_input, stats
-
-
 def cmd_restore(args) -> int:
     from ..viz import save_grid
 
+    from ..evaluate import restoration_grid
+    from ..train.trainer import load_data
+
     run, kw = _load(args)
-    grid, ncol, stats = restoration_grid(run, num=args.num, mask=args.mask, patches=args.patches,
-                                         per_input=args.per_input, kw=kw, project=args.project)
+    grid, ncol, stats = restoration_grid(run, load_data(run.config, "test"), num=args.num, mask=args.mask,
+                                         patches=args.patches, per_input=args.per_input, project=args.project, **kw)
     save_grid(grid, args.out, nrow=ncol * 2 if args.num % 2 == 0 else ncol)
     print(json.dumps({"out": str(args.out), **stats}))
     return 0
@@ -277,8 +243,10 @@ def cmd_demo(args) -> int:
     from types import SimpleNamespace
 
     from ..config import load_config
+    from ..evaluate import restoration_grid
     from ..sampling import generate_joint
     from ..train import Trainer
+    from ..train.trainer import load_data
     from ..viz import save_grid
 
     t0 = time.perf_counter()
@@ -292,7 +260,8 @@ def cmd_demo(args) -> int:
     run, kw = _load(ns)
     state = generate_joint(run.model, run.process, batch=64, **kw)
     samples = save_grid(state.z, out / "samples.png", nrow=8)
-    grid, ncol, stats = restoration_grid(run, num=16, mask="random", patches=None, per_input=2, kw=kw)
+    grid, ncol, stats = restoration_grid(run, load_data(run.config, "test"), num=16, mask="random", patches=None,
+                                         per_input=2, **kw)
     restorations = save_grid(grid, out / "restorations.png", nrow=ncol * 2)
     summary = {"samples": str(samples), "restorations": str(restorations), **stats,
                "minutes": round((time.perf_counter() - t0) / 60, 2)}
