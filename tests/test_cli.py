@@ -113,6 +113,24 @@ def test_translate_mask_to_image_writes_triplets_and_table4_scores(tmp_path, cap
     for key in ("inverse_image_to_mask/pixel_accuracy", "generated_by_own_head/class_iou"):
         assert 0 <= scores[key] <= 1
     assert out.is_file()
+    # from files: a folder of class maps (pixel value = class index)
+    import numpy as np
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(2):
+        arr = np.zeros((32, 32), np.uint8)
+        arr[8:24, 12:20] = i + 1
+        Image.fromarray(arr).save(masks / f"m{i}.png")
+    args = ["translate", "--run", str(tmp_path / "seg"), "--steps", "2", "--input", str(masks), "--out", str(out)]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 2
+    Image.fromarray(np.full((32, 32), 20, np.uint8)).save(masks / "m2.png")
+    assert main(args) == 2
+    assert "must be < 11; found 20" in capsys.readouterr().err
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(masks / "m2.png")
+    assert main(args) == 2
+    assert "expects a 32x32" in capsys.readouterr().err
 
 
 def test_classify_by_elbo(label_run, capsys):

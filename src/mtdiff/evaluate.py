@@ -65,15 +65,16 @@ def _as_image(modality, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def translate(run: Run, data: ImageSet, *, modality: str, num: int = 16, device="cpu", seed: int = 0,
-              **sample_kw) -> tuple[torch.Tensor, dict[str, float]]:
-    """Image translation (Appendix E.1): generate images from the ``modality`` of ``num`` test samples,
-    score them, and read the modality back from the ground-truth images (the inverse direction).
+def translate(run: Run, data: ImageSet | None = None, *, modality: str, num: int = 16, source: torch.Tensor | None = None,
+              device="cpu", seed: int = 0, **sample_kw) -> tuple[torch.Tensor, dict[str, float]]:
+    """Image translation (Appendix E.1): generate images from ``modality`` and score them.
 
-    Returns a grid [num * 3, C, H, W] of (source, ground truth, generated) and the scores. For class
-    masks the generated images are segmented by the model's own mask head and, when the external
-    MNIST classifier is installed, by "foreground x (MNIST-CNN label + 1)"; for edge maps the edges
-    of the generated images are re-extracted and compared with the input.
+    The source is either derived from the first ``num`` samples of ``data`` (then the grid holds
+    (source, ground truth, generated) and the modality is also read back from the ground-truth
+    images: the inverse direction) or given as ``source`` (then the grid holds (source, generated)).
+    For class masks the generated images are segmented by the model's own mask head and, when the
+    external MNIST classifier is installed, by "foreground x (MNIST-CNN label + 1)"; for edge maps
+    the edges of the generated images are re-extracted and compared with the input.
     """
     from .data.derived import class_mask, edge_map
     from .metrics import SegmentationMeter
@@ -81,19 +82,26 @@ def translate(run: Run, data: ImageSet, *, modality: str, num: int = 16, device=
 
     model, mod = run.model, run.model.modalities[modality]
     g = torch.Generator(device).manual_seed(seed)
-    idx = torch.arange(min(num, len(data)))
-    x = data.to_float(idx).to(device)
-    batch = {"image": x, **({"label": data.labels[idx].to(device)} if data.labels is not None else {})}
-    source = mod.derive(batch, None)
+    x = None
+    if source is None:
+        if data is None:
+            raise ValueError("translate needs data (to derive the source from) or a source tensor")
+        idx = torch.arange(min(num, len(data)))
+        x = data.to_float(idx).to(device)
+        batch = {"image": x, **({"label": data.labels[idx].to(device)} if data.labels is not None else {})}
+        source = mod.derive(batch, None)
+    source = source.to(device)
     unknown = [n for n in model.modalities if n != modality]
-    state = generate(model, run.process, batch=len(idx), z_shape=model.z_shape, known={modality: source},
+    state = generate(model, run.process, batch=source.shape[0], z_shape=model.z_shape, known={modality: source},
                      unknown=unknown, generator=g, device=device, **sample_kw)
     fake = state.z
-    grid = torch.stack([_as_image(mod, source), x, fake], 1).flatten(0, 1)
-    scores: dict[str, float] = {"n": len(idx)}
+    columns = [_as_image(mod, source)] + ([x] if x is not None else []) + [fake]
+    grid = torch.stack(columns, 1).flatten(0, 1)
+    scores: dict[str, float] = {"n": source.shape[0], "columns": len(columns)}
     if mod.kind == "segmentation":
         k = mod.num_classes
-        for name, images, target in (("generated_by_own_head", fake, source), ("inverse_image_to_mask", x, source)):
+        pairs = [("generated_by_own_head", fake, source)] + ([("inverse_image_to_mask", x, source)] if x is not None else [])
+        for name, images, target in pairs:
             meter = SegmentationMeter(k)
             meter.update(inverse(model, run.process, images, modality, generator=g).argmax(1), target)
             scores.update({f"{name}/{key}": v for key, v in meter.compute().items() if key != "per_class_iou"})
@@ -112,7 +120,8 @@ def translate(run: Run, data: ImageSet, *, modality: str, num: int = 16, device=
         meter = SegmentationMeter(2)
         meter.update((edge_map(fake) > 0).long(), (source > 0).long().squeeze(1))
         scores.update({f"edges_of_generated/{key}": v for key, v in meter.compute().items() if key != "per_class_iou"})
-    scores["generated_mse_to_ground_truth"] = float(((fake - x) ** 2).mean())
+    if x is not None:
+        scores["generated_mse_to_ground_truth"] = float(((fake - x) ** 2).mean())
     return grid, scores
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "load_image"]
+__all__ = ["to_uint8", "make_grid", "save_grid", "load_image", "load_class_map"]
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -69,3 +69,19 @@ def load_image(path: str | Path, *, size: int, channels: int) -> Tensor:
     t = torch.from_numpy(arr.copy()).float()
     t = t[None, None] if channels == 1 else t.permute(2, 0, 1)[None]
     return t / 127.5 - 1
+
+
+def load_class_map(path: str | Path, *, size: int, num_classes: int) -> Tensor:
+    """A greyscale PNG whose pixel values are class indices -> LongTensor [1, size, size]."""
+    import numpy as np
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L") if im.mode not in ("L", "P", "I", "I;16") else im)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    if arr.ndim != 2 or arr.shape != (size, size):
+        raise ValueError(f"{path}: class map is {arr.shape[::-1]}, the model expects a {size}x{size} greyscale image")
+    if int(arr.max()) >= num_classes:
+        raise ValueError(f"{path}: pixel values are class indices and must be < {num_classes}; found {int(arr.max())}")
+    return torch.from_numpy(arr.astype("int64"))[None]

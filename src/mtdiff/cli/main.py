@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("translate", help="image translation: generate images from a modality of the test split")
     _common_sampling(p)
-    p.add_argument("--input", default="test", help="where the source modality comes from: 'test' (derived from the test split; the only choice so far)")
+    p.add_argument("--input", default="test",
+                   help="'test' (the source derived from the test split, scored against the truth; default), or a "
+                        "PNG file or folder of PNGs: class maps (pixel value = class index) or source images")
 
     p = sub.add_parser("classify", help="accuracy of the label head on the test split (inverse mode)")
     p.add_argument("--run", required=True, type=Path)
@@ -201,14 +203,35 @@ def cmd_translate(args) -> int:
     sources = [n for n, m in run.model.modalities.items() if m.kind in ("segmentation", "image")]
     if not sources:
         raise ConfigError(f"{run.directory} has no segmentation or image modality to translate from")
-    if args.input != "test":
-        raise ConfigError(f"--input {args.input!r}: only 'test' (the test split) is supported so far")
-    kw.pop("generator")
-    grid, scores = translate(run, load_data(run.config, "test"), modality=sources[0], num=args.num,
-                             seed=args.seed, **kw)
-    save_grid(grid, args.out, nrow=6 if args.num % 2 == 0 else 3)
-    print(json.dumps({"out": str(args.out), "modality": sources[0], **scores}))
+    name, kw = sources[0], {k: v for k, v in kw.items() if k != "generator"}
+    if args.input == "test":
+        grid, scores = translate(run, load_data(run.config, "test"), modality=name, num=args.num, seed=args.seed, **kw)
+    else:
+        source = _read_sources(run, name, Path(args.input))
+        grid, scores = translate(run, modality=name, source=source, seed=args.seed, **kw)
+    cols = int(scores.pop("columns"))
+    save_grid(grid, args.out, nrow=2 * cols if scores["n"] % 2 == 0 else cols)
+    print(json.dumps({"out": str(args.out), "modality": name, **scores}))
     return 0
+
+
+def _read_sources(run, name: str, path: Path):
+    """Source data for translation from a PNG file or a folder of PNGs, checked against the model."""
+    import torch
+
+    from ..config import ConfigError
+    from ..viz import load_class_map, load_image
+
+    files = sorted(path.glob("*.png")) if path.is_dir() else [path]
+    if not files or not files[0].is_file():
+        raise ConfigError(f"--input {path}: no PNG file there")
+    mod, d = run.model.modalities[name], run.config.data
+    try:
+        if mod.kind == "segmentation":
+            return torch.cat([load_class_map(f, size=d.image_size, num_classes=mod.num_classes) for f in files])
+        return torch.cat([load_image(f, size=d.image_size, channels=mod.z_shape[0]) for f in files])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def cmd_classify(args) -> int:
