@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "CheckpointError", "optimizer_to_flat",
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "has_checkpoints", "CheckpointError", "optimizer_to_flat",
            "optimizer_from_flat"]
 
 FORMAT = "mtdiff-checkpoint"
@@ -142,6 +142,11 @@ def _prune(ckpt_root: Path, keep: int, protect: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
     for d in ckpt_root.glob(".tmp-*"):
         shutil.rmtree(d, ignore_errors=True)
+
+
+def has_checkpoints(run_dir: Path) -> bool:
+    """Whether a run directory holds any checkpoint directory (complete or not: never overwrite one)."""
+    return any((Path(run_dir) / "checkpoints").glob("ckpt-*"))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

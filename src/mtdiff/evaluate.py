@@ -18,12 +18,13 @@ def elbo_logits(run: Run, z0: torch.Tensor, modality: str, *, timesteps: list[in
     model, k = run.model, run.model.modalities[modality].num_classes
     b = z0.shape[0]
     err = torch.zeros(b, k, device=z0.device)
+    classes = [{modality: torch.full((b,), c, dtype=torch.long, device=z0.device)} for c in range(k)]
+    encoded = [model.encode(data) for data in classes]  # E(c) does not depend on t: encode once
     for t in timesteps:
         tt = torch.full((b,), t, dtype=torch.long, device=z0.device)
         noise = torch.randn(z0.shape, generator=generator, device=z0.device)
-        for c in range(k):
-            data = {modality: torch.full((b,), c, dtype=torch.long, device=z0.device)}
-            zt = run.process.q_sample(z0, tt, model.encode(data), noise)
+        for c, (data, enc) in enumerate(zip(classes, encoded)):
+            zt = run.process.q_sample(z0, tt, enc, noise)
             eps, _ = model.predict(zt, tt, data)
             err[:, c] += ((eps - noise) ** 2).flatten(1).mean(1)
     return -err / len(timesteps)

@@ -14,7 +14,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..build import build_model, build_process
-from ..checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from ..checkpoint import has_checkpoints, load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from ..config import Config, ConfigError, to_dict
 from ..data.loader import BatchStream
 from ..data.sources import ImageSet, load_source
@@ -66,7 +66,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, data: ImageSet | None = None,
                  progress: bool = True):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        has_ckpt = (self.run_dir / "checkpoints").is_dir() and any((self.run_dir / "checkpoints").glob("ckpt-*"))
+        has_ckpt = has_checkpoints(self.run_dir)
         if has_ckpt and not resume:
             raise ConfigError(f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
         if resume and not has_ckpt:
