@@ -4,11 +4,12 @@ from __future__ import annotations
 from .config import Config
 from .modalities import MODALITY_KINDS
 from .models import MTModel, UNet
+from .models.autoencoder import LatentMap, PixelMap, SpaceMap, latent_shape, read_vae_config
 from .process import MTProcess, aggregation_schedule, beta_schedule
 
-__all__ = ["build_process", "build_model", "context_dim"]
+__all__ = ["build_process", "build_model", "build_space_map", "context_dim", "diffusion_shape"]
 
-_TOKEN_KINDS = ("label", "vector")
+_TOKEN_KINDS = ("label", "vector", "text")
 
 
 def build_process(cfg: Config) -> MTProcess:
@@ -16,14 +17,16 @@ def build_process(cfg: Config) -> MTProcess:
     betas = beta_schedule(cfg.diffusion.beta_schedule, cfg.diffusion.timesteps)
     weights = {}
     for name, mc in cfg.modalities.items():
+        if not MODALITY_KINDS[mc.kind].aggregates:
+            continue
         params = {"bridge": {"gamma": mc.gamma}, "constant": {"value": mc.weight}, "paper": {}}[mc.aggregation]
         weights[name] = aggregation_schedule(mc.aggregation, **params).weights(1 - betas)
     return MTProcess(betas, weights)
 
 
 def conditioned(cfg: Config) -> tuple[str, ...]:
-    """Modalities fed to the backbone: all of them in the -X variant, none otherwise."""
-    return tuple(cfg.modalities) if cfg.model.variant == "X" else ()
+    """Modalities fed to the backbone: all of them in the -X variant; pure conditions (text) always."""
+    return tuple(n for n, mc in cfg.modalities.items() if cfg.model.variant == "X" or mc.kind == "text")
 
 
 def context_dim(cfg: Config) -> int:
@@ -33,18 +36,35 @@ def context_dim(cfg: Config) -> int:
     return (cfg.model.context_dim or 4 * cfg.model.channels) if needs else 0
 
 
+def diffusion_shape(cfg: Config) -> tuple[int, int, int]:
+    """The diffusion space [C, H, W]: the images', or the autoencoder's latent shape (Appendix E.1)."""
+    d = cfg.data
+    if not d.autoencoder:
+        return d.channels, d.image_size, d.image_size
+    return latent_shape(read_vae_config(d.autoencoder), d.channels, d.image_size)
+
+
+def build_space_map(cfg: Config, device="cpu") -> SpaceMap:
+    """Pixels <-> diffusion space: the frozen autoencoder of ``data.autoencoder``, or the identity."""
+    if not cfg.data.autoencoder:
+        return PixelMap()
+    return LatentMap.load(cfg.data.autoencoder, scale=cfg.data.latent_scale, device=device)
+
+
 def build_model(cfg: Config) -> MTModel:
     """The U-Net backbone and one Modality object (encoder + head) per configured modality."""
     m, d = cfg.model, cfg.data
     ctx = context_dim(cfg)
     cond_names = conditioned(cfg)
-    z_shape = (d.channels, d.image_size, d.image_size)
+    z_shape = diffusion_shape(cfg)
     mult = tuple(m.channel_mult)
     features = {"output": m.channels * mult[0], "middle": m.channels * mult[-1]}
     tokens = lambda name, mc: ctx if mc.encoder == "backbone" or name in cond_names else 0  # noqa: E731
     modalities = []
     for name, mc in cfg.modalities.items():
         kw = dict(z_shape=z_shape, features=features, head=mc.head, encoder=mc.encoder, source=mc.source)
+        if mc.kind in ("image", "masked_image"):
+            kw.update(clip=not d.autoencoder)                    # latents are not bounded to [-1, 1]
         if mc.kind == "masked_image":
             kw.update(mask=mc.mask, max_patches=mc.max_patches, patch_frac=mc.patch_frac, full_mask_prob=mc.full_mask_prob)
         elif mc.kind == "label":
@@ -52,10 +72,14 @@ def build_model(cfg: Config) -> MTModel:
         elif mc.kind == "segmentation":
             kw.update(num_classes=mc.num_classes, seed=mc.seed)
         elif mc.kind == "vector":
-            kw.update(dim=mc.dim, hidden=mc.hidden or 256, seed=mc.seed, context_dim=tokens(name, mc))
+            kw.update(dim=mc.dim, hidden=mc.hidden or 256, seed=mc.seed, context_dim=tokens(name, mc),
+                      extractor=mc.extractor)
+        elif mc.kind == "text":
+            kw.update(dim=mc.dim, class_names=mc.class_names, templates=mc.templates, text_encoder=mc.text_encoder,
+                      context_dim=ctx)
         modalities.append(MODALITY_KINDS[mc.kind](name, **kw))
     cond_channels = sum(mod.cond_channels for mod in modalities if mod.name in cond_names and not mod.uses_context)
-    backbone = UNet(image_size=d.image_size, in_channels=d.channels, out_channels=d.channels,
+    backbone = UNet(image_size=z_shape[-1], in_channels=z_shape[0], out_channels=z_shape[0],
                     model_channels=m.channels, channel_mult=mult, num_res_blocks=m.num_res_blocks,
                     attention_resolutions=tuple(m.attention_resolutions), num_heads=m.num_heads,
                     num_head_channels=m.num_head_channels, dropout=m.dropout,

@@ -46,7 +46,7 @@ def classify(run: Run, data: ImageSet, *, modality: str, method: str = "head", t
     correct, nll = 0, 0.0
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
-        z0, y = data.to_float(idx).to(device), data.labels[idx].to(device)
+        z0, y = run.latent.encode(data.to_float(idx).to(device)), data.labels[idx].to(device)
         if method == "head":
             probs = inverse(run.model, run.process, z0, modality, t=t, generator=g)
         else:
@@ -70,9 +70,11 @@ def translate(run: Run, data: ImageSet | None = None, *, modality: str, num: int
               device="cpu", seed: int = 0, **sample_kw) -> tuple[torch.Tensor, dict[str, float]]:
     """Image translation (Appendix E.1): generate images from ``modality`` and score them.
 
-    The source is either derived from the first ``num`` samples of ``data`` (then the grid holds
-    (source, ground truth, generated) and the modality is also read back from the ground-truth
-    images: the inverse direction) or given as ``source`` (then the grid holds (source, generated)).
+    The source is either derived from (or, for a paired folder, read with) the first ``num`` samples
+    of ``data`` (then the grid holds (source, ground truth, generated) and the modality is also read
+    back from the ground-truth images: the inverse direction) or given as ``source`` (then the grid
+    holds (source, generated)). Image sources go through ``run.latent`` into the diffusion space and
+    generated latents back to pixels (the identity without an autoencoder).
     For class masks the generated images are segmented by the model's own mask head and, when the
     external MNIST classifier is installed, by "foreground x (MNIST-CNN label + 1)"; for edge maps
     the edges of the generated images are re-extracted and compared with the input.
@@ -88,14 +90,15 @@ def translate(run: Run, data: ImageSet | None = None, *, modality: str, num: int
         if data is None:
             raise ValueError("translate needs data (to derive the source from) or a source tensor")
         idx = torch.arange(min(num, len(data)))
-        x = data.to_float(idx).to(device)
-        batch = {"image": x, **({"label": data.labels[idx].to(device)} if data.labels is not None else {})}
+        batch = data.batch(idx, device)
+        x = batch["image"]
         source = mod.derive(batch, None)
     source = source.to(device)
     unknown = [n for n in model.modalities if n != modality]
-    state = generate(model, run.process, batch=source.shape[0], z_shape=model.z_shape, known={modality: source},
+    known = run.latent.encode_data({modality: source}, model.modalities)
+    state = generate(model, run.process, batch=source.shape[0], z_shape=model.z_shape, known=known,
                      unknown=unknown, generator=g, device=device, **sample_kw)
-    fake = state.z
+    fake = run.latent.decode(state.z)
     columns = [_as_image(mod, source)] + ([x] if x is not None else []) + [fake]
     grid = torch.stack(columns, 1).flatten(0, 1)
     scores: dict[str, float] = {"n": source.shape[0], "columns": len(columns)}
@@ -104,7 +107,7 @@ def translate(run: Run, data: ImageSet | None = None, *, modality: str, num: int
         pairs = [("generated_by_own_head", fake, source)] + ([("inverse_image_to_mask", x, source)] if x is not None else [])
         for name, images, target in pairs:
             meter = SegmentationMeter(k)
-            meter.update(inverse(model, run.process, images, modality, generator=g).argmax(1), target)
+            meter.update(inverse(model, run.process, run.latent.encode(images), modality, generator=g).argmax(1), target)
             scores.update({f"{name}/{key}": v for key, v in meter.compute().items() if key != "per_class_iou"})
         try:
             from .metrics import load_mnist_classifier
@@ -162,3 +165,17 @@ def restoration_grid(run: Run, test: ImageSet, *, num: int, mask: str, patches: 
         "masked_fraction": float(hole.mean()),
     }
     return grid, 2 + per_input, stats
+
+
+@torch.no_grad()
+def representation_cosine(model, state) -> dict[str, float]:
+    """For each vector modality with an image extractor (Appendix E.4): the mean cosine between the
+    representation the head generated and the extractor's representation of the generated image."""
+    import torch.nn.functional as F
+
+    out = {}
+    for name, mod in model.modalities.items():
+        if getattr(mod, "extractor_name", None) and name in state.data:
+            cos = F.cosine_similarity(state.data[name].float(), mod.represent(state.z), dim=1)
+            out[f"{name}_cosine_{mod.extractor_name}"] = float(cos.mean())
+    return out

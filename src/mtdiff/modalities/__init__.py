@@ -2,10 +2,11 @@
 from .base import Modality
 from .heads import HEADS, ClassifierHead, MLPHead, OutputHead
 from .kinds import (
-    MODALITY_KINDS, ImageModality, LabelModality, MaskedImageModality, SegmentationModality, VectorModality,
+    MODALITY_KINDS, ImageModality, LabelModality, MaskedImageModality, SegmentationModality, TextModality,
+    VectorModality,
 )
 
 __all__ = [
     "Modality", "MODALITY_KINDS", "ImageModality", "MaskedImageModality", "LabelModality",
-    "SegmentationModality", "VectorModality", "HEADS", "OutputHead", "MLPHead", "ClassifierHead",
+    "SegmentationModality", "VectorModality", "TextModality", "HEADS", "OutputHead", "MLPHead", "ClassifierHead",
 ]

@@ -30,6 +30,8 @@ class Modality(nn.Module):
     kind: ClassVar[str] = ""
     head_choices: ClassVar[tuple[str, ...]] = ()
     encoder_choices: ClassVar[tuple[str, ...]] = ()
+    aggregates: ClassVar[bool] = True  # whether E_i(x_i) enters the forward process (Eq. 3); False: a pure condition
+    has_head: ClassVar[bool] = True    # whether a head D_i reads it back (a term of Eq. 6)
     cond_channels: int = 0       # channels this modality adds to the backbone input in the -X variant
     uses_context: bool = False   # whether it enters the backbone as cross-attention tokens
 
@@ -46,6 +48,10 @@ class Modality(nn.Module):
     def _build_head(self, out: int, **kw) -> nn.Module:
         head = HEADS[self.head_name]
         return head(self.features[head.feature], out, **kw)
+
+    def prepare(self) -> None:
+        """Load what lives outside the checkpoint (frozen pretrained encoders). Called before training
+        from scratch and lazily at inference; a no-op for most kinds."""
 
     # -- data ------------------------------------------------------------------------------
     def derive(self, batch: Mapping[str, Tensor], generator: torch.Generator | None) -> Tensor:

@@ -13,7 +13,7 @@ from ..data.masking import apply_mask, make_mask
 from .base import BackboneEncode, Modality
 
 __all__ = ["ImageModality", "MaskedImageModality", "LabelModality", "SegmentationModality",
-           "VectorModality", "MODALITY_KINDS"]
+           "VectorModality", "TextModality", "MODALITY_KINDS"]
 
 
 def _per_sample_mean(x: Tensor) -> Tensor:
@@ -28,13 +28,15 @@ def _fixed_normal(seed: int, *shape: int) -> Tensor:
 
 class ImageModality(Modality):
     """A continuous image in the diffusion space's shape. E = identity; head = output-block replica;
-    Gaussian likelihood, so the KL term is an MSE (Section 2.2.3)."""
+    Gaussian likelihood, so the KL term is an MSE (Section 2.2.3). ``clip``: estimates are clamped to
+    the pixel range [-1, 1] (off in an autoencoder's latent space, Appendix E.1)."""
     kind = "image"
     head_choices = ("output",)
     encoder_choices = ("identity",)
 
-    def __init__(self, name: str, *, head: str = "output", encoder: str = "identity", **kw):
+    def __init__(self, name: str, *, head: str = "output", encoder: str = "identity", clip: bool = True, **kw):
         super().__init__(name, head=head, encoder=encoder, **kw)
+        self.clip = clip
         self.cond_channels = self.z_shape[0]
         self.decoder = self._build_head(self.z_shape[0])
 
@@ -48,7 +50,7 @@ class ImageModality(Modality):
         return _per_sample_mean((pred.float() - x.float()) ** 2)
 
     def estimate(self, pred):
-        return pred.clamp(-1, 1)
+        return pred.clamp(-1, 1) if self.clip else pred
 
     def condition(self, x):
         return x
@@ -178,15 +180,21 @@ class SegmentationModality(_Discrete):
 class VectorModality(Modality):
     """A representation vector [B, D] (Appendix E.4). Encoders: ``fixed`` (a fixed random linear map
     into the diffusion space) or ``backbone`` (cross-attention token, stop-gradient). Head: MLP
-    on the middle block (two layers: hidden, ReLU-like, out). Gaussian likelihood -> MSE."""
+    on the middle block (two layers: hidden, SiLU, out). Gaussian likelihood -> MSE.
+
+    With ``extractor`` (a name in ``mtdiff.pretrained.IMAGE_FEATURES``) the data is the frozen
+    network's representation of the image, rescaled to norm sqrt(D) so each coordinate is O(1)
+    (the direction is what a representation means; cosines are unchanged). The extractor is
+    loaded by ``prepare`` and is never part of the model's weights."""
     kind = "vector"
     head_choices = ("middle",)
     encoder_choices = ("fixed", "backbone")
 
     def __init__(self, name: str, *, dim: int, head: str = "middle", encoder: str = "fixed",
-                 context_dim: int = 0, hidden: int = 256, seed: int = 0, **kw):
+                 context_dim: int = 0, hidden: int = 256, seed: int = 0, extractor: str | None = None, **kw):
         super().__init__(name, head=head, encoder=encoder, **kw)
-        self.dim = dim
+        self.dim, self.extractor_name = dim, extractor
+        self._extractor: tuple[nn.Module, ...] = ()          # a tuple keeps it out of state_dict and .to()
         self.decoder = self._build_head(dim, hidden=hidden)
         self.register_buffer("projection", _fixed_normal(seed, dim, math.prod(self.z_shape)) / math.sqrt(dim))
         self.uses_context = encoder == "backbone" or context_dim > 0
@@ -194,6 +202,29 @@ class VectorModality(Modality):
             if context_dim <= 0:
                 raise ValueError(f"modality {name!r}: the backbone encoder needs model.context_dim > 0")
             self.token = nn.Linear(dim, context_dim)
+
+    def prepare(self) -> None:
+        if self.extractor_name and not self._extractor:
+            from ..pretrained import load_image_features
+            net = load_image_features(self.extractor_name)
+            if net.num_features != self.dim:
+                raise ValueError(f"modality {self.name!r}: extractor {self.extractor_name!r} gives {net.num_features}-d "
+                                 f"features but dim={self.dim}")
+            self._extractor = (net,)
+
+    @torch.no_grad()
+    def represent(self, images: Tensor) -> Tensor:
+        """The extractor's representation of images [B, C, H, W] in [-1, 1], at norm sqrt(D)."""
+        if not self.extractor_name:
+            raise ValueError(f"modality {self.name!r} has no extractor; its data must be in the batch")
+        self.prepare()
+        net = self._extractor[0].to(images.device)
+        return F.normalize(net(images).float(), dim=1) * math.sqrt(self.dim)
+
+    def derive(self, batch, generator):
+        if self.extractor_name and self.source not in batch:
+            return self.represent(batch["image"])
+        return super().derive(batch, generator)
 
     def init_unknown(self, batch, *, generator, device):
         return torch.randn(batch, self.dim, generator=generator, device=device)
@@ -215,6 +246,73 @@ class VectorModality(Modality):
         return self.token(x.float())[:, None]                                      # [B, 1, D]
 
 
+class TextModality(Modality):
+    """A caption, as a pure condition (Appendix E.4 feeds text through cross-attention): it does not
+    enter the forward process and has no head, so the process and the loss are those of the other
+    modalities; the backbone reads it as one cross-attention token in every variant.
+
+    Data are sentence embeddings [B, D] of a frozen text encoder (``mtdiff.pretrained.text``). For
+    labelled data the captions are made from class names and templates ("a photo of a {}"); their
+    embeddings are computed once by ``prepare`` and kept as a buffer, so a trained run samples from
+    its captions without the text encoder. "Nothing known" (caption dropout) is the zero vector."""
+    kind = "text"
+    aggregates = False
+    has_head = False
+    uses_context = True
+    head_choices = ("none",)
+    encoder_choices = ("none",)
+
+    def __init__(self, name: str, *, dim: int, class_names: tuple[str, ...], templates: tuple[str, ...],
+                 text_encoder: str, context_dim: int, head: str = "none", encoder: str = "none", **kw):
+        super().__init__(name, head=head, encoder=encoder, **kw)
+        if context_dim <= 0:
+            raise ValueError(f"modality {name!r}: a text condition needs model.context_dim > 0")
+        self.dim, self.class_names, self.templates, self.text_encoder = dim, tuple(class_names), tuple(templates), text_encoder
+        self.register_buffer("captions", torch.zeros(len(self.class_names), len(self.templates), dim))
+        self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
+        self.token = nn.Linear(dim, context_dim)
+
+    def caption(self, label: int, template: int = 0) -> str:
+        return self.templates[template].format(self.class_names[label])
+
+    def embed(self, captions: list[str]) -> Tensor:
+        """Free text -> embeddings [N, D] with the run's text encoder (loaded on first use)."""
+        from ..pretrained import load_text_encoder
+        out = load_text_encoder(self.text_encoder)(captions)                       # cached per process
+        if out.shape[1] != self.dim:
+            raise ValueError(f"modality {self.name!r}: text encoder {self.text_encoder!r} gives {out.shape[1]}-d "
+                             f"embeddings but dim={self.dim}")
+        return out
+
+    def prepare(self) -> None:
+        if not bool(self.ready) and self.class_names:
+            texts = [self.caption(k, j) for k in range(len(self.class_names)) for j in range(len(self.templates))]
+            table = self.embed(texts).reshape(self.captions.shape)
+            self.captions.copy_(table.to(self.captions))
+            self.ready.fill_(True)
+
+    def from_labels(self, labels: Tensor, template: Tensor | None = None) -> Tensor:
+        """Embeddings [B, D] of the captions of class ``labels`` [B] (template 0 unless given)."""
+        if not bool(self.ready):
+            raise RuntimeError(f"modality {self.name!r}: captions are not encoded yet; call prepare()")
+        template = torch.zeros_like(labels) if template is None else template
+        return self.captions[labels.long(), template.long()]
+
+    def derive(self, batch, generator):
+        if self.source in batch:
+            return batch[self.source]
+        labels = batch["label"]
+        template = torch.randint(0, len(self.templates), labels.shape, generator=generator, device=labels.device)
+        return self.from_labels(labels, template)
+
+    def init_unknown(self, batch, *, generator, device):
+        return torch.zeros(batch, self.dim, device=device)
+
+    def condition(self, x):
+        return self.token(x.float())[:, None]                                      # [B, 1, D]
+
+
 MODALITY_KINDS: Mapping[str, type[Modality]] = {
-    cls.kind: cls for cls in (ImageModality, MaskedImageModality, LabelModality, SegmentationModality, VectorModality)
+    cls.kind: cls for cls in (ImageModality, MaskedImageModality, LabelModality, SegmentationModality, VectorModality,
+                               TextModality)
 }

@@ -20,7 +20,8 @@ class MTModel(nn.Module):
 
     ``conditioned`` lists the modalities fed to the backbone as inputs: empty is MT-Diffusion-U,
     eps_theta(z_t, t); non-empty is MT-Diffusion-X, eps_theta(z_t, X, t). Image-like modalities
-    enter as extra input channels, label and vector modalities as cross-attention tokens.
+    enter as extra input channels, label, vector and text modalities as cross-attention tokens.
+    A pure condition (a caption: ``aggregates`` and ``has_head`` False) is an input in every variant.
     """
 
     def __init__(self, backbone: UNet, modalities: Sequence[Modality], *, conditioned: Sequence[str] = ()):
@@ -35,6 +36,12 @@ class MTModel(nn.Module):
     @property
     def z_shape(self) -> tuple[int, ...]:
         return (self.backbone.in_channels, self.backbone.image_size, self.backbone.image_size)
+
+    def prepare(self) -> MTModel:
+        """Load each modality's frozen outside parts (text encoder captions, image extractors)."""
+        for m in self.modalities.values():
+            m.prepare()
+        return self
 
     # -- encoders ------------------------------------------------------------------------
     def _backbone_encode(self, context: Tensor) -> Tensor:
@@ -51,7 +58,7 @@ class MTModel(nn.Module):
     def encode(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """E_i(x_i) for every modality present in ``data`` (Algorithm 1 line 7, Algorithm 2 line 4)."""
         return {name: self.modalities[name].encode(x, self._backbone_encode)
-                for name, x in data.items() if name in self.modalities}
+                for name, x in data.items() if name in self.modalities and self.modalities[name].aggregates}
 
     # -- reverse model -------------------------------------------------------------------
     def _inputs(self, data: Mapping[str, Tensor] | None) -> tuple[Tensor | None, Tensor | None]:
@@ -72,7 +79,7 @@ class MTModel(nn.Module):
         """(eps_theta, {name: head output}) for z_t [B, C, H, W] at timesteps t [B]."""
         cond, context = self._inputs(data)
         feats = self.backbone(z, t, cond=cond, context=context)
-        return feats["eps"], {name: m.head(feats) for name, m in self.modalities.items()}
+        return feats["eps"], {name: m.head(feats) for name, m in self.modalities.items() if m.has_head}
 
     @torch.no_grad()
     def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:

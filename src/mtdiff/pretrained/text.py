@@ -6,6 +6,7 @@ sentence-transformers directory can be named by its path.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,13 +54,16 @@ def _model_dir(name: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=2)
 def load_text_encoder(name: str = "all-MiniLM-L6-v2") -> TextEncoder:
-    """Load a frozen sentence encoder on the CPU (captions are encoded once, then cached)."""
+    """Load a frozen sentence encoder on the CPU, once per process."""
     path = _model_dir(name)
     if importlib.util.find_spec("sentence_transformers") is None:
         raise MissingTextEncoderError(f"text encoder {name!r} needs sentence-transformers: {_PIP}")
     import logging
 
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+    hf_logging.disable_progress_bar()
     return TextEncoder(SentenceTransformer(str(path), device="cpu"), name)
