@@ -13,3 +13,28 @@ def tiny(preset: str = "mnist-masked-x", *extra: str):
     """A preset shrunk to a test-sized model (8 channels, two resolutions)."""
     return load_config(preset, ["model.channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
                                 "model.attention_resolutions=[16]", "model.num_heads=2", *extra])
+
+
+def paired_folder(root, splits=("train", "test"), n: int = 4, size: int = 16, seed: int = 0):
+    """A synthetic pix2pix folder root/<split>/<i>.png, each A|B side by side (A = 255 - B)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            b = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(np.concatenate([255 - b, b], axis=1)).save(root / split / f"{i}.png")
+    return root
+
+
+def tiny_vae(path, channels: int = 3):
+    """A random diffusers AutoencoderKL (two blocks: 32 -> 16 px, 4 latent channels) saved to ``path``."""
+    diffusers = pytest.importorskip("diffusers", reason="the latent-space tests need diffusers (pip install diffusers)")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=channels, out_channels=channels, latent_channels=4,
+                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=32)
+    vae.save_pretrained(path)
+    return path

@@ -68,7 +68,8 @@ def test_backbone_encoder_needs_the_x_variant():
     load_config("mnist-masked-x", ["modalities.y.kind=label", "modalities.y.encoder=backbone", "train.cond_drop_prob=0.1"])
 
 
-@pytest.mark.parametrize("name", ["imagenet64-masked-x", "imagenet64-label-m", "imagenet64-label-e"])
+@pytest.mark.parametrize("name", ["imagenet64-masked-x", "imagenet64-label-m", "imagenet64-label-e",
+                                  "imagenet64-text-rep"])
 def test_real_scale_presets_train_two_steps_tiny(name, tmp_path):
     """The GPU presets cannot rot: validate them and run two steps with a tiny model on a synthetic folder."""
     import numpy as np
@@ -83,6 +84,28 @@ def test_real_scale_presets_train_two_steps_tiny(name, tmp_path):
             Image.fromarray(rng.integers(0, 255, (70, 80, 3), dtype=np.uint8)).save(tmp_path / "data" / c / f"{i}.png")
     tiny = [f"data.root={tmp_path / 'data'}", "model.channels=8", "model.num_head_channels=-1", "model.num_heads=2",
             "model.num_res_blocks=1", "train.steps=2", "train.batch_size=2", "train.ckpt_every=2", "train.sample_every=0"]
+    if name == "imagenet64-text-rep":
+        pytest.importorskip("sentence_transformers")
+        pytest.importorskip("efficientnet_lite_pytorch")
     cfg = load_config(name, tiny + (["modalities.label.num_classes=2"] if "label" in name else []))
     metrics = Trainer(cfg, tmp_path / "run", progress=False).run()
+    assert metrics["step"] == 2 and metrics["loss"] == metrics["loss"]
+
+
+@pytest.mark.parametrize("name", ["cityscapes256-latent-x", "night2day256-latent-x"])
+def test_latent_translation_presets_train_two_steps_tiny(name, tmp_path):
+    """The GPU translation presets validate and train two steps: a tiny model at their real 32x32 latent size,
+    on a synthetic paired folder (64 px) through a tiny random VAE (64 -> 32)."""
+    from conftest import paired_folder, tiny_vae
+
+    from mtdiff.train import Trainer
+
+    assert from_dict(Config, to_dict(load_config(name))) == load_config(name)
+    root, vae = paired_folder(tmp_path / "data", n=4, size=64), tiny_vae(tmp_path / "vae")
+    tiny = [f"data.root={root}", "data.image_size=64", f"data.autoencoder={vae}", "model.channels=8",
+            "model.num_heads=2", "model.num_res_blocks=1", "train.steps=2", "train.batch_size=2", "train.ckpt_every=2",
+            "train.sample_every=0"]
+    trainer = Trainer(load_config(name, tiny), tmp_path / "run", progress=False)
+    assert trainer.model.z_shape == (4, 32, 32)
+    metrics = trainer.run()
     assert metrics["step"] == 2 and metrics["loss"] == metrics["loss"]

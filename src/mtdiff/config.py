@@ -24,11 +24,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    source: Literal["mnist", "fashion-mnist", "folder"] = "mnist"
-    root: str | None = None                     # image folder root (source "folder")
+    source: Literal["mnist", "fashion-mnist", "folder", "paired"] = "mnist"
+    root: str | None = None                     # image folder root (sources "folder", "paired")
     image_size: int = 32
     channels: int = 1
     on_bad: Literal["error", "skip"] = "error"  # what to do with an unreadable image file
+    direction: Literal["AtoB", "BtoA"] = "AtoB"  # paired: source = left half A, target = right half B (or reverse)
+    autoencoder: str | None = None              # directory of a diffusers AutoencoderKL (save_pretrained): diffuse in its latent space
+    latent_scale: float | None = None           # z_0 = latent_scale * posterior mean; null: the VAE's scaling_factor (else 0.18215)
 
 
 @dataclass
@@ -40,7 +43,7 @@ class DiffusionConfig:
 
 @dataclass
 class ModalityConfig:
-    kind: Literal["image", "masked_image", "label", "segmentation", "vector"] = "masked_image"
+    kind: Literal["image", "masked_image", "label", "segmentation", "vector", "text"] = "masked_image"
     source: str | None = None                   # batch key the data comes from (default: image for masks, label for labels)
     head: str = "auto"                          # output | middle | classifier; auto picks by kind and model.variant
     encoder: str = "auto"                       # identity | fixed | backbone; auto picks the kind's first
@@ -55,6 +58,10 @@ class ModalityConfig:
     patch_frac: float = 0.25
     full_mask_prob: float = 0.1                 # masked_image: fraction of fully masked training inputs
     seed: int = 0                               # seed of fixed random encoder maps
+    extractor: str | None = None                # vector: frozen image network whose representation is the data
+    text_encoder: str = "all-MiniLM-L6-v2"      # text: sentence encoder (a known name or a local directory)
+    templates: tuple[str, ...] = ("a photo of a {}",)   # text: captions made from class names
+    class_names: tuple[str, ...] = ()           # text: names of the classes (default: the data source's)
 
 
 @dataclass
@@ -248,11 +255,34 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
 # ---------------------------------------------------------------------------- cross-field rules
 
 _KIND_HEADS = {"image": ("output",), "masked_image": ("output",), "label": ("middle", "classifier"),
-               "segmentation": ("output",), "vector": ("middle",)}
+               "segmentation": ("output",), "vector": ("middle",), "text": ("none",)}
 _KIND_ENCODERS = {"image": ("identity",), "masked_image": ("identity",), "label": ("fixed", "backbone"),
-                  "segmentation": ("fixed",), "vector": ("fixed", "backbone")}
+                  "segmentation": ("fixed",), "vector": ("fixed", "backbone"), "text": ("none",)}
 _KIND_SOURCE = {"image": "image", "masked_image": "image", "label": "label", "segmentation": "segmentation",
-                "vector": "vector"}
+                "vector": "vector", "text": "caption"}
+# Known output widths: image feature extractors (vector.extractor) and text encoders (text.text_encoder).
+_EXTRACTOR_DIMS = {"mnist-cnn": 128, "efficientnet-lite0": 1280, "inception": 2048}
+_TEXT_DIMS = {"all-MiniLM-L6-v2": 384}
+
+
+def _resolve_dim(mc: ModalityConfig, key: str) -> None:
+    """Vector and text widths: given, or known from the extractor / text encoder (which must agree)."""
+    if mc.kind not in ("vector", "text"):
+        return
+    what, name, known = (("extractor", mc.extractor, _EXTRACTOR_DIMS) if mc.kind == "vector"
+                         else ("text_encoder", mc.text_encoder, _TEXT_DIMS))
+    if mc.kind == "vector" and mc.extractor is not None and mc.extractor not in known:
+        raise ConfigError(f"{key}.extractor: {mc.extractor!r} is not valid; choose one of {sorted(known)}")
+    if name in known:
+        if mc.dim not in (0, known[name]):
+            raise ConfigError(f"{key}.dim={mc.dim} but {what} {name!r} gives {known[name]}-d vectors")
+        mc.dim = known[name]
+    if mc.dim <= 0:
+        raise ConfigError(f"{key}.dim must be > 0 for a {mc.kind} modality (or name a known {what}), got {mc.dim}")
+    if mc.kind == "text":
+        for tpl in mc.templates:
+            if tpl.count("{}") != 1:
+                raise ConfigError(f"{key}.templates: {tpl!r} must contain exactly one '{{}}' for the class name")
 
 
 def validate(cfg: Config) -> Config:
@@ -265,6 +295,7 @@ def validate(cfg: Config) -> Config:
     if m.variant == "X" and not cfg.modalities:
         raise ConfigError("model.variant='X' feeds modality data to the backbone but no modalities are configured; "
                           "use variant 'U' for single-task DDPM")
+    texts = [n for n, mc in cfg.modalities.items() if mc.kind == "text"]
     for name, mc in cfg.modalities.items():
         key = f"modalities.{name}"
         heads, encoders = _KIND_HEADS[mc.kind], _KIND_ENCODERS[mc.kind]
@@ -280,14 +311,13 @@ def validate(cfg: Config) -> Config:
         if mc.encoder not in encoders:
             raise ConfigError(f"{key}.encoder: {mc.encoder!r} is not valid for kind {mc.kind!r}; choose one of {list(encoders)}")
         mc.source = mc.source or _KIND_SOURCE[mc.kind]
-        if mc.encoder == "backbone" and m.variant != "X":
+        if mc.encoder == "backbone" and m.variant != "X" and not texts:
             raise ConfigError(
                 f"{key}.encoder='backbone' runs the U-Net on this modality's cross-attention token, but with "
                 f"model.variant={m.variant!r} the backbone never sees that token in training, so its zero-initialised "
                 f"cross-attention stays zero and E would be the same for every input. Use model.variant='X' "
                 f"(optionally with train.cond_drop_prob for guidance) or encoder 'fixed'")
-        if mc.kind == "vector" and mc.dim <= 0:
-            raise ConfigError(f"{key}.dim must be > 0 for a vector modality, got {mc.dim}")
+        _resolve_dim(mc, key)
         if mc.kind in ("label", "segmentation") and mc.num_classes < 2:
             raise ConfigError(f"{key}.num_classes must be >= 2, got {mc.num_classes}")
         if not 0 <= mc.full_mask_prob <= 1:
@@ -306,15 +336,41 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.channels must be 1 or 3, got {cfg.data.channels}")
     if cfg.data.source == "folder" and not cfg.data.root:
         raise ConfigError("data.source='folder' needs data.root (a folder of class subfolders)")
+    if cfg.data.source == "paired" and not cfg.data.root:
+        raise ConfigError("data.source='paired' needs data.root (a folder with train/ and test/ or val/ of A|B images)")
+    if cfg.data.autoencoder:
+        _validate_latent(cfg)
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
         raise ConfigError(f"train.device: {cfg.train.device!r} is not valid; choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if not 0 <= cfg.train.cond_drop_prob <= 1:
         raise ConfigError(f"train.cond_drop_prob must be in [0, 1], got {cfg.train.cond_drop_prob}")
     if not 0 <= cfg.train.enc_drop_prob <= 1:
         raise ConfigError(f"train.enc_drop_prob must be in [0, 1], got {cfg.train.enc_drop_prob}")
-    if cfg.train.cond_drop_prob > 0 and m.variant != "X":
+    if cfg.train.cond_drop_prob > 0 and m.variant != "X" and not texts:
         raise ConfigError(f"train.cond_drop_prob={cfg.train.cond_drop_prob} drops backbone inputs, which only "
-                          f"model.variant='X' has (got {m.variant!r})")
+                          f"model.variant='X' or a text modality provides (got variant {m.variant!r}, no text)")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
     return cfg
+
+
+_LATENT_REFUSED = {
+    "segmentation": "its class maps and head live at pixel resolution; in latent space they would need masks at "
+                    "the latent resolution, which mtdiff does not make",
+    "masked_image": "its patch masks, its complete mask (all zeros) and mtdiff restore's pasting of known pixels "
+                    "all live in pixel space and have no counterpart in the VAE's latent space",
+}
+
+
+def _validate_latent(cfg: Config) -> None:
+    """Rules for diffusing in a frozen autoencoder's latent space (data.autoencoder)."""
+    for name, mc in cfg.modalities.items():
+        if mc.kind in _LATENT_REFUSED:
+            raise ConfigError(f"modalities.{name} (kind {mc.kind!r}) cannot be used with data.autoencoder: "
+                              f"{_LATENT_REFUSED[mc.kind]}. Use kind 'image' (encoded by the VAE), 'label' or "
+                              f"'vector', or unset data.autoencoder")
+    if cfg.data.latent_scale is not None and cfg.data.latent_scale <= 0:
+        raise ConfigError(f"data.latent_scale must be > 0 (or null for the VAE's scaling_factor), got {cfg.data.latent_scale}")
+    if cfg.sample.clip:
+        raise ConfigError("sample.clip=true clips z_0 estimates to the pixel range [-1, 1], but with data.autoencoder "
+                          "z_0 is a VAE latent, which is not bounded so; set sample.clip=false")

@@ -135,7 +135,9 @@ def restoration_grid(run: Run, test: ImageSet, *, num: int, mask: str, patches: 
     """Constrained restoration (Section 4.1) of ``num`` test images, ``per_input`` times each.
 
     Returns a grid of rows (original, masked, restorations...), the number of images per input,
-    and the scores: known pixels kept exactly, the model's raw drift on them, masked-region MSE.
+    and the scores: known pixels kept exactly, the model's raw drift and MSE on them (its own last
+    z_0 estimate, before the known pixels are pasted), masked-region MSE, and the spread of the
+    restorations of one input in the masked region.
     """
     from .config import ConfigError
     from .data.masking import apply_mask, make_mask
@@ -162,20 +164,27 @@ def restoration_grid(run: Run, test: ImageSet, *, num: int, mask: str, patches: 
         "raw_drift_known_mean_abs": float(torch.stack([o.drift for o in outs]).mean()),
         "masked_region_mse": float(torch.stack([((o.restored - x) ** 2 * hole).sum() / hole.sum().clamp(min=1)
                                                 for o in outs]).mean()),
+        "unmasked_region_mse_raw": float(torch.stack([((o.raw - x) ** 2 * keep).sum() / keep.expand_as(x).sum().clamp(min=1)
+                                                      for o in outs]).mean()),
         "masked_fraction": float(hole.mean()),
     }
+    if per_input > 1:   # spread of the restorations of one input: the model's uncertainty in the hole
+        spread = torch.stack([o.restored for o in outs]).std(0)
+        stats["masked_region_std_across_restorations"] = float((spread * hole).sum() / hole.sum().clamp(min=1))
     return grid, 2 + per_input, stats
 
 
 @torch.no_grad()
-def representation_cosine(model, state) -> dict[str, float]:
+def representation_cosine(model, state, images: torch.Tensor | None = None) -> dict[str, float]:
     """For each vector modality with an image extractor (Appendix E.4): the mean cosine between the
-    representation the head generated and the extractor's representation of the generated image."""
+    representation the head generated and the extractor's representation of the generated image
+    (``images``: the samples in pixels; default ``state.z``, right when there is no autoencoder)."""
+    images = state.z if images is None else images
     import torch.nn.functional as F
 
     out = {}
     for name, mod in model.modalities.items():
         if getattr(mod, "extractor_name", None) and name in state.data:
-            cos = F.cosine_similarity(state.data[name].float(), mod.represent(state.z), dim=1)
+            cos = F.cosine_similarity(state.data[name].float(), mod.represent(images), dim=1)
             out[f"{name}_cosine_{mod.extractor_name}"] = float(cos.mean())
     return out

@@ -1,16 +1,17 @@
 """A run directory: its resolved config, its checkpoints, and the trained model to sample from."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
-from .build import build_model, build_process
+from .build import build_model, build_process, build_space_map
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, ConfigError, apply_overrides, from_dict, validate
 from .models import MTModel
+from .models.autoencoder import PixelMap, SpaceMap
 from .process import MTProcess
 
 __all__ = ["Run", "load_run", "read_run_config", "CONFIG_FILE"]
@@ -38,6 +39,7 @@ class Run:
     process: MTProcess
     step: int
     directory: Path
+    latent: SpaceMap = field(default_factory=PixelMap)   # pixels <-> diffusion space (decode samples before saving)
 
 
 def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True) -> Run:
@@ -51,4 +53,5 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bo
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(f"{ckpt['dir']}: weights do not fit the model of {run_dir / CONFIG_FILE}: {e}") from None
-    return Run(cfg, model.to(device).eval(), build_process(cfg), int(ckpt["meta"]["step"]), run_dir)
+    return Run(cfg, model.to(device).eval(), build_process(cfg), int(ckpt["meta"]["step"]), run_dir,
+               build_space_map(cfg, device))

@@ -17,7 +17,8 @@ __all__ = ["BatchStream"]
 
 @dataclass
 class BatchStream:
-    """Batches {"image": float [-1, 1] [B, C, H, W], "label": long [B]} of ``batch_size`` samples.
+    """Batches {"image": float [-1, 1] [B, C, H, W], "label": long [B], **extras} of ``batch_size``
+    samples (see :meth:`ImageSet.batch`; a paired folder adds "source").
 
     ``rank`` / ``world_size`` shard each global batch: every rank takes its slice of the same
     global permutation, so one process with the global batch sees the same samples.
@@ -50,10 +51,7 @@ class BatchStream:
             self.epoch, self.offset = self.epoch + 1, 0
         idx = self._permutation()[self.offset + self.rank * self.batch_size:][: self.batch_size]
         self.offset += global_batch
-        batch = {"image": self.data.to_float(idx).to(self.device, non_blocking=True)}
-        if self.data.labels is not None:
-            batch["label"] = self.data.labels[idx].to(self.device, non_blocking=True)
-        return batch
+        return self.data.batch(idx, self.device)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed, "global_batch": self.batch_size * self.world_size}

@@ -14,6 +14,8 @@ Sources:
   ``/usr/share/datasets/fashion-mnist``) or an explicit ``root``, padded to 32x32.
 * ``load_image_folder(root, image_size=..., channels=3)``: ImageNet layout
   ``root/<class_name>/<image files>``.
+* ``load_paired_folder(root, split, image_size=..., direction="AtoB")``: pix2pix layout
+  ``root/{train,val,test}/<A|B side by side>``, the source half as ``extras["source"]``.
 * ``load_source(name, split, **kw)``: dispatch by name.
 """
 
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 SPLITS: tuple[str, ...] = ("train", "test")
-SOURCE_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "folder")
+SOURCE_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "folder", "paired")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
@@ -88,12 +90,15 @@ class ImageSet:
     labels: int64 tensor [N], or None for unlabelled data.
     class_names: class_names[k] is the name of label k.
     name: short description of the source (e.g. "mnist/train").
+    extras: more per-sample tensors [N, ...] by batch key (e.g. "source", the other half of a
+        paired image); uint8 ones are images and reach batches as float [-1, 1] like ``images``.
     """
 
     images: torch.Tensor
     labels: Optional[torch.Tensor]
     class_names: list[str] = field(default_factory=list)
     name: str = ""
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -106,6 +111,12 @@ class ImageSet:
                 f"ImageSet.labels must have shape ({self.images.shape[0]},), "
                 f"got {tuple(self.labels.shape)}"
             )
+        for key, x in self.extras.items():
+            if key in ("image", "label") or x.shape[:1] != self.images.shape[:1]:
+                raise DataError(
+                    f"ImageSet.extras[{key!r}] must be a tensor [{self.images.shape[0]}, ...] under a key other "
+                    f"than 'image' and 'label', got {tuple(x.shape)}"
+                )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -130,6 +141,16 @@ class ImageSet:
         """
         x = self.images if idx is None else self.images[idx]
         return x.to(torch.float32) / 127.5 - 1.0
+
+    def batch(self, idx, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """The batch for ``idx``: "image" (float [-1, 1]), "label" when labelled, and every extra."""
+        out = {"image": self.to_float(idx)}
+        if self.labels is not None:
+            out["label"] = self.labels[idx]
+        for key, x in self.extras.items():
+            x = x[idx]
+            out[key] = x.to(torch.float32) / 127.5 - 1.0 if x.dtype == torch.uint8 else x
+        return {k: v.to(device, non_blocking=True) for k, v in out.items()}
 
 
 def _check_split(split: str) -> str:
@@ -354,15 +375,18 @@ _ALIASES = {
     "folder": "folder",
     "image-folder": "folder",
     "image_folder": "folder",
+    "paired": "paired",
 }
 
 
 def load_source(name: str, split: str, **kw) -> ImageSet:
-    """Load a data source by name: "mnist", "fashion-mnist" or "folder".
+    """Load a data source by name: "mnist", "fashion-mnist", "folder" or "paired".
 
     "fashion-mnist" accepts ``root=``. "folder" needs ``root=`` and ``image_size=``
     (plus optional ``channels=``, ``on_bad=``); if ``root/<split>`` is a directory it is
-    used (e.g. ``root/train``, ``root/test``), otherwise ``root`` itself.
+    used (e.g. ``root/train``, ``root/test``), otherwise ``root`` itself. "paired" takes the
+    folder options plus ``direction=`` and reads ``root/train``, or ``root/test`` (``root/val``
+    when there is no test/, as in pix2pix's Cityscapes) for split "test".
     """
     key = _ALIASES.get(str(name).strip().lower())
     if key is None:
@@ -381,10 +405,17 @@ def load_source(name: str, split: str, **kw) -> ImageSet:
         return load_fashion_mnist(split, **kw)
     root = kw.pop("root", None)
     if root is None:
-        raise DataError("source 'folder' needs root=<directory with one sub-folder per class>")
+        what = "one sub-folder per class" if key == "folder" else "train/ and test/ (or val/) of A|B images"
+        raise DataError(f"source {key!r} needs root=<directory with {what}>")
     if "image_size" not in kw:
-        raise DataError("source 'folder' needs image_size=<int>")
+        raise DataError(f"source {key!r} needs image_size=<int>")
     root = Path(root).expanduser()
+    if key == "paired":
+        from .paired import load_paired_folder
+
+        if split == "test" and not (root / "test").is_dir() and (root / "val").is_dir():
+            split = "val"
+        return load_paired_folder(root, split, **kw)
     sub = root / split
     if sub.is_dir():
         root = sub

@@ -13,7 +13,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..build import build_model, build_process
+from ..build import build_model, build_process, build_space_map
 from ..checkpoint import has_checkpoints, load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from ..config import Config, ConfigError, to_dict
 from ..data.loader import BatchStream
@@ -42,8 +42,10 @@ def resolve_device(name: str) -> torch.device:
 def load_data(cfg: Config, split: str = "train") -> ImageSet:
     d = cfg.data
     kw: dict[str, Any] = {}
-    if d.source == "folder":
+    if d.source in ("folder", "paired"):
         kw = {"root": d.root, "image_size": d.image_size, "channels": d.channels, "on_bad": d.on_bad}
+        if d.source == "paired":
+            kw["direction"] = d.direction
     elif d.root:
         kw = {"root": d.root}
     data = load_source(d.source, split, **kw)
@@ -58,6 +60,17 @@ def load_data(cfg: Config, split: str = "train") -> ImageSet:
                 raise ConfigError(f"modalities.{name}.num_classes={mc.num_classes} but {data.name!r} has labels up to "
                                   f"{int(data.labels.max())}")
     return data
+
+
+def _resolve_class_names(cfg: Config, data: ImageSet) -> None:
+    """Text modalities caption classes by name: the config's names, else the data source's."""
+    for name, mc in cfg.modalities.items():
+        if mc.kind != "text" or mc.class_names:
+            continue
+        if data.labels is None or not data.class_names:
+            raise ConfigError(f"modalities.{name} makes captions from class names, but {data.name!r} has no labelled "
+                              f"classes; set modalities.{name}.class_names")
+        mc.class_names = tuple(data.class_names)
 
 
 class Trainer:
@@ -75,14 +88,21 @@ class Trainer:
         t = cfg.train
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[t.precision] \
             if self.device.type == "cuda" else None
+        self.data = data if data is not None else load_data(cfg)
+        _resolve_class_names(cfg, self.data)
+        self.latent = build_space_map(cfg, self.device)              # frozen, outside the model and checkpoints
+        if cfg.data.autoencoder and cfg.data.latent_scale is None:   # record the VAE's scale in the run config
+            cfg.data.latent_scale = self.latent.scale
         torch.manual_seed(t.seed)                                    # initial weights, then dropout
         self.process = build_process(cfg)
-        self.model = build_model(cfg).to(self.device)
+        self.model = build_model(cfg)
+        if not resume:
+            self.model.prepare()                                     # frozen encoders; restored otherwise
+        self.model.to(self.device)
         self.ema = EMA(self.model, t.ema_decay)
         fused = self.device.type == "cuda"
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
-        self.data = data if data is not None else load_data(cfg)
         self.stream = BatchStream(self.data, t.batch_size, seed=t.seed, device=self.device)
         self.gen = torch.Generator(self.device).manual_seed(t.seed)   # t, noise and masks
         self.step, self.nonfinite, self.skipped = 0, 0, 0
@@ -133,9 +153,7 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor] | None:
         """One optimizer step (Algorithm 2). Returns the loss terms, or None if the loss was not finite."""
         t, model = self.cfg.train, self.model
-        batch = self.stream.next()
-        z0 = batch["image"]
-        data = {name: m.derive(batch, self.gen) for name, m in model.modalities.items()}
+        z0, data = self.diffusion_data(self.stream.next(), self.gen)
         tt = torch.randint(0, self.process.num_timesteps, (z0.shape[0],), generator=self.gen, device=self.device)
         noise = torch.randn(z0.shape, generator=self.gen, device=self.device)
         for g in self.opt.param_groups:
@@ -156,6 +174,14 @@ class Trainer:
         self.scaler.update()
         self.ema.update(model)
         return {"loss": loss.detach(), **terms, "grad_norm": grad_norm.detach()}
+
+    def diffusion_data(self, batch: dict[str, torch.Tensor], generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """z_0 and the modality data X of a pixel batch: the data are derived from the pixels, then the
+        images (z_0 and image modalities) go through the space map (identity, or the frozen
+        autoencoder's encoder: latent diffusion, Appendix E.1)."""
+        data = {name: m.derive(batch, generator) for name, m in self.model.modalities.items()}
+        with torch.no_grad():
+            return self.latent.encode(batch["image"]), self.latent.encode_data(data, self.model.modalities)
 
     def _dropped(self, data: dict[str, torch.Tensor], prob: float, names) -> dict[str, torch.Tensor] | None:
         """``data`` with each of ``names`` replaced per sample, with probability ``prob``, by its
@@ -220,8 +246,8 @@ class Trainer:
         batch = BatchStream(self.data, min(256, len(self.data)), seed=self.cfg.train.seed + 1, device=self.device).next()
         g = torch.Generator(self.device).manual_seed(0)
         with torch.no_grad():
-            data = {n: m.derive(batch, g) for n, m in self.model.modalities.items()}
-            kl = self.process.prior_kl(batch["image"], self.model.encode(data)).mean().item()
+            z0, data = self.diffusion_data(batch, g)
+            kl = self.process.prior_kl(z0, self.model.encode(data)).mean().item()
         entry = {"step": 0, "prior_kl": kl, **self.process.signal_summary()}
         _append_jsonl(log_path, entry)
         if writer is not None:
@@ -234,7 +260,7 @@ class Trainer:
         g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 12345)
         state = generate_joint(self.ema.model, self.process, batch=s.num, sampler=s.sampler, steps=s.steps, eta=s.eta,
                                start=s.start, clip=s.clip, generator=g, device=self.device)
-        return save_grid(state.z, path)
+        return save_grid(self.latent.decode(state.z), path)
 
 
 def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
