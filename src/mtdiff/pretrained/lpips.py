@@ -102,8 +102,8 @@ def load_lpips(net: str = "alex", weights: str | os.PathLike | None = None) -> L
         what = f"{given}: no such file; " if given else ""
         raise MissingExtractorError(
             f"{what}LPIPS ({net}) needs torchvision's ImageNet weights file {Path(LPIPS_FILES[net]).name} "
-            f"({LPIPS_FILES[net]}), which mtdiff cannot download: copy it here and pass its path (weights=PATH, "
-            f"mtdiff evaluate --lpips-weights PATH) or set {LPIPS_WEIGHTS_ENV}=PATH")
+            f"({LPIPS_FILES[net]}), which mtdiff cannot download: copy it here and pass its path "
+            f"(load_lpips(net, weights=PATH)) or set {LPIPS_WEIGHTS_ENV}=PATH")
     state = torch.load(Path(given).expanduser(), map_location="cpu", weights_only=True)
     state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
     try:
