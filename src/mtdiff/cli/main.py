@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .evaluate import add_evaluate_parser, cmd_evaluate
+
 __all__ = ["main", "build_parser"]
 
 
@@ -36,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="joint samples (image and every modality) from a trained run")
     _common_sampling(p)
     p.add_argument("--label", default=None, metavar="K|each",
-                   help="class-conditional sampling for runs with a label modality: every sample gets class K, "
-                        "or 'each' cycles through the classes (default: generate the labels jointly)")
+                   help="class-conditional sampling for runs with a label (or text) modality: every sample gets "
+                        "class K (or its caption), or 'each' cycles through the classes (default: joint)")
+    p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="text runs: caption to generate from (repeatable; the samples cycle through them)")
     p.add_argument("--guidance", type=float, default=None, metavar="S",
                    help="classifier-free guidance scale for -X runs trained with train.cond_drop_prob (1 = none)")
     p.add_argument("--head-guidance", type=float, default=None, metavar="S",
@@ -74,7 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the mnist-demo preset's)")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("report", help="one self-contained HTML page about a run: samples, curves, schedule, metrics")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--out", type=Path, default=None, help="HTML file (default RUN/report.html)")
+    p.add_argument("--num", type=int, default=16, help="samples per generated section (default 16)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps for the generated sections (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+
     sub.add_parser("presets", help="list the config presets")
+    add_evaluate_parser(sub)
     return ap
 
 
@@ -84,11 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     from ..config import ConfigError
     from ..data.sources import DataError
     from ..metrics.classifier import MissingWeightsError
+    from ..pretrained.images import MissingExtractorError
 
     try:
         return {"train": cmd_train, "sample": cmd_sample, "restore": cmd_restore, "demo": cmd_demo,
-                "classify": cmd_classify, "translate": cmd_translate, "presets": cmd_presets}[args.command](args)
-    except (ConfigError, DataError, CheckpointError, MissingWeightsError) as e:
+                "classify": cmd_classify, "translate": cmd_translate, "presets": cmd_presets, "evaluate": cmd_evaluate,
+                "report": cmd_report}[args.command](args)
+    except (ConfigError, DataError, CheckpointError, MissingWeightsError, MissingExtractorError) as e:
         print(f"mtdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -134,61 +148,100 @@ def _load(args):
     return run, kw
 
 
-def _label_modality(run, *, required: bool):
+def _modality_of(run, kind: str, *, required: bool, hint: str = ""):
+    """The name of the run's first modality of ``kind`` (None if it has none and none is required)."""
     from ..config import ConfigError
 
-    names = [n for n, m in run.model.modalities.items() if m.kind == "label"]
+    names = [n for n, m in run.model.modalities.items() if m.kind == kind]
     if required and not names:
-        raise ConfigError(f"{run.directory} has no label modality (see the mnist-label-m / mnist-label-e presets)")
+        raise ConfigError(f"{run.directory} has no {kind} modality{hint}")
     return names[0] if names else None
 
 
-def cmd_sample(args) -> int:
+def _label_modality(run, *, required: bool):
+    return _modality_of(run, "label", required=required, hint=" (see the mnist-label-m / mnist-label-e presets)")
+
+
+def _given_classes(run, spec: str, num: int, num_classes: int):
+    """--label K|each -> class indices [num]."""
     import torch
 
     from ..config import ConfigError
+
+    if spec == "each":
+        return torch.arange(num) % num_classes
+    if spec.isdigit() and int(spec) < num_classes:
+        return torch.full((num,), int(spec))
+    raise ConfigError(f"--label must be 'each' or a class index in [0, {num_classes}), got {spec!r}")
+
+
+def _conditions(run, args):
+    """What the sample command is told: ({modality: known data}, given classes or None, printed captions)."""
+    import torch
+
+    from ..config import ConfigError
+
+    label = _label_modality(run, required=False)
+    text = _modality_of(run, "text", required=args.prompt is not None, hint=" (see the mnist-text2img preset)")
+    if args.prompt is not None:
+        if args.label is not None:
+            raise ConfigError("give --prompt or --label, not both")
+        mod = run.model.modalities[text]
+        prompts = [args.prompt[i % len(args.prompt)] for i in range(args.num)]
+        return {text: mod.embed(prompts).to(args.device)}, None, [p[:14] for p in prompts]
+    if args.label is None:
+        return {}, None, None
+    if label is not None:
+        given = _given_classes(run, args.label, args.num, run.model.modalities[label].num_classes).to(args.device)
+        return {label: given}, given, None
+    if text is not None:
+        mod = run.model.modalities[text]
+        given = _given_classes(run, args.label, args.num, len(mod.class_names)).to(args.device)
+        return {text: mod.from_labels(given)}, given, [mod.class_names[int(k)][:14] for k in given]
+    raise ConfigError(f"--label needs a run with a label or text modality; {run.directory} has "
+                      f"{sorted(m.kind for m in run.model.modalities.values())}")
+
+
+def cmd_sample(args) -> int:
+    from ..config import ConfigError
+    from ..evaluate import representation_cosine
     from ..sampling import ClassifierFreeGuidance, HeadGuidance, generate, generate_joint
     from ..viz import save_grid
 
     run, kw = _load(args)
-    label = _label_modality(run, required=args.label is not None or args.agreement)
+    label = _label_modality(run, required=False)
+    known, given, captions = _conditions(run, args)
     model = run.model
     if args.guidance is not None:
         model = ClassifierFreeGuidance(model, args.guidance)
-    if args.head_guidance is not None and args.label is None:
-        raise ConfigError("--head-guidance needs --label (the class to guide towards)")
-    if args.label is None:
-        state = generate_joint(model, run.process, batch=args.num, **kw)
-    else:
-        k = run.model.modalities[label].num_classes
-        if args.label == "each":
-            given = torch.arange(args.num) % k
-        elif args.label.isdigit() and int(args.label) < k:
-            given = torch.full((args.num,), int(args.label))
-        else:
-            raise ConfigError(f"--label must be 'each' or a class index in [0, {k}), got {args.label!r}")
-        given = given.to(args.device)
-        if args.head_guidance is not None:
-            model = HeadGuidance(model, run.process, label, given, args.head_guidance)
-        known = {label: given}
-        unknown = [n for n in run.model.modalities if n != label]
+    if args.head_guidance is not None:
+        if label is None or label not in known:
+            raise ConfigError("--head-guidance needs --label and a run with a label modality (the class to guide towards)")
+        model = HeadGuidance(model, run.process, label, known[label], args.head_guidance)
+    if known:
+        unknown = [n for n in run.model.modalities if n not in known and run.model.modalities[n].has_head]
         state = generate(model, run.process, batch=args.num, z_shape=run.model.z_shape, known=known,
                          unknown=unknown, **kw)
+    else:
+        state = generate_joint(model, run.process, batch=args.num, **kw)
     result = {"out": str(args.out), "num": args.num, "step": run.step}
-    captions = None
+    images = run.latent.decode(state.z)                     # pixels (the identity without an autoencoder)
     if label is not None:
         labels = state.data[label]
         labels = labels.argmax(1) if labels.ndim == 2 else labels
         captions = [str(int(y)) for y in labels]
         result["labels"] = [int(y) for y in labels]
         head = run.config.modalities[label].head
-        result["label_source"] = "given" if args.label is not None else f"generated by the {head} head"
-        if args.agreement:
-            from ..metrics import label_agreement, load_mnist_classifier
+        result["label_source"] = "given" if given is not None else f"generated by the {head} head"
+    if args.agreement:
+        if label is None and given is None:
+            raise ConfigError("--agreement needs a label modality, or --label for a text run (the captioned class)")
+        from ..metrics import label_agreement, load_mnist_classifier
 
-            scores = label_agreement(load_mnist_classifier(args.device), state.z, labels)
-            result["label_agreement_mnist_cnn_ccexam"] = scores["agreement"]
-    save_grid(state.z, args.out, captions=captions)
+        scores = label_agreement(load_mnist_classifier(args.device), images, labels if label is not None else given)
+        result["label_agreement_mnist_cnn_ccexam"] = scores["agreement"]
+    result.update(representation_cosine(run.model, state, images))
+    save_grid(images, args.out, captions=captions)
     print(json.dumps(result))
     return 0
 
@@ -229,7 +282,7 @@ def _read_sources(run, name: str, path: Path):
     try:
         if mod.kind == "segmentation":
             return torch.cat([load_class_map(f, size=d.image_size, num_classes=mod.num_classes) for f in files])
-        return torch.cat([load_image(f, size=d.image_size, channels=mod.z_shape[0]) for f in files])
+        return torch.cat([load_image(f, size=d.image_size, channels=d.channels) for f in files])
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -257,6 +310,14 @@ def cmd_restore(args) -> int:
                                          patches=args.patches, per_input=args.per_input, project=args.project, **kw)
     save_grid(grid, args.out, nrow=ncol * 2 if args.num % 2 == 0 else ncol)
     print(json.dumps({"out": str(args.out), **stats}))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ..report import write_report
+
+    path = write_report(args.run, args.out, num=args.num, steps=args.steps, seed=args.seed)
+    print(json.dumps({"report": str(path)}))
     return 0
 
 
