@@ -23,6 +23,16 @@ ON_BAD_CHOICES: tuple[str, ...] = ("error", "skip")
 ALPHA_BACKGROUND = (0, 0, 0)
 
 
+def check_decode_args(*, on_bad: str, channels: int, image_size: int) -> None:
+    """The arguments every folder loader shares, checked before any file is opened."""
+    if on_bad not in ON_BAD_CHOICES:
+        raise ValueError(f"on_bad must be one of {', '.join(map(repr, ON_BAD_CHOICES))}; got {on_bad!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+
+
 def _to_mode(img, channels: int):
     """Convert a decoded PIL image to "L" (channels=1) or "RGB" (channels=3), explicitly
     handling alpha, palette and high-bit-depth modes."""
@@ -117,13 +127,7 @@ def load_image_folder(
     from PIL import Image, ImageOps
     from tqdm import tqdm
 
-    if on_bad not in ON_BAD_CHOICES:
-        raise ValueError(f"on_bad must be one of {', '.join(map(repr, ON_BAD_CHOICES))}; got {on_bad!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-
+    check_decode_args(on_bad=on_bad, channels=channels, image_size=image_size)
     root = Path(root).expanduser()
     classes, files = _list_image_folder(root)
 

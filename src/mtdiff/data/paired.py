@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .folder import ON_BAD_CHOICES, _center_crop_resize, _to_mode
+from .folder import _center_crop_resize, _to_mode, check_decode_args
 from .sources import IMAGE_EXTENSIONS, DataError, ImageSet
 
 __all__ = ["DIRECTIONS", "PAIRED_SPLITS", "SOURCE_KEY", "load_paired_folder"]
@@ -78,17 +78,11 @@ def load_paired_folder(root, split: str, *, image_size: int, channels: int = 3, 
     """
     from tqdm import tqdm
 
-    if on_bad not in ON_BAD_CHOICES:
-        raise ValueError(f"on_bad must be one of {', '.join(map(repr, ON_BAD_CHOICES))}; got {on_bad!r}")
+    check_decode_args(on_bad=on_bad, channels=channels, image_size=image_size)
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {', '.join(map(repr, DIRECTIONS))}; got {direction!r}")
     if split not in PAIRED_SPLITS:
         raise DataError(f"unknown split {split!r} for a paired folder; valid: {', '.join(map(repr, PAIRED_SPLITS))}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-
     folder, files = _list_split(Path(root).expanduser(), split)
     a_all = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8)
     b_all = np.empty_like(a_all)
