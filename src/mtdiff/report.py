@@ -102,7 +102,7 @@ def _schedule_figure(run: Run, kl: tuple[list[int], list[float]] | None):
 
 def _metrics_tables(run_dir: Path) -> str:
     parts = []
-    for path in sorted(run_dir.glob("*.json")):
+    for path in sorted(run_dir.glob("*.json")) + sorted(run_dir.glob("eval/*.json")):   # eval/: mtdiff evaluate
         try:
             obj = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -111,7 +111,7 @@ def _metrics_tables(run_dir: Path) -> str:
             continue
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in obj.items() if not isinstance(v, (list, dict)))
-        parts.append(f"<h3>{html.escape(path.name)}</h3><table>{rows}</table>")
+        parts.append(f"<h3>{html.escape(str(path.relative_to(run_dir)))}</h3><table>{rows}</table>")
     return "".join(parts) or "<p>No metrics JSON in the run directory yet (see <code>mtdiff evaluate</code>).</p>"
 
 
@@ -200,7 +200,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, num: int
         data = {n: mod.derive(batch, torch.Generator().manual_seed(0)) for n, mod in run.model.modalities.items()}
         data = run.latent.encode_data(data, run.model.modalities)
         kl = prior_kl_curve(run, run.latent.encode(batch["image"]), data)
-    sections.append(("Schedule", _img(_png(_schedule_figure(run, kl)), "schedule", "plot")))
+    l0 = (f"<p>Prior term L0 = KL(q(z_T | z_0, X) || N(0, I)) = {kl[1][-1]:.2e} nats per dimension on "
+          f"{len(batch['image'])} test samples.</p>") if kl else ""
+    sections.append(("Schedule", _img(_png(_schedule_figure(run, kl)), "schedule", "plot") + l0))
     sections += _generated_sections(run, test, num, steps, seed)
     if test is None:
         sections.append(("Not shown", f"<p>The test split could not be loaded ({html.escape(missing)}): no "
