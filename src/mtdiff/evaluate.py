@@ -178,13 +178,17 @@ def restoration_grid(run: Run, test: ImageSet, *, num: int, mask: str, patches: 
 def representation_cosine(model, state, images: torch.Tensor | None = None) -> dict[str, float]:
     """For each vector modality with an image extractor (Appendix E.4): the mean cosine between the
     representation the head generated and the extractor's representation of the generated image
-    (``images``: the samples in pixels; default ``state.z``, right when there is no autoencoder)."""
+    (``images``: the samples in pixels; default ``state.z``, right when there is no autoencoder), and the
+    same against the next sample's image as the chance level."""
     images = state.z if images is None else images
     import torch.nn.functional as F
 
     out = {}
     for name, mod in model.modalities.items():
         if getattr(mod, "extractor_name", None) and name in state.data:
-            cos = F.cosine_similarity(state.data[name].float(), mod.represent(images), dim=1)
-            out[f"{name}_cosine_{mod.extractor_name}"] = float(cos.mean())
+            gen, real = state.data[name].float(), mod.represent(images)
+            out[f"{name}_cosine_{mod.extractor_name}"] = float(F.cosine_similarity(gen, real, dim=1).mean())
+            if len(gen) > 1:   # chance level: each generated representation against another sample's image
+                shuffled = F.cosine_similarity(gen, real.roll(1, 0), dim=1).mean()
+                out[f"{name}_cosine_{mod.extractor_name}_other_sample"] = float(shuffled)
     return out
