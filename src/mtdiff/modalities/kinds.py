@@ -227,7 +227,10 @@ class VectorModality(Modality):
         return super().derive(batch, generator)
 
     def init_unknown(self, batch, *, generator, device):
-        return torch.randn(batch, self.dim, generator=generator, device=device)
+        # "Nothing known" is the zero vector (E(0) = 0 for the fixed encoder), not a random one: a random
+        # vector as the dropped encoding (train.enc_drop_prob) adds noise to z_t that eps cannot predict
+        # (measured on mnist-text2img: test eps MSE 0.17 with random, 0.065 with the true vector).
+        return torch.zeros(batch, self.dim, device=device)
 
     def encode(self, x, backbone_encode=None):
         if self.encoder_name == "fixed":
