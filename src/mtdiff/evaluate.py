@@ -122,7 +122,7 @@ def translate(run: Run, data: ImageSet | None = None, *, modality: str, num: int
                            for key, v in meter.compute().items() if key != "per_class_iou"})
     elif mod.source == "edges":
         meter = SegmentationMeter(2)
-        meter.update((edge_map(fake) > 0).long(), (source > 0).long().squeeze(1))
+        meter.update((edge_map(fake) > 0).long().squeeze(1), (source > 0).long().squeeze(1))
         scores.update({f"edges_of_generated/{key}": v for key, v in meter.compute().items() if key != "per_class_iou"})
     if x is not None:
         scores["generated_mse_to_ground_truth"] = float(((fake - x) ** 2).mean())
