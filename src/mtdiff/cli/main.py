@@ -177,7 +177,6 @@ def _given_classes(run, spec: str, num: int, num_classes: int):
 
 def _conditions(run, args):
     """What the sample command is told: ({modality: known data}, given classes or None, printed captions)."""
-    import torch
 
     from ..config import ConfigError
 
