@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -161,7 +160,7 @@ class ClassifierOnly(Trainer):
     (z_t at t = 0, the label as "nothing known", as ``mtdiff.sampling.inverse`` builds it)."""
 
     def train_step(self):
-        model, t, name = self.model, self.cfg.train, next(n for n, m in self.model.modalities.items() if m.kind == "label")
+        model, name = self.model, next(n for n, m in self.model.modalities.items() if m.kind == "label")
         batch = self.stream.next()
         z0, y = batch["image"], batch["label"]
         t0 = torch.zeros(z0.shape[0], dtype=torch.long, device=self.device)
@@ -173,16 +172,8 @@ class ClassifierOnly(Trainer):
         with ctx:
             zt = self.process.q_sample(z0, t0, model.encode(unknown), noise)
             loss = F.cross_entropy(model(zt, t0, unknown)[1][name].float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return None
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.ema.update(model)
-        return {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
+        grad_norm = self.optimize(loss)
+        return None if grad_norm is None else {"loss": loss.detach(), "grad_norm": grad_norm}
 
 
 def train_arm(arm: str, cfg: Config, run_dir: Path, data, *, progress: bool) -> dict:

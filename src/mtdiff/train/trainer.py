@@ -164,16 +164,22 @@ class Trainer:
         with ctx:
             loss, terms = mt_loss(model, self.process, z0, data, t=tt, noise=noise, lam=self.cfg.diffusion.lam,
                                   inputs=inputs, encoded=encoded)
+        grad_norm = self.optimize(loss)
+        return None if grad_norm is None else {"loss": loss.detach(), **terms, "grad_norm": grad_norm}
+
+    def optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """Backward, unscale, clip, step and EMA for one loss; None (and no step) if it is not finite."""
         self.opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return None
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+        clip = self.cfg.train.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.ema.update(model)
-        return {"loss": loss.detach(), **terms, "grad_norm": grad_norm.detach()}
+        self.ema.update(self.model)
+        return grad_norm.detach()
 
     def diffusion_data(self, batch: dict[str, torch.Tensor], generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """z_0 and the modality data X of a pixel batch: the data are derived from the pixels, then the
