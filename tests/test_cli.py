@@ -40,6 +40,7 @@ def test_restore_keeps_known_pixels(run_dir, tmp_path, capsys, mask):
     assert main(["restore", "--run", str(run_dir), "--num", "2", "--steps", "3", "--mask", mask, "--out", str(out)]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["known_pixels_exact"] is True and out.is_file()
+    assert stats["psnr_db"] > 0 and -1 <= stats["ssim"] <= 1 and stats["unmasked_region_mse_raw"] >= 0
 
 
 def test_same_seed_same_images(run_dir, tmp_path):
@@ -89,6 +90,7 @@ def test_classify_reports_accuracy_on_the_test_split(label_run, capsys):
     assert main(["classify", "--run", str(label_run), "--num", "50"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 50 and 0 <= result["accuracy"] <= 1 and result["head"] == "middle"
+    assert 0 <= result["ece"] <= 1
 
 
 def test_guidance_flags(run_dir, label_run, tmp_path, capsys):

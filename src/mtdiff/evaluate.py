@@ -43,7 +43,7 @@ def classify(run: Run, data: ImageSet, *, modality: str, method: str = "head", t
     n = len(data) if num is None else min(num, len(data))
     g = torch.Generator(device).manual_seed(seed)
     ts = torch.linspace(0, run.process.num_timesteps - 1, elbo_steps + 2)[1:-1].round().long().tolist()
-    correct, nll = 0, 0.0
+    correct, nll, all_probs = 0, 0.0, []
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
         z0, y = run.latent.encode(data.to_float(idx).to(device)), data.labels[idx].to(device)
@@ -52,8 +52,11 @@ def classify(run: Run, data: ImageSet, *, modality: str, method: str = "head", t
         else:
             probs = torch.softmax(elbo_logits(run, z0, modality, timesteps=ts, generator=g), 1)
         correct += int((probs.argmax(1) == y).sum())
+        all_probs.append(probs.float().cpu())
         nll += float(-probs.gather(1, y[:, None]).clamp_min(1e-12).log().sum())
-    out = {"accuracy": correct / n, "nll": nll / n, "n": n, "method": method}
+    from .metrics.task import calibration
+    ece = calibration(torch.cat(all_probs), data.labels[:n])["ece"]
+    out = {"accuracy": correct / n, "nll": nll / n, "ece": ece, "n": n, "method": method}
     return {**out, "t": t} if method == "head" else {**out, "elbo_timesteps": ts}
 
 
@@ -168,6 +171,9 @@ def restoration_grid(run: Run, test: ImageSet, *, num: int, mask: str, patches: 
                                                       for o in outs]).mean()),
         "masked_fraction": float(hole.mean()),
     }
+    from .metrics.task import psnr, ssim
+    stats["psnr_db"] = float(torch.stack([psnr(o.restored, x) for o in outs]).mean())
+    stats["ssim"] = float(torch.stack([ssim(o.restored, x) for o in outs]).mean())
     if per_input > 1:   # spread of the restorations of one input: the model's uncertainty in the hole
         spread = torch.stack([o.restored for o in outs]).std(0)
         stats["masked_region_std_across_restorations"] = float((spread * hole).sum() / hole.sum().clamp(min=1))
