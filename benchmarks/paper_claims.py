@@ -49,7 +49,7 @@ from mtdiff.train.trainer import load_data, resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 
-# ---------------------------------------------------------------------------- the paper's numbers (/work/shared/paper.md)
+# ---------------------------------------------------------------------------- the paper's numbers (Chen et al., ICLR 2024)
 
 # Table 2, ImageNet (1M iterations, 5k samples): IS, FID, sFID, precision, recall, as printed.
 PAPER_TABLE2 = {"ddpm": ("ADM (un-cond)", (15.64, 23.22, 16.53, 0.57, 0.60)),
