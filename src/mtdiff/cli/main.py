@@ -162,7 +162,7 @@ def _label_modality(run, *, required: bool):
     return _modality_of(run, "label", required=required, hint=" (see the mnist-label-m / mnist-label-e presets)")
 
 
-def _given_classes(run, spec: str, num: int, num_classes: int):
+def _given_classes(spec: str, num: int, num_classes: int):
     """--label K|each -> class indices [num]."""
     import torch
 
@@ -177,7 +177,6 @@ def _given_classes(run, spec: str, num: int, num_classes: int):
 
 def _conditions(run, args):
     """What the sample command is told: ({modality: known data}, given classes or None, printed captions)."""
-
     from ..config import ConfigError
 
     label = _label_modality(run, required=False)
@@ -191,11 +190,11 @@ def _conditions(run, args):
     if args.label is None:
         return {}, None, None
     if label is not None:
-        given = _given_classes(run, args.label, args.num, run.model.modalities[label].num_classes).to(args.device)
+        given = _given_classes(args.label, args.num, run.model.modalities[label].num_classes).to(args.device)
         return {label: given}, given, None
     if text is not None:
         mod = run.model.modalities[text]
-        given = _given_classes(run, args.label, args.num, len(mod.class_names)).to(args.device)
+        given = _given_classes(args.label, args.num, len(mod.class_names)).to(args.device)
         return {text: mod.from_labels(given)}, given, [mod.class_names[int(k)][:14] for k in given]
     raise ConfigError(f"--label needs a run with a label or text modality; {run.directory} has "
                       f"{sorted(m.kind for m in run.model.modalities.values())}")
