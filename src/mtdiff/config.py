@@ -260,17 +260,17 @@ _KIND_ENCODERS = {"image": ("identity",), "masked_image": ("identity",), "label"
                   "segmentation": ("fixed",), "vector": ("fixed", "backbone"), "text": ("none",)}
 _KIND_SOURCE = {"image": "image", "masked_image": "image", "label": "label", "segmentation": "segmentation",
                 "vector": "vector", "text": "caption"}
-# Known output widths: image feature extractors (vector.extractor) and text encoders (text.text_encoder).
-_EXTRACTOR_DIMS = {"mnist-cnn": 128, "efficientnet-lite0": 1280, "inception": 2048}
-_TEXT_DIMS = {"all-MiniLM-L6-v2": 384}
 
 
 def _resolve_dim(mc: ModalityConfig, key: str) -> None:
     """Vector and text widths: given, or known from the extractor / text encoder (which must agree)."""
     if mc.kind not in ("vector", "text"):
         return
-    what, name, known = (("extractor", mc.extractor, _EXTRACTOR_DIMS) if mc.kind == "vector"
-                         else ("text_encoder", mc.text_encoder, _TEXT_DIMS))
+    from .pretrained.images import IMAGE_FEATURE_DIMS
+    from .pretrained.text import TEXT_ENCODERS
+
+    what, name, known = (("extractor", mc.extractor, IMAGE_FEATURE_DIMS) if mc.kind == "vector"
+                         else ("text_encoder", mc.text_encoder, TEXT_ENCODERS))
     if mc.kind == "vector" and mc.extractor is not None and mc.extractor not in known:
         raise ConfigError(f"{key}.extractor: {mc.extractor!r} is not valid; choose one of {sorted(known)}")
     if name in known:

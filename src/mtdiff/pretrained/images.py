@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["IMAGE_FEATURES", "EfficientNetLite0Features", "ImageFeatures", "InceptionFeatures", "MNISTCNNFeatures",
+__all__ = ["IMAGE_FEATURES", "IMAGE_FEATURE_DIMS", "EfficientNetLite0Features", "ImageFeatures", "InceptionFeatures", "MNISTCNNFeatures",
            "MissingExtractorError", "load_image_features"]
 
 
@@ -223,6 +223,11 @@ IMAGE_FEATURES: dict[str, Callable[..., ImageFeatures]] = {
     "efficientnet-lite0": _efficientnet_lite0,
     "inception": _inception,
 }
+
+
+# Feature widths by name, known without loading a network (the config checks vector dims against them).
+IMAGE_FEATURE_DIMS: dict[str, int] = {cls.name: cls.num_features
+                                      for cls in (MNISTCNNFeatures, EfficientNetLite0Features, InceptionFeatures)}
 
 
 def load_image_features(name: str, device: str | torch.device = "cpu", **kw) -> ImageFeatures:
