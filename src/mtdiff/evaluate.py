@@ -1,6 +1,8 @@
 """Task evaluations of a trained run through its own heads (inverse mode)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .data.sources import ImageSet
@@ -171,8 +173,11 @@ def restoration_grid(run: Run, test: ImageSet, *, num: int, mask: str, patches: 
                                                       for o in outs]).mean()),
         "masked_fraction": float(hole.mean()),
     }
-    from .metrics.task import psnr, ssim
-    stats["psnr_db"] = float(torch.stack([psnr(o.restored, x) for o in outs]).mean())
+    from .metrics.task import ssim
+    # PSNR of the whole set of restorations (one image with no masked patch is exact: its own PSNR is
+    # infinite, and so would be a mean of per-image PSNRs); None when nothing at all was masked.
+    mse = float(torch.stack([((o.restored - x) ** 2).mean() for o in outs]).mean())
+    stats["psnr_db"] = 10 * math.log10(2.0 ** 2 / mse) if mse > 0 else None
     stats["ssim"] = float(torch.stack([ssim(o.restored, x) for o in outs]).mean())
     if per_input > 1:   # spread of the restorations of one input: the model's uncertainty in the hole
         spread = torch.stack([o.restored for o in outs]).std(0)
