@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mtdiff.process import Bridge, Constant, MTProcess, beta_schedule
-from mtdiff.sampling import ancestral, ddim, generate, init_state, restore, timesteps
+from mtdiff.sampling import SAMPLERS, ancestral, ddim, generate, init_state, restore, timesteps
 
 T = 1000
 
@@ -108,7 +108,7 @@ def _toy_samples(weights, method, steps, n=20000):
     g = torch.Generator().manual_seed(5)
     init = init_state(model, proc, batch=n, z_shape=(2,), known={"m": e}, generator=g)
     init.z = init.z.double()
-    return (ancestral if method == "ancestral" else ddim)(model, proc, init, steps, generator=g).z, mu, s
+    return SAMPLERS[method](model, proc, init, steps, generator=g).z, mu, s
 
 
 @pytest.mark.parametrize("method", ["ancestral", "ddim"])
@@ -125,7 +125,20 @@ def test_ddim_error_shrinks_with_steps():
     assert errs[0] > errs[1] > errs[2]
 
 
-@pytest.mark.parametrize("method,steps", [("ancestral", 100), ("ddim", 50)])
+def test_dpm_solver_tracks_the_ode_with_few_steps():
+    """Both deterministic samplers solve the same probability-flow ODE from the same z_T. Against
+    the 1000-step solution, DPM-Solver++(2M) at 10 steps is 4x closer than DDIM at 10, and at 20
+    steps closer than DDIM at 80; the error falls with steps."""
+    def err(method, steps):
+        return float((_toy_samples(Bridge(1.0).weights, method, steps, n=2000)[0] - ode).abs().max())
+
+    ode = _toy_samples(Bridge(1.0).weights, "ddim", None, n=2000)[0]
+    e10, e20, e40 = (err("dpm-solver", k) for k in (10, 20, 40))
+    assert e10 > e20 > e40
+    assert e10 < err("ddim", 10) / 4 and e20 < err("ddim", 80)
+
+
+@pytest.mark.parametrize("method,steps", [("ancestral", 100), ("ddim", 50), ("dpm-solver", 20)])
 def test_samples_do_not_depend_on_the_aggregation_schedule(method, steps):
     """The y-chain identity: with the exact model, z_0 is the same whatever the weights (to round-off)."""
     a, *_ = _toy_samples(Constant(0.0).weights, method, steps, n=64)

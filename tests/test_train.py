@@ -70,23 +70,41 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, toy_data):
 
 
 def test_nonfinite_loss_is_skipped_then_stops_with_a_checkpoint(tmp_path, toy_data, monkeypatch):
+    """A non-finite loss changes nothing (weights, optimizer moments, EMA) and is counted on the
+    device; max_nonfinite in a row stop the run at the next check with the last good weights saved."""
     import mtdiff.train.trainer as tr
 
-    cfg = tiny("mnist-masked-x", *FAST, "train.steps=50", "train.ckpt_every=100", "train.max_nonfinite=3")
+    cfg = tiny("mnist-masked-x", *FAST, "train.steps=50", "train.ckpt_every=100", "train.max_nonfinite=3",
+               "train.log_every=1")
     trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
     real = tr.mt_loss
-    calls = {"n": 0}
+    after = []                                      # after[k]: the state after step k
+
+    def state():
+        opt = [v.clone() for s in trainer.opt.state.values() for k, v in s.items() if k != "step"]
+        return _snapshot(trainer.model) + _snapshot(trainer.ema.model) + opt
 
     def flaky(*a, **k):
-        calls["n"] += 1
+        after.append(state())
         loss, terms = real(*a, **k)
-        return (loss * float("nan"), terms) if calls["n"] in (2,) or calls["n"] > 4 else (loss, terms)
+        return (loss * float("nan"), terms) if len(after) == 2 or len(after) > 4 else (loss, terms)
 
     monkeypatch.setattr(tr, "mt_loss", flaky)
     with pytest.raises(TrainingError, match="NaN/Inf for 3 consecutive steps"):
         trainer.run()
-    assert trainer.step == 3 and trainer.skipped == 4
-    assert load_checkpoint(tmp_path / "r")["meta"]["step"] == 3
+    after.append(state())
+    assert trainer.step == 7 and trainer.skipped == 4
+    for good, skipped in [(1, 2), (4, 5), (4, 6), (4, 7)]:      # steps 2 and 5-7 were skipped
+        for a, b in zip(after[good], after[skipped], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not all(torch.equal(a, b) for a, b in zip(after[1], after[3]))   # the good steps did train
+    ckpt = load_checkpoint(tmp_path / "r")
+    assert ckpt["meta"]["step"] == 7 and ckpt["meta"]["counters"]["skipped_nonfinite"] == 4
+    torch.testing.assert_close(ckpt["model"], {k: v.cpu() for k, v in trainer.model.state_dict().items()})
+
+
+def _snapshot(model):
+    return [p.detach().clone() for p in model.parameters()]
 
 
 def _train_cmd(out, steps, *extra):
@@ -143,15 +161,18 @@ def test_log_has_prior_kl_and_loss_terms(tmp_path, toy_data):
 
 
 def test_dropping_encodings_and_inputs(tmp_path, toy_data):
+    from mtdiff.train.trainer import _apply_drop
+
     cfg = tiny("mnist-masked-x", *FAST, "train.steps=2", "train.ckpt_every=2", "modalities.label.kind=label",
                "train.enc_drop_prob=0.5", "train.cond_drop_prob=0.5")
     trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
     data = {"label": torch.tensor([1, 2, 3, 4]), "masked": torch.ones(4, 1, 32, 32)}
-    assert trainer._dropped(data, 0.0, ("label",)) is None
-    every = trainer._dropped(data, 1.0, ("label",))
+    rows = slice(0, 4)
+    assert trainer._drop_masks(data, 0.0, ("label",)) is None
+    every = _apply_drop(trainer.model, data, trainer._drop_masks(data, 1.0, ("label",)), rows)
     torch.testing.assert_close(every["label"], torch.full((4, 10), 0.1))
     assert every["masked"] is data["masked"]  # not among the names: untouched
-    some = trainer._dropped(data, 0.5, ("label", "masked"))
+    some = _apply_drop(trainer.model, data, trainer._drop_masks(data, 0.5, ("label", "masked")), rows)
     # every sample is either kept whole or whole "nothing known"
     assert bool(((some["masked"] == 1).flatten(1).all(1) | (some["masked"] == 0).flatten(1).all(1)).all())
     trainer.run()  # trains with both kinds of dropout

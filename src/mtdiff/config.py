@@ -83,7 +83,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     steps: int = 10000
-    batch_size: int = 64
+    batch_size: int = 64                        # global batch: split evenly over the torchrun processes
+    micro_batch: int = 0                        # per-process chunk for gradient accumulation (0: the whole share at once)
     lr: float = 2e-4
     warmup_steps: int = 500
     weight_decay: float = 0.0
@@ -92,6 +93,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                        # auto | cpu | cuda | cuda:N
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"   # autocast dtype on GPU; the CPU always runs fp32
+    compile: bool = False                       # torch.compile the backbone (minutes of compiling first)
+    channels_last: bool = False                 # NHWC memory layout on GPU
     log_every: int = 50
     ckpt_every: int = 1000
     sample_every: int = 1000
@@ -101,9 +104,13 @@ class TrainConfig:
     enc_drop_prob: float = 0.0                  # build z_t without a modality's encoding with this probability (trains inverse mode)
 
 
+SamplerName = Literal["ddim", "ancestral", "dpm-solver"]
+SAMPLER_NAMES: tuple[str, ...] = typing.get_args(SamplerName)   # mtdiff.sampling.SAMPLERS' keys
+
+
 @dataclass
 class SampleConfig:
-    sampler: Literal["ddim", "ancestral"] = "ddim"
+    sampler: SamplerName = "ddim"
     steps: int = 50
     eta: float = 0.0
     start: Literal["marginal", "standard"] = "marginal"
@@ -349,6 +356,8 @@ def validate(cfg: Config) -> Config:
     if cfg.train.cond_drop_prob > 0 and m.variant != "X" and not texts:
         raise ConfigError(f"train.cond_drop_prob={cfg.train.cond_drop_prob} drops backbone inputs, which only "
                           f"model.variant='X' or a text modality provides (got variant {m.variant!r}, no text)")
+    if cfg.train.micro_batch < 0:
+        raise ConfigError(f"train.micro_batch must be >= 0 (0: no gradient accumulation), got {cfg.train.micro_batch}")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
     return cfg

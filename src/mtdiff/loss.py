@@ -15,7 +15,7 @@ __all__ = ["mt_loss"]
 def mt_loss(model: MTModel, process: MTProcess, z0: Tensor, data: Mapping[str, Tensor], *,
             t: Tensor, noise: Tensor, lam: float = 0.1,
             inputs: Mapping[str, Tensor] | None = None,
-            encoded: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+            encoded: Mapping[str, Tensor] | None = None, net=None) -> tuple[Tensor, dict[str, Tensor]]:
     """L = ||eps_theta(z_t, t) - eps||^2 + lambda * sum_i KL(q_i(x_i) || p_theta(x_i | z_t))   (Eq. 6)
 
     with z_t ~ q(z_t | z_0, X) by Eq. 4. Returns the scalar loss and its per-term batch means
@@ -23,10 +23,11 @@ def mt_loss(model: MTModel, process: MTProcess, z0: Tensor, data: Mapping[str, T
     backbone sees (default ``data``; with some conditions dropped for classifier-free guidance);
     ``encoded`` is what the forward process aggregates (default ``data``; with some modalities
     replaced by their "nothing known" value, the heads must read x_i from the image itself).
+    ``net`` runs the forward pass (default ``model``; its DistributedDataParallel wrapper in DDP).
     """
     enc = model.encode(data if encoded is None else encoded)         # {i: E_i(x_i)}  [B, C, H, W]
     zt = process.q_sample(z0, t, enc, noise)                         # Eq. 4
-    eps, preds = model(zt, t, data if inputs is None else inputs)   # eps_theta, {i: D_i(c_t)}
+    eps, preds = (net or model)(zt, t, data if inputs is None else inputs)  # eps_theta, {i: D_i(c_t)}
     eps_mse = ((eps.float() - noise.float()) ** 2).flatten(1).mean(1)  # [B]
     heads = {name: model.modalities[name].loss(pred, data[name]) for name, pred in preds.items()}
     total = eps_mse + lam * sum(heads.values(), torch.zeros_like(eps_mse))

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import SAMPLER_NAMES
 from .evaluate import add_evaluate_parser, cmd_evaluate
 
 __all__ = ["main", "build_parser"]
@@ -16,7 +17,7 @@ def _common_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="run directory written by mtdiff train")
     p.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's sample.steps)")
-    p.add_argument("--sampler", choices=["ddim", "ancestral"], default=None, help="default: the run's sample.sampler")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="default: the run's sample.sampler")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic, 1 ancestral-like)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")

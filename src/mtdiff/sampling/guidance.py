@@ -47,6 +47,8 @@ class ClassifierFreeGuidance(_Wrapper):
 class HeadGuidance(_Wrapper):
     """Steer sampling towards labels ``y`` [B] with the gradient of the model's own label head."""
 
+    needs_grad = True  # samplers leave inference mode for it
+
     def __init__(self, model, process: MTProcess, name: str, y: Tensor, scale: float):
         super().__init__(model)
         if model.modalities[name].kind != "label":

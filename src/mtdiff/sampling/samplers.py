@@ -10,6 +10,7 @@ A sampler is ``(model, process, init, steps, *, generator, callback) -> SampleSt
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from ..process import MTProcess
 
-__all__ = ["SampleState", "Denoiser", "init_state", "ancestral", "ddim", "timesteps", "SAMPLERS"]
+__all__ = ["SampleState", "Denoiser", "init_state", "ancestral", "ddim", "dpm_solver", "timesteps", "SAMPLERS"]
 
 
 class Denoiser(Protocol):
@@ -58,12 +59,19 @@ def init_state(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequ
     return SampleState(mean + std * noise, data, tuple(unknown), enc)
 
 
-def timesteps(num_timesteps: int, steps: int | None) -> list[int]:
-    """Descending, evenly spaced indices from T - 1 (inclusive) over ``steps`` steps (all when None)."""
+def timesteps(num_timesteps: int, steps: int | None, *, alphas_cumprod: Tensor | None = None) -> list[int]:
+    """Descending time indices from T - 1 over ``steps`` steps (all when None): evenly spaced in t,
+    or, given ``alphas_cumprod``, evenly spaced in log-SNR lambda = log(sqrt(ab) / sqrt(1 - ab))
+    (the spacing DPM-Solver uses for low-resolution images), each rounded to the nearest index."""
     steps = num_timesteps if steps is None else int(steps)
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
-    idx = torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long()
+    if alphas_cumprod is None:
+        idx = torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long()
+    else:
+        lam = 0.5 * (alphas_cumprod.log() - (-alphas_cumprod).log1p())            # increasing as t falls
+        target = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
+        idx = (lam[None, :] - target[:, None]).abs().argmin(1)
     return list(dict.fromkeys(idx.tolist()))
 
 
@@ -72,15 +80,22 @@ Constraint = Callable[[Tensor], Tensor]                      # z0_hat -> z0_hat 
 
 
 def _loop(step_fn, model: Denoiser, process: MTProcess, init: SampleState, steps: int | None, *,
-          generator, callback: Callback | None, clip: bool, constraint: Constraint | None = None) -> SampleState:
+          generator, callback: Callback | None, clip: bool, constraint: Constraint | None = None,
+          logsnr_spacing: bool = False) -> SampleState:
     """Shared loop: predict, estimate z_0 (clipped, constrained), update unknown data, step on y, re-add the shift.
 
     ``constraint`` projects each z_0 estimate onto known values (for restoration: paste the known
     pixels), so the chain stays consistent with them; eps is re-derived from the projected z_0.
     ``state.raw_z0`` keeps the model's last unconstrained z_0 estimate.
     """
-    ts = timesteps(process.num_timesteps, steps)
+    ts = timesteps(process.num_timesteps, steps, alphas_cumprod=process.alphas_cumprod if logsnr_spacing else None)
     state = SampleState(init.z, dict(init.data), init.unknown, dict(init.enc))
+    # inference mode (no autograd records at all) unless the model differentiates itself (head guidance)
+    with torch.inference_mode(not getattr(model, "needs_grad", False)):
+        return _steps(step_fn, model, process, state, ts, generator, callback, clip, constraint)
+
+
+def _steps(step_fn, model, process, state, ts, generator, callback, clip, constraint) -> SampleState:
     z = state.z
     for k, (t, s) in enumerate(zip(ts, ts[1:] + [-1])):
         tt = torch.full((z.shape[0],), t, dtype=torch.long, device=z.device)
@@ -140,4 +155,33 @@ def ddim(model: Denoiser, process: MTProcess, init: SampleState, steps: int | No
                  constraint=constraint)
 
 
-SAMPLERS = {"ancestral": ancestral, "ddim": ddim}
+def dpm_solver(model: Denoiser, process: MTProcess, init: SampleState, steps: int | None = 20, *,
+               generator: torch.Generator | None = None, callback: Callback | None = None,
+               clip: bool = False, constraint: Constraint | None = None) -> SampleState:
+    """DPM-Solver++(2M) (Lu et al., 2022), the multistep second-order solver of the probability-flow
+    ODE in data prediction, on the y-chain. With lambda = log(sqrt(ab) / sqrt(1 - ab)) and
+    h = lambda_s - lambda_t, one step is y_s = (sigma_s / sigma_t) y_t - alpha_s (e^-h - 1) D, where
+    D = (1 + 1/(2r)) y0_t - 1/(2r) y0_prev with r = h_prev / h (D = y0_t on the first step), and
+    the last step returns y0_t (first order at sigma = 0). Steps are evenly spaced in lambda: evenly
+    spaced t make the last interval the longest by far, and extrapolating over it overshoots.
+    Deterministic; ``generator`` is unused."""
+    prev: dict[str, object] = {}
+
+    def step(y, z0, eps, ab_t, ab_s, *, generator, last):
+        if last:
+            return z0
+        lam_t, lam_s = (0.5 * (torch.log(ab) - torch.log1p(-ab)) for ab in (ab_t, ab_s))
+        h = float(lam_s - lam_t)
+        d = z0
+        if prev:
+            r = prev["h"] / h
+            d = (1 + 0.5 / r) * z0 - (0.5 / r) * prev["z0"]
+        prev.update(h=h, z0=z0)
+        sigma_ratio = float(((1 - ab_s) / (1 - ab_t)).sqrt())
+        return sigma_ratio * y - float(ab_s.sqrt()) * math.expm1(-h) * d
+
+    return _loop(step, model, process, init, steps, generator=generator, callback=callback, clip=clip,
+                 constraint=constraint, logsnr_spacing=True)
+
+
+SAMPLERS = {"ancestral": ancestral, "ddim": ddim, "dpm-solver": dpm_solver}

@@ -1,5 +1,15 @@
-"""The training loop (Algorithm 2): AdamW with warm-up, clipping, EMA, autocast on GPU,
-atomic checkpoints with exact resume, JSONL + TensorBoard logs, sample grids."""
+"""The training loop (Algorithm 2): fused AdamW with warm-up, clipping, EMA, autocast on GPU,
+atomic checkpoints with exact resume, JSONL + TensorBoard logs, sample grids; many processes
+through torchrun (DDP) and gradient accumulation.
+
+A step never waits for the device: a non-finite gradient skips the update on the device (the
+fused optimizer's ``found_inf``, the mechanism GradScaler uses) and is counted there; the host
+reads the counters, and the loss, only every ``train.log_every`` steps.
+
+Every process draws the whole global batch's randomness (data, t, noise, masks) from the same
+generator and trains on its own rows, so K processes with global batch B take the same steps as
+one process with B (up to the order of floating-point sums), and a run resumes on any K.
+"""
 from __future__ import annotations
 
 import json
@@ -22,6 +32,7 @@ from ..loss import mt_loss
 from ..runs import CONFIG_FILE
 from ..sampling import generate_joint
 from ..viz import save_grid
+from .distributed import init_world
 from .ema import EMA
 
 __all__ = ["Trainer", "TrainingError", "resolve_device"]
@@ -84,8 +95,10 @@ class Trainer:
             raise ConfigError(f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
         if resume and not has_ckpt:
             raise ConfigError(f"--resume: {self.run_dir} holds no checkpoint to resume")
-        self.device = resolve_device(cfg.train.device)
+        self.world, device = init_world(cfg.train.device)
+        self.device = resolve_device(device)
         t = cfg.train
+        self.local_batch, self.micro_batch = _shares(t.batch_size, t.micro_batch, self.world.size)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[t.precision] \
             if self.device.type == "cuda" else None
         self.data = data if data is not None else load_data(cfg)
@@ -99,17 +112,33 @@ class Trainer:
         if not resume:
             self.model.prepare()                                     # frozen encoders; restored otherwise
         self.model.to(self.device)
+        if t.channels_last and self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, t.ema_decay)
-        fused = self.device.type == "cuda"
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.stream = BatchStream(self.data, t.batch_size, seed=t.seed, device=self.device)
         self.gen = torch.Generator(self.device).manual_seed(t.seed)   # t, noise and masks
-        self.step, self.nonfinite, self.skipped = 0, 0, 0
+        self.step = 0
+        self.streak = torch.zeros((), device=self.device)    # consecutive non-finite steps, on the device
+        self.skipped_on_device = torch.zeros((), device=self.device)
         if resume:
             self._restore()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if t.compile:
+            self.model.backbone.compile()                    # in place: parameter names stay unchanged
+        self.net = self.model                                # what the loss calls: the model, or its DDP wrapper
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                               broadcast_buffers=False)
+        if self.world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    @property
+    def skipped(self) -> int:
+        """Steps skipped because the gradient was not finite (reads the device counter)."""
+        return int(self.skipped_on_device)
 
     # -- checkpoints ---------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -120,10 +149,13 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"config": to_dict(self.cfg), "data": self.stream.state_dict(), "optimizer": opt_meta,
                 "ema_updates": self.ema.updates, "scaler": self.scaler.state_dict(),
-                "counters": {"skipped_nonfinite": self.skipped}}
+                "counters": {"skipped_nonfinite": self.skipped, "nonfinite_streak": int(self.streak)}}
         return tensors, meta
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (the main process only; the others return None)."""
+        if not self.world.main:
+            return None
         tensors, meta = self._state()
         return save_checkpoint(self.run_dir / "checkpoints", step=self.step, model=self.model.state_dict(),
                                ema=self.ema.state_dict(), state=tensors, meta=meta, keep=self.cfg.train.keep_checkpoints)
@@ -143,116 +175,161 @@ class Trainer:
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
-        self.skipped = int(meta.get("counters", {}).get("skipped_nonfinite", 0))
+        counters = meta.get("counters", {})
+        self.skipped_on_device.fill_(counters.get("skipped_nonfinite", 0))
+        self.streak.fill_(counters.get("nonfinite_streak", 0))
 
     # -- one step ------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         t = self.cfg.train
         return t.lr * min(1.0, (step + 1) / max(t.warmup_steps, 1))
 
-    def train_step(self) -> dict[str, torch.Tensor] | None:
-        """One optimizer step (Algorithm 2). Returns the loss terms, or None if the loss was not finite."""
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimizer step (Algorithm 2) on this process's rows of the global batch, in micro-batches.
+
+        Returns the loss terms and the gradient norm as device tensors; a non-finite gradient norm
+        means the update was skipped.
+        """
         t, model = self.cfg.train, self.model
-        z0, data = self.diffusion_data(self.stream.next(), self.gen)
-        tt = torch.randint(0, self.process.num_timesteps, (z0.shape[0],), generator=self.gen, device=self.device)
-        noise = torch.randn(z0.shape, generator=self.gen, device=self.device)
+        batch = self.stream.next()                                               # the global batch
+        data = {name: m.derive(batch, self.gen) for name, m in model.modalities.items()}
+        B = batch["image"].shape[0]
+        tt = torch.randint(0, self.process.num_timesteps, (B,), generator=self.gen, device=self.device)
+        noise = torch.randn((B, *model.z_shape), generator=self.gen, device=self.device)
+        cond_drop = self._drop_masks(data, t.cond_drop_prob, model.conditioned)     # classifier-free guidance
+        enc_drop = self._drop_masks(data, t.enc_drop_prob, tuple(model.modalities))  # heads learn image -> x
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
-        inputs = self._dropped(data, t.cond_drop_prob, model.conditioned)   # classifier-free guidance
-        encoded = self._dropped(data, t.enc_drop_prob, tuple(model.modalities))  # heads learn image -> x
-        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with ctx:
-            loss, terms = mt_loss(model, self.process, z0, data, t=tt, noise=noise, lam=self.cfg.diffusion.lam,
-                                  inputs=inputs, encoded=encoded)
-        grad_norm = self.optimize(loss)
-        return None if grad_norm is None else {"loss": loss.detach(), **terms, "grad_norm": grad_norm}
-
-    def optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
-        """Backward, unscale, clip, step and EMA for one loss; None (and no step) if it is not finite."""
         self.opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return None
+        mine = self.world.rank * self.local_batch
+        chunks = range(mine, mine + self.local_batch, self.micro_batch)
+        terms: dict[str, torch.Tensor] = {}
+        for i, start in enumerate(chunks):
+            rows = slice(start, start + self.micro_batch)
+            z0, x = self.diffusion_data({"image": batch["image"][rows]}, {n: v[rows] for n, v in data.items()})
+            last = i == len(chunks) - 1
+            sync = nullcontext() if last or not self.world.distributed else self.net.no_sync()
+            with sync, self._autocast():
+                loss, parts = mt_loss(model, self.process, z0, x, t=tt[rows], noise=noise[rows], lam=self.cfg.diffusion.lam,
+                                      inputs=_apply_drop(model, x, cond_drop, rows),
+                                      encoded=_apply_drop(model, x, enc_drop, rows), net=self.net)
+                self.scaler.scale(loss * (self.micro_batch / self.local_batch)).backward()
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                terms[k] = terms.get(k, 0.0) + v * (self.micro_batch / self.local_batch)
+        return {**terms, "grad_norm": self._update()}
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def optimize(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward and update for one loss on the whole batch (for trainers with another objective)."""
+        self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.opt)
+        return self._update()
+
+    def _update(self) -> torch.Tensor:
+        """Unscale, clip, step and EMA; a non-finite gradient norm skips the step on the device. Returns the norm.
+
+        With DDP the gradients are already averaged, so every process reaches the same decision.
+        """
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.opt)
         clip = self.cfg.train.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.ema.update(self.model)
+        bad = (~torch.isfinite(grad_norm)).float()
+        if self.scaler.is_enabled():
+            self.scaler.step(self.opt)                  # fp16: the scaler skips non-finite steps itself
+            self.scaler.update()
+        else:
+            self.opt.grad_scale, self.opt.found_inf = None, bad   # fused AdamW leaves everything as it was
+            try:
+                self.opt.step()
+            finally:
+                del self.opt.grad_scale, self.opt.found_inf
+        self.ema.update(self.model, weight=1 - bad)
+        self.streak.copy_((self.streak + 1) * bad)
+        self.skipped_on_device.add_(bad)
         return grad_norm.detach()
 
-    def diffusion_data(self, batch: dict[str, torch.Tensor], generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """z_0 and the modality data X of a pixel batch: the data are derived from the pixels, then the
-        images (z_0 and image modalities) go through the space map (identity, or the frozen
-        autoencoder's encoder: latent diffusion, Appendix E.1)."""
-        data = {name: m.derive(batch, generator) for name, m in self.model.modalities.items()}
+    def diffusion_data(self, batch: dict[str, torch.Tensor], data: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """z_0 and the modality data X of pixel images and their derived data: the images (z_0 and
+        image modalities) go through the space map (identity, or the frozen autoencoder's encoder:
+        latent diffusion, Appendix E.1)."""
         with torch.no_grad():
             return self.latent.encode(batch["image"]), self.latent.encode_data(data, self.model.modalities)
 
-    def _dropped(self, data: dict[str, torch.Tensor], prob: float, names) -> dict[str, torch.Tensor] | None:
-        """``data`` with each of ``names`` replaced per sample, with probability ``prob``, by its
-        "nothing known" value; None when prob is 0 (nothing is drawn from the generator then)."""
+    def _drop_masks(self, data: dict[str, torch.Tensor], prob: float, names) -> dict[str, torch.Tensor] | None:
+        """Per sample of the global batch, True where each of ``names`` becomes "nothing known", with
+        probability ``prob``; None when prob is 0 (nothing is drawn from the generator then)."""
         if prob <= 0:
             return None
-        return {n: self.model.modalities[n].drop(x, torch.rand(x.shape[0], generator=self.gen, device=self.device) < prob)
-                if n in names else x for n, x in data.items()}
+        return {n: torch.rand(x.shape[0], generator=self.gen, device=self.device) < prob for n, x in data.items() if n in names}
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
-        """Train to ``train.steps``; returns the last logged metrics."""
-        t = self.cfg.train
+        """Train to ``train.steps``; returns the last logged metrics (averaged over processes)."""
+        t, main = self.cfg.train, self.world.main
         log_path = self.run_dir / "log.jsonl"
-        writer = _tensorboard(self.run_dir / "tb")
-        if self.step == 0:
+        writer = _tensorboard(self.run_dir / "tb") if main else None
+        if self.step == 0 and main:
             self._log_prior(log_path, writer)
-        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc="train", dynamic_ncols=True)
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train", dynamic_ncols=True)
         last: dict[str, float] = {}
-        acc: dict[str, Any] = {}
+        acc: dict[str, torch.Tensor] = {}
         n_acc, t0 = 0, time.perf_counter()
         while self.step < t.steps:
             terms = self.train_step()
-            if terms is None:
-                self.nonfinite += 1
-                self.skipped += 1
-                if self.nonfinite >= t.max_nonfinite:
-                    path = self.save()
-                    raise TrainingError(
-                        f"loss was NaN/Inf for {self.nonfinite} consecutive steps at step {self.step}; the last good "
-                        f"weights are saved in {path}. Lower train.lr, raise train.warmup_steps, set train.grad_clip, "
-                        f"or use train.precision=fp32 (or bf16 instead of fp16).")
-                continue
-            self.nonfinite = 0
+            good = torch.isfinite(terms["grad_norm"])
+            for k, v in terms.items():                # stays on the device: no host sync until logging
+                acc[k] = acc.get(k, 0.0) + torch.where(good, v, 0.0)
+            acc["good"] = acc.get("good", 0.0) + good.float()
             self.step += 1
-            for k, v in terms.items():
-                acc[k] = acc.get(k, 0.0) + v  # stays on the device: no host sync until logging
             n_acc += 1
             bar.update(1)
             if self.step % t.log_every == 0 or self.step == t.steps:
+                acc = self.world.mean(acc)
+                good_steps = float(acc.pop("good"))
                 dt = time.perf_counter() - t0
-                last = {k: float(v) / n_acc for k, v in acc.items()}
+                last = {k: float(v) / max(good_steps, 1e-12) for k, v in acc.items()}
                 last.update(step=self.step, lr=self.lr_at(self.step - 1), img_per_s=n_acc * t.batch_size / dt,
                             skipped_nonfinite=self.skipped)
-                _append_jsonl(log_path, last)
-                for k, v in last.items():
-                    if k != "step" and writer is not None:
-                        writer.add_scalar(f"train/{k}", v, self.step)
-                bar.set_postfix(loss=f"{last['loss']:.4f}")
+                if main:
+                    _append_jsonl(log_path, last)
+                    for k, v in last.items():
+                        if k != "step" and writer is not None:
+                            writer.add_scalar(f"train/{k}", v, self.step)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}")
                 acc, n_acc, t0 = {}, 0, time.perf_counter()
+                self._stop_if_diverged()
             if self.step % t.ckpt_every == 0 or self.step == t.steps:
+                self._stop_if_diverged()
                 self.save()
-            if t.sample_every > 0 and (self.step % t.sample_every == 0 or self.step == t.steps):
+            if main and t.sample_every > 0 and (self.step % t.sample_every == 0 or self.step == t.steps):
                 self.sample_grid(self.run_dir / "samples" / f"step-{self.step:07d}.png")
         bar.close()
         if writer is not None:
             writer.close()
+        self.world.barrier()                          # the last checkpoint is on disk for every process
         return last
+
+    def _stop_if_diverged(self) -> None:
+        """Stop with the last good weights saved once ``train.max_nonfinite`` steps in a row were skipped."""
+        streak = int(self.streak)
+        if streak >= self.cfg.train.max_nonfinite:
+            path = self.save()
+            where = f"the last good weights are saved in {path}" if path else "the last good weights are saved by rank 0"
+            raise TrainingError(
+                f"loss was NaN/Inf for {streak} consecutive steps at step {self.step} (max_nonfinite="
+                f"{self.cfg.train.max_nonfinite}); skipped steps change nothing, so {where}. Lower train.lr, "
+                f"raise train.warmup_steps, set train.grad_clip, or use train.precision=fp32 (or bf16 instead of fp16).")
 
     def _log_prior(self, log_path: Path, writer) -> None:
         """L0 = KL(q(z_T | z_0, X) || N(0, I)) on one batch: whether the schedules end at the prior."""
         batch = BatchStream(self.data, min(256, len(self.data)), seed=self.cfg.train.seed + 1, device=self.device).next()
         g = torch.Generator(self.device).manual_seed(0)
         with torch.no_grad():
-            z0, data = self.diffusion_data(batch, g)
+            z0, data = self.diffusion_data(batch, {n: m.derive(batch, g) for n, m in self.model.modalities.items()})
             kl = self.process.prior_kl(z0, self.model.encode(data)).mean().item()
         entry = {"step": 0, "prior_kl": kl, **self.process.signal_summary()}
         _append_jsonl(log_path, entry)
@@ -267,6 +344,26 @@ class Trainer:
         state = generate_joint(self.ema.model, self.process, batch=s.num, sampler=s.sampler, steps=s.steps, eta=s.eta,
                                start=s.start, clip=s.clip, generator=g, device=self.device)
         return save_grid(self.latent.decode(state.z), path)
+
+
+def _shares(batch_size: int, micro_batch: int, world_size: int) -> tuple[int, int]:
+    """(rows per process, rows per micro-batch) of the global batch; they must divide evenly."""
+    if batch_size % world_size:
+        raise ConfigError(f"train.batch_size={batch_size} is the global batch and must be divisible by the "
+                          f"{world_size} processes")
+    local = batch_size // world_size
+    micro = micro_batch or local
+    if local % micro:
+        raise ConfigError(f"train.micro_batch={micro_batch} must divide each process's share of the batch "
+                          f"({batch_size} / {world_size} processes = {local})")
+    return local, micro
+
+
+def _apply_drop(model, data: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None, rows: slice):
+    """``data`` with the rows marked in ``masks`` replaced by each modality's "nothing known" value."""
+    if masks is None:
+        return None
+    return {n: model.modalities[n].drop(x, masks[n][rows]) if n in masks else x for n, x in data.items()}
 
 
 def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:

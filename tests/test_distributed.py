@@ -1,0 +1,72 @@
+"""Many processes (DDP through torchrun, gloo on the CPU): the same steps as one process with the
+same global batch, on every rank, and a run resumed on another number of processes."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtdiff.checkpoint import load_checkpoint
+from mtdiff.train.distributed import World, shard
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+SETTINGS = ["train.log_every=1", "train.sample_every=0", "train.warmup_steps=1", "train.lr=1e-3",
+            "train.batch_size=8", "model.dropout=0.0", "modalities.label.kind=label", "train.cond_drop_prob=0.3",
+            "train.enc_drop_prob=0.3"]
+
+
+def _launch(tmp_path, nproc: int, out: str, steps: int, *extra: str, resume: bool = False) -> list[dict]:
+    """Train in ``nproc`` processes; returns each rank's final parameters."""
+    prefix = tmp_path / f"{out}-{nproc}p-{steps}"
+    args = [str(tmp_path / out), str(prefix), *(["--resume"] if resume else []), *SETTINGS,
+            f"train.steps={steps}", f"train.ckpt_every={steps}", *extra]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=WORKER.parent,
+                          env={**_env(), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(f"{prefix}-rank{r}.pt") for r in range(nproc)]
+
+
+def _env():
+    import os
+    return dict(os.environ)
+
+
+def _assert_close(a: dict, b: dict, atol: float = 2e-5) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    """2 processes x 4 rows (with condition and encoding dropout, micro-batches of 2) take the same 4
+    steps as 1 process x 8 rows; every rank holds the same parameters."""
+    two = _launch(tmp_path, 2, "two", 4, "train.micro_batch=2")
+    one = _launch(tmp_path, 1, "one", 4)
+    for k in two[0]:
+        torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)   # ranks agree exactly
+    _assert_close(two[0], one[0])
+    torch.testing.assert_close(load_checkpoint(tmp_path / "two")["model"], two[0])   # rank 0 saved them
+
+
+def test_resume_on_another_number_of_processes(tmp_path):
+    """2 steps on 2 processes, then resumed to 4 on 1: the parameters of 4 uninterrupted steps on 1."""
+    _launch(tmp_path, 2, "mixed", 2)
+    resumed = _launch(tmp_path, 1, "mixed", 4, resume=True)
+    straight = _launch(tmp_path, 1, "straight", 4)
+    _assert_close(resumed[0], straight[0])
+
+
+def test_batch_must_split_evenly(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+                           str(WORKER), str(tmp_path / "r"), str(tmp_path / "p"), *SETTINGS, "train.steps=1"],
+                          capture_output=True, text=True, timeout=300, cwd=WORKER.parent)
+    assert proc.returncode != 0 and "train.batch_size=8 is the global batch and must be divisible by the 3" in proc.stderr
+
+
+@pytest.mark.parametrize("n,size", [(10, 3), (2, 4), (64, 2)])
+def test_shards_cover_every_item_once(n, size):
+    parts = [list(shard(n, World(rank=r, size=size))) for r in range(size)]
+    assert sum(parts, []) == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
