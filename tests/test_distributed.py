@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtdiff.checkpoint import load_checkpoint
-from mtdiff.train.distributed import World, shard
+from mtdiff.distributed import World, shard
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 SETTINGS = ["train.log_every=1", "train.sample_every=0", "train.warmup_steps=1", "train.lr=1e-3",

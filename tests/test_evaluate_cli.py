@@ -47,3 +47,23 @@ def test_evaluate_with_inception_but_no_weights_file_fails_clearly(run_dir, monk
 def test_default_extractor():
     assert default_extractor(1, 32) == "mnist-cnn"
     assert default_extractor(3, 64) == "efficientnet-lite0"
+
+
+def test_evaluate_on_two_processes_scores_the_same_samples(run_dir, tmp_path):
+    """torchrun shares the sampling batches out (each batch seeded by its index), so 2 processes
+    write the same scores as 1. (``--`` keeps torchrun's parser from taking ``--run`` for its ``--run-path``.)"""
+    import os
+    import subprocess
+    import sys
+
+    def evaluate(nproc: int) -> dict:
+        out = tmp_path / f"{nproc}.json"
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                        "-m", "mtdiff", "--", "evaluate", "--run", str(run_dir), "--num", "6", "--batch", "2",
+                        "--steps", "1", "--ref-num", "300", "--out", str(out)],
+                       check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+        return json.loads(out.read_text())
+
+    one, two = evaluate(1), evaluate(2)
+    assert two["n"] == 6
+    assert {k: v for k, v in two.items() if "(" in k} == {k: v for k, v in one.items() if "(" in k}

@@ -42,17 +42,27 @@ def default_extractor(channels: int, image_size: int) -> str:
     return "mnist-cnn" if (channels, image_size) == (1, 32) else "efficientnet-lite0"
 
 
-def _samples(run, kw: dict, num: int, batch: int):
-    """``num`` joint samples [num, C, H, W] in pixels (decoded from latents for autoencoder runs), on the CPU."""
-    import torch
+def _samples(run, kw: dict, num: int, batch: int, seed: int, world):
+    """``num`` joint samples [num, C, H, W] in pixels (decoded from latents for autoencoder runs), on the CPU.
 
+    Batch b is drawn with its own generator, seeded by (seed, b), and the batches are shared out over
+    the torchrun processes: any number of processes makes the same images.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..distributed import shard
     from ..sampling import generate_joint
 
-    out = []
-    for start in range(0, num, batch):
-        state = generate_joint(run.model, run.process, batch=min(batch, num - start), **kw)
+    starts = list(range(0, num, batch))
+    d = run.config.data
+    out = [torch.empty(0, d.channels, d.image_size, d.image_size)]
+    for i in tqdm(shard(len(starts), world), desc="sample", disable=not world.main, dynamic_ncols=True):
+        g = torch.Generator(kw["device"]).manual_seed(seed * 1_000_003 + i)
+        state = generate_joint(run.model, run.process, batch=min(batch, num - starts[i]), **{**kw, "generator": g})
         out.append(run.latent.decode(state.z).float().cpu())
-    return torch.cat(out)
+    mine = torch.cat(out[1:]) if len(out) > 1 else out[0]
+    return world.gather(mine.to(kw["device"])).cpu()
 
 
 def _table(result: dict) -> str:
@@ -64,6 +74,7 @@ def _table(result: dict) -> str:
 def cmd_evaluate(args) -> int:
     from ..config import ConfigError
     from ..data.sources import ImageSet
+    from ..distributed import init_world
     from ..metrics.quality import sample_quality
     from ..pretrained.images import load_image_features
     from ..train.trainer import load_data
@@ -72,13 +83,16 @@ def cmd_evaluate(args) -> int:
     if args.num < 2 or args.batch < 1:
         raise ConfigError(f"--num must be >= 2 and --batch >= 1, got {args.num} and {args.batch}")
     t0 = time.perf_counter()
+    world, args.device = init_world(args.device)      # under torchrun: this process's share and device
     run, kw = _load(args)
     name = args.features or default_extractor(run.config.data.channels, run.config.data.image_size)
     extractor = load_image_features(name, args.device, **({"weights": args.weights} if args.weights else {}))
     ref = load_data(run.config, "test")
     if args.ref_num is not None:
         ref = ImageSet(ref.images[:args.ref_num], None, ref.class_names, ref.name)
-    images = _samples(run, kw, args.num, args.batch)
+    images = _samples(run, kw, args.num, args.batch, args.seed, world)
+    if not world.main:
+        return 0
     t1 = time.perf_counter()
     scores = sample_quality(images, ref, extractor, seed=args.seed, cache_dir=run.directory / "eval")
     result = {"run": str(args.run), "step": run.step, **scores, "reference": ref.name, "steps": kw["steps"],

@@ -32,7 +32,7 @@ from ..loss import mt_loss
 from ..runs import CONFIG_FILE
 from ..sampling import generate_joint
 from ..viz import save_grid
-from .distributed import init_world
+from ..distributed import init_world
 from .ema import EMA
 
 __all__ = ["Trainer", "TrainingError", "resolve_device"]
