@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common import machine
 from mtdiff.build import build_model
 from mtdiff.checkpoint import has_checkpoints, latest_checkpoint
 from mtdiff.config import Config, load_config, to_dict
@@ -504,20 +504,6 @@ def markdown(r: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- main
-
-def machine(device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": str(device), "device_name": name}
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -23,6 +23,7 @@ SCRIPT = ROOT / "benchmarks" / "paper_claims.py"
 
 def _benchmark():
     if "paper_claims" not in sys.modules:                     # dataclasses look their module up there
+        sys.path.insert(0, str(SCRIPT.parent))                # its sibling module common
         spec = importlib.util.spec_from_file_location("paper_claims", SCRIPT)
         sys.modules["paper_claims"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules["paper_claims"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mtdiff.process import Bridge, Constant, MTProcess, beta_schedule
-from mtdiff.sampling import SAMPLERS, ancestral, ddim, generate, init_state, restore, timesteps
+from mtdiff.sampling import SAMPLERS, ancestral, generate, init_state, restore, timesteps
 
 T = 1000
 

@@ -20,22 +20,25 @@ class BatchStream:
     """Batches {"image": float [-1, 1] [B, C, H, W], "label": long [B], **extras} of ``batch_size``
     samples (see :meth:`ImageSet.batch`; a paired folder adds "source").
 
-    ``rank`` / ``world_size`` shard each global batch: every rank takes its slice of the same
-    global permutation, so one process with the global batch sees the same samples.
+    On a GPU the whole set moves to device memory once when it takes at most ``DEVICE_FRACTION`` of
+    it, so a batch is a gather on the device rather than a copy from the host.
     """
     data: ImageSet
     batch_size: int
     seed: int = 0
     device: torch.device | str = "cpu"
-    rank: int = 0
-    world_size: int = 1
     epoch: int = 0
     offset: int = 0
 
+    DEVICE_FRACTION = 0.1
+
     def __post_init__(self):
         n = len(self.data.images)
-        if self.batch_size * self.world_size > n:
-            raise ValueError(f"global batch {self.batch_size * self.world_size} exceeds the {n} samples of {self.data.name!r}")
+        if self.batch_size > n:
+            raise ValueError(f"batch {self.batch_size} exceeds the {n} samples of {self.data.name!r}")
+        device = torch.device(self.device)
+        if device.type == "cuda" and self.data.nbytes <= self.DEVICE_FRACTION * torch.cuda.get_device_properties(device).total_memory:
+            self.data = self.data.to(device)
         self._perm_epoch, self._perm = -1, None
 
     def _permutation(self) -> Tensor:
@@ -45,16 +48,15 @@ class BatchStream:
         return self._perm
 
     def next(self) -> dict[str, Tensor]:
-        """The next batch (the last incomplete global batch of an epoch is dropped)."""
-        global_batch = self.batch_size * self.world_size
-        if self.offset + global_batch > len(self.data.images):
+        """The next batch (the last incomplete batch of an epoch is dropped)."""
+        if self.offset + self.batch_size > len(self.data.images):
             self.epoch, self.offset = self.epoch + 1, 0
-        idx = self._permutation()[self.offset + self.rank * self.batch_size:][: self.batch_size]
-        self.offset += global_batch
+        idx = self._permutation()[self.offset:][: self.batch_size]
+        self.offset += self.batch_size
         return self.data.batch(idx, self.device)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed, "global_batch": self.batch_size * self.world_size}
+        return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed, "global_batch": self.batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("seed", self.seed) != self.seed:

@@ -26,7 +26,7 @@ import gzip
 import os
 import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -132,6 +132,17 @@ class ImageSet:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.images, *([self.labels] if self.labels is not None else []), *self.extras.values()]
+        return sum(x.numel() * x.element_size() for x in tensors)
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        """The same set with its tensors on ``device`` (batches are then gathered there, with no copy per step)."""
+        return replace(self, images=self.images.to(device),
+                                   labels=None if self.labels is None else self.labels.to(device),
+                                   extras={k: v.to(device) for k, v in self.extras.items()})
 
     def to_float(self, idx=None) -> torch.Tensor:
         """float32 images in [-1, 1] (x / 127.5 - 1) for the index tensor ``idx``.

@@ -28,6 +28,7 @@ class MTProcess:
         if betas.ndim != 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must be a 1-D tensor with values in (0, 1)")
         self.num_timesteps = T = betas.shape[0]
+        self._tables: dict[tuple[int, torch.device], Tensor] = {}
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, 0)
@@ -51,10 +52,13 @@ class MTProcess:
         return tuple(self.weights)
 
     # -- helpers -------------------------------------------------------------------------
-    @staticmethod
-    def _at(arr: Tensor, t: Tensor, like: Tensor) -> Tensor:
-        """arr[t] as [B, 1, ..., 1] in like's dtype and device."""
-        out = arr[t.detach().cpu().long()].to(device=like.device, dtype=like.dtype)
+    def _at(self, arr: Tensor, t: Tensor, like: Tensor) -> Tensor:
+        """arr[t] as [B, 1, ..., 1] in like's dtype and device, gathered on that device (no host sync)."""
+        key = (id(arr), like.device)
+        table = self._tables.get(key)
+        if table is None:   # one copy per table and device (float32 where the device has no float64)
+            table = self._tables[key] = arr.to(like.device, torch.float32 if like.device.type == "mps" else arr.dtype)
+        out = table[t.to(like.device).long()].to(like.dtype)
         return out.reshape(-1, *([1] * (like.ndim - 1)))
 
     def _sum(self, table: Mapping[str, Tensor], t: Tensor, enc: Mapping[str, Tensor], like: Tensor) -> Tensor:
