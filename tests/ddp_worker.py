@@ -8,6 +8,7 @@ import torch
 
 from conftest import tiny
 from mtdiff.data.sources import ImageSet
+from mtdiff.distributed import close_world
 from mtdiff.train import Trainer
 
 
@@ -24,6 +25,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     trainer = Trainer(tiny("mnist-masked-x", *overrides), out, data=toy_data(), resume=resume, progress=False)
     trainer.run()
+    close_world()
     torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
                f"{prefix}-rank{trainer.world.rank}.pt")
 

@@ -176,3 +176,18 @@ def test_dropping_encodings_and_inputs(tmp_path, toy_data):
     # every sample is either kept whole or whole "nothing known"
     assert bool(((some["masked"] == 1).flatten(1).all(1) | (some["masked"] == 0).flatten(1).all(1)).all())
     trainer.run()  # trains with both kinds of dropout
+
+
+def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, toy_data, monkeypatch):
+    """train.compile compiles the backbone in place: checkpoints keep the eager model's names and load
+    into an uncompiled model. (Dynamo's eager backend here: the same graph capture, no C++ build.)"""
+    from mtdiff.runs import load_run
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": "eager"}))
+    cfg = tiny("mnist-masked-x", *FAST, "train.steps=2", "train.ckpt_every=2", "train.compile=true")
+    trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
+    trainer.run()
+    assert trainer.model.backbone._compiled_call_impl is not None
+    assert not any("_orig_mod" in k for k in load_checkpoint(tmp_path / "r")["model"])
+    assert load_run(tmp_path / "r").step == 2

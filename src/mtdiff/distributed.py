@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "init_world", "shard"]
+__all__ = ["World", "init_world", "close_world", "shard"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,12 @@ def init_world(device: str) -> tuple[World, str]:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30),
                                 **({"device_id": torch.device(device)} if cuda else {}))
     return world, device
+
+
+def close_world() -> None:
+    """Leave the process group (at the end of a torchrun command; nothing otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(n: int, world: World) -> range:

@@ -74,7 +74,7 @@ def _table(result: dict) -> str:
 def cmd_evaluate(args) -> int:
     from ..config import ConfigError
     from ..data.sources import ImageSet
-    from ..distributed import init_world
+    from ..distributed import close_world, init_world
     from ..metrics.quality import sample_quality
     from ..pretrained.images import load_image_features
     from ..train.trainer import load_data
@@ -90,7 +90,10 @@ def cmd_evaluate(args) -> int:
     ref = load_data(run.config, "test")
     if args.ref_num is not None:
         ref = ImageSet(ref.images[:args.ref_num], None, ref.class_names, ref.name)
-    images = _samples(run, kw, args.num, args.batch, args.seed, world)
+    try:
+        images = _samples(run, kw, args.num, args.batch, args.seed, world)
+    finally:
+        close_world()
     if not world.main:
         return 0
     t1 = time.perf_counter()

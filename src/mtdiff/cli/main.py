@@ -121,6 +121,7 @@ def cmd_presets(args) -> int:
 
 def cmd_train(args) -> int:
     from ..config import ConfigError, load_config
+    from ..distributed import close_world
     from ..runs import read_run_config
     from ..train import Trainer
 
@@ -130,9 +131,13 @@ def cmd_train(args) -> int:
         raise ConfigError("--config is required (a preset name or a YAML file); see mtdiff presets")
     else:
         cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
-    metrics = trainer.run()
-    print(json.dumps({"run": str(args.out), **metrics}))
+    try:
+        trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
+        metrics = trainer.run()
+    finally:
+        close_world()
+    if trainer.world.main:
+        print(json.dumps({"run": str(args.out), **metrics}))
     return 0
 
 

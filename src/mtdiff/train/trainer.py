@@ -130,7 +130,7 @@ class Trainer:
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
             self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                                               broadcast_buffers=False)
+                                               forward_sync_buffers=False)   # buffers are constants
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
