@@ -1,7 +1,7 @@
 """Build the process and the model from a Config (the one place that maps config to objects)."""
 from __future__ import annotations
 
-from .config import Config
+from .config import Config, ConfigError
 from .modalities import MODALITY_KINDS
 from .models import MTModel, UNet
 from .models.autoencoder import LatentMap, PixelMap, SpaceMap, latent_shape, read_vae_config
@@ -77,13 +77,19 @@ def build_model(cfg: Config) -> MTModel:
         elif mc.kind == "text":
             kw.update(dim=mc.dim, class_names=mc.class_names, templates=mc.templates, text_encoder=mc.text_encoder,
                       context_dim=ctx)
-        modalities.append(MODALITY_KINDS[mc.kind](name, **kw))
+        try:
+            modalities.append(MODALITY_KINDS[mc.kind](name, **kw))
+        except ValueError as e:
+            raise ConfigError(f"modalities.{name}: {e}") from None
     cond_channels = sum(mod.cond_channels for mod in modalities if mod.name in cond_names and not mod.uses_context)
-    backbone = UNet(image_size=z_shape[-1], in_channels=z_shape[0], out_channels=z_shape[0],
-                    model_channels=m.channels, channel_mult=mult, num_res_blocks=m.num_res_blocks,
-                    attention_resolutions=tuple(m.attention_resolutions), num_heads=m.num_heads,
-                    num_head_channels=m.num_head_channels, dropout=m.dropout,
-                    use_scale_shift_norm=m.use_scale_shift_norm, resblock_updown=m.resblock_updown,
-                    cond_channels=cond_channels, context_dim=ctx or None,
-                    gradient_checkpointing=m.gradient_checkpointing)
+    try:
+        backbone = UNet(image_size=z_shape[-1], in_channels=z_shape[0], out_channels=z_shape[0],
+                        model_channels=m.channels, channel_mult=mult, num_res_blocks=m.num_res_blocks,
+                        attention_resolutions=tuple(m.attention_resolutions), num_heads=m.num_heads,
+                        num_head_channels=m.num_head_channels, dropout=m.dropout,
+                        use_scale_shift_norm=m.use_scale_shift_norm, resblock_updown=m.resblock_updown,
+                        cond_channels=cond_channels, context_dim=ctx or None,
+                        gradient_checkpointing=m.gradient_checkpointing)
+    except ValueError as e:            # the U-Net's own checks name the model.* setting at fault
+        raise ConfigError(f"model: {e}") from None
     return MTModel(backbone, modalities, conditioned=cond_names)

@@ -329,6 +329,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}.num_classes must be >= 2, got {mc.num_classes}")
         if not 0 <= mc.full_mask_prob <= 1:
             raise ConfigError(f"{key}.full_mask_prob must be in [0, 1], got {mc.full_mask_prob}")
+    if not m.channel_mult:
+        raise ConfigError("model.channel_mult must list at least one multiplier, e.g. [1, 2, 2]")
     positive = {"train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
                 "diffusion.timesteps": cfg.diffusion.timesteps, "data.image_size": cfg.data.image_size,
                 "data.channels": cfg.data.channels, "model.channels": m.channels,

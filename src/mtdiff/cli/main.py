@@ -98,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     from ..data.sources import DataError
     from ..metrics.classifier import MissingWeightsError
     from ..pretrained.images import MissingExtractorError
+    from ..train.trainer import TrainingError
 
     try:
         return {"train": cmd_train, "sample": cmd_sample, "restore": cmd_restore, "demo": cmd_demo,
                 "classify": cmd_classify, "translate": cmd_translate, "presets": cmd_presets, "evaluate": cmd_evaluate,
                 "report": cmd_report}[args.command](args)
-    except (ConfigError, DataError, CheckpointError, MissingWeightsError, MissingExtractorError) as e:
+    except (ConfigError, DataError, CheckpointError, MissingWeightsError, MissingExtractorError, TrainingError) as e:
         print(f"mtdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
 

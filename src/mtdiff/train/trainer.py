@@ -24,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..build import build_model, build_process, build_space_map
-from ..checkpoint import has_checkpoints, load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from ..checkpoint import has_checkpoints, latest_checkpoint, load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from ..config import Config, ConfigError, to_dict
 from ..data.loader import BatchStream
 from ..data.sources import ImageSet, load_source
@@ -157,8 +157,15 @@ class Trainer:
         if not self.world.main:
             return None
         tensors, meta = self._state()
-        return save_checkpoint(self.run_dir / "checkpoints", step=self.step, model=self.model.state_dict(),
-                               ema=self.ema.state_dict(), state=tensors, meta=meta, keep=self.cfg.train.keep_checkpoints)
+        try:
+            return save_checkpoint(self.run_dir / "checkpoints", step=self.step, model=self.model.state_dict(),
+                                   ema=self.ema.state_dict(), state=tensors, meta=meta, keep=self.cfg.train.keep_checkpoints)
+        except OSError as e:   # disk full, quota, permissions: the partial write is removed, older ones are intact
+            previous = latest_checkpoint(self.run_dir)
+            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            raise TrainingError(f"could not write the checkpoint of step {self.step} to {self.run_dir / 'checkpoints'}: "
+                                f"{e.strerror or e}; {kept}. Free space (or fix the directory), then continue "
+                                f"with: mtdiff train --out {self.run_dir} --resume") from e
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir)

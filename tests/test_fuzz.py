@@ -1,0 +1,124 @@
+"""Property-based (hypothesis): any config, override or command line either works or fails before
+work with a ConfigError / usage message naming the problem: never a traceback a user would see."""
+import dataclasses
+import typing
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mtdiff.build import build_model, build_process
+from mtdiff.cli.main import main
+from mtdiff.config import Config, ConfigError, apply_overrides, from_dict, presets, validate
+
+PRESETS = sorted(presets())
+CPU_PRESETS = [p for p in PRESETS if p.startswith(("mnist", "fashion"))]
+
+
+def _paths(cls, prefix=""):
+    """Every dotted key of the config dataclasses (modalities get one example name)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out += _paths(tp, key + ".")
+        elif f.name == "modalities":
+            from mtdiff.config import ModalityConfig
+            out += _paths(ModalityConfig, key + ".masked.")
+        else:
+            out.append(key)
+    return out
+
+
+KEYS = _paths(Config)
+values = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(-2, 2), st.just(float("nan")), st.just(float("inf")),
+                   st.sampled_from(["", "auto", "X", "bridge", "label", "ddim", "cuda:7", "nope", "[1, 2]", "{a: 1}"]),
+                   st.lists(st.integers(-1, 64), max_size=4))
+mutation = st.one_of(
+    st.tuples(st.sampled_from(KEYS), values),                                  # a real key, any value
+    st.tuples(st.sampled_from(KEYS).map(lambda k: k + "x"), values),          # a misspelt key
+    st.tuples(st.sampled_from(["model", "train", "data", "modalities", "sample"]), values),  # a section replaced
+)
+
+
+def _set(raw: dict, key: str, value) -> None:
+    node = raw
+    *parents, last = key.split(".")
+    for p in parents:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[last] = value
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(PRESETS), st.lists(mutation, min_size=1, max_size=3))
+def test_any_config_is_built_or_refused_with_a_config_error(preset, mutations):
+    raw = yaml.safe_load(presets()[preset].read_text())
+    for key, value in mutations:
+        _set(raw, key, value)
+    try:
+        cfg = validate(from_dict(Config, raw))
+        with torch.device("meta"):              # any size builds instantly, allocating nothing
+            build_model(cfg)
+        build_process(cfg)
+    except ConfigError as e:                    # (the autoencoder's errors are ConfigErrors too)
+        assert str(e)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abcdemnoprstx._=[]{}:, 0123456789-", max_size=24), max_size=4))
+def test_any_override_string_applies_or_is_refused_with_a_config_error(items):
+    raw = yaml.safe_load(presets()["mnist-masked-x"].read_text())
+    try:
+        validate(from_dict(Config, apply_overrides(raw, items)))
+    except ConfigError as e:
+        assert str(e)
+
+
+class WorkStarted(Exception):
+    pass
+
+
+COMMANDS = ["train", "sample", "translate", "classify", "restore", "evaluate", "report", "presets", "demo", "frobnicate"]
+FLAGS = ["--config", "--out", "--set", "--resume", "--run", "--num", "--steps", "--sampler", "--eta", "--seed",
+         "--device", "--label", "--prompt", "--guidance", "--head-guidance", "--input", "--t", "--method", "--mask",
+         "--patches", "--per-input", "--features", "--weights", "--batch", "--ref-num"]
+ARGS = ["mnist-masked-x", "nope", "-1", "0", "3", "1e9", "x=1", "train.steps=0", "train.lr=abc", "model.channels=7",
+        "cuda:3", "each", "11", "ddim", "dpm-solver", "half", "elbo", "{}", ""]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Stop at the first sign of real work: training steps, loading a run's weights, loading a data set."""
+    import mtdiff.runs
+    import mtdiff.train.trainer as tr
+
+    def stop(*a, **k):
+        raise WorkStarted
+
+    monkeypatch.setattr(tr.Trainer, "__init__", stop)
+    monkeypatch.setattr(mtdiff.runs, "load_checkpoint", stop)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(COMMANDS), st.lists(st.tuples(st.sampled_from(FLAGS), st.sampled_from(ARGS)), max_size=5),
+       st.booleans())
+def test_any_command_line_fails_cleanly_or_starts_work(no_work, tmp_path_factory, capsys, command, flags, with_run):
+    argv = [command]
+    if with_run:
+        argv += ["--run", str(tmp_path_factory.getbasetemp() / "not-a-run")]
+    for flag, value in flags:
+        argv += [flag, value]
+    try:
+        code = main(argv)
+    except SystemExit as e:                     # argparse: a usage line and the reason, exit code 2
+        assert e.code in (0, 2)
+        return
+    except WorkStarted:
+        return
+    err = capsys.readouterr().err
+    assert code in (0, 2) and (code == 0 or "error:" in err)
