@@ -3,12 +3,12 @@ during checkpoint writes) always leaves a complete, verified checkpoint, and the
 bit-identical to one never killed; a full disk during a save stops the run with a clear message and
 the previous checkpoint intact."""
 import errno
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -102,3 +102,106 @@ def test_disk_full_during_a_save_stops_with_the_previous_checkpoint_intact(tmp_p
         trainer.run()
     assert load_checkpoint(tmp_path / "r", fallback=False)["meta"]["step"] == 2
     assert not list((tmp_path / "r" / "checkpoints").glob(".tmp-*"))    # the partial write was removed
+
+
+# ---------------------------------------------------------------------------- inputs at inference
+
+@pytest.fixture(scope="module")
+def masked_run(tmp_path_factory):
+    from test_cli import _tiny_run
+    return _tiny_run(tmp_path_factory.mktemp("runs") / "x", "mnist-masked-x")
+
+
+@pytest.fixture(scope="module")
+def label_run(tmp_path_factory):
+    from test_cli import _tiny_run
+    return _tiny_run(tmp_path_factory.mktemp("runs") / "m", "mnist-label-m")
+
+
+def _png(path, size=32, value=None, mode="L"):
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    arr = rng.integers(0, 256, shape, dtype=np.uint8) if value is None else np.full(shape, value, np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_restore_user_images_with_user_masks(masked_run, tmp_path, capsys):
+    from mtdiff.cli.main import main
+
+    (tmp_path / "in").mkdir(), (tmp_path / "keep").mkdir()
+    for i in range(2):
+        _png(tmp_path / "in" / f"{i}.png")
+        arr = np.full((32, 32), 255, np.uint8)
+        arr[8:20, 8:20] = 0
+        Image.fromarray(arr).save(tmp_path / "keep" / f"{i}.png")
+    args = ["restore", "--run", str(masked_run), "--input", str(tmp_path / "in"), "--keep", str(tmp_path / "keep"),
+            "--steps", "2", "--per-input", "1", "--seed", "3"]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["known_pixels_exact"] and abs(stats["masked_fraction"] - 144 / 1024) < 1e-6
+    assert main([*args, "--out", str(tmp_path / "b.png")]) == 0                      # same seed, same images
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("image 28 px", "image is 28x28, the model expects 32x32"),
+    ("mask 16 px", "image is 16x16, the model expects 32x32"),
+    ("mask missing", "no mask 0.png for --input image 0.png"),
+    ("not an image", "not a readable image"),
+    ("keep without input", "--keep needs --input"),
+])
+def test_restore_refuses_bad_inputs_naming_the_file(masked_run, tmp_path, capsys, case, expected):
+    from mtdiff.cli.main import main
+
+    (tmp_path / "in").mkdir(), (tmp_path / "keep").mkdir()
+    _png(tmp_path / "in" / "0.png", size=28 if case == "image 28 px" else 32)
+    if case == "not an image":
+        (tmp_path / "in" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    if case != "mask missing":
+        _png(tmp_path / "keep" / "0.png", size=16 if case == "mask 16 px" else 32, value=255)
+    args = ["restore", "--run", str(masked_run), "--steps", "2", "--out", str(tmp_path / "o.png"),
+            "--keep", str(tmp_path / "keep")]
+    if case != "keep without input":
+        args += ["--input", str(tmp_path / "in")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    if case in ("image 28 px", "not an image"):
+        assert str(tmp_path / "in" / "0.png") in err
+
+
+def test_classify_user_images(label_run, tmp_path, capsys):
+    from mtdiff.cli.main import main
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        _png(tmp_path / "in" / f"{i}.png")
+    assert main(["classify", "--run", str(label_run), "--input", str(tmp_path / "in")]) == 0
+    preds = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["file"].rsplit("/", 1)[-1] for p in preds] == ["0.png", "1.png", "2.png"]
+    assert all(0 <= p["class"] < 10 and 0 < p["probability"] <= 1 for p in preds)
+    _png(tmp_path / "in" / "3.png", mode="RGB", size=40)
+    assert main(["classify", "--run", str(label_run), "--input", str(tmp_path / "in")]) == 2
+    assert "3.png: image is 40x40, the model expects 32x32" in capsys.readouterr().err
+
+
+def test_a_run_from_another_version_is_refused_clearly(masked_run, tmp_path, capsys):
+    import shutil
+
+    from mtdiff.cli.main import main
+
+    newer = tmp_path / "newer"
+    shutil.copytree(masked_run, newer)
+    meta_path = latest_checkpoint(newer) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["version"] = 99
+    meta_path.write_text(json.dumps(meta))
+    assert main(["sample", "--run", str(newer), "--num", "2", "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint format version 99; this mtdiff reads version 1" in err
+    config = newer / "config.yaml"
+    config.write_text(config.read_text().replace("train:\n", "train:\n  shiny_new_option: 3\n"))
+    assert main(["sample", "--run", str(newer), "--num", "2", "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: unknown key 'train.shiny_new_option'" in err

@@ -48,11 +48,9 @@ def classify(run: Run, data: ImageSet, *, modality: str, method: str = "head", t
     correct, nll, all_probs = 0, 0.0, []
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
-        z0, y = run.latent.encode(data.to_float(idx).to(device)), data.labels[idx].to(device)
-        if method == "head":
-            probs = inverse(run.model, run.process, z0, modality, t=t, generator=g)
-        else:
-            probs = torch.softmax(elbo_logits(run, z0, modality, timesteps=ts, generator=g), 1)
+        probs = predict_labels(run, data.to_float(idx).to(device), modality=modality, method=method, t=t,
+                               generator=g, elbo_timesteps=ts)
+        y = data.labels[idx].to(device)
         correct += int((probs.argmax(1) == y).sum())
         all_probs.append(probs.float().cpu())
         nll += float(-probs.gather(1, y[:, None]).clamp_min(1e-12).log().sum())
@@ -60,6 +58,18 @@ def classify(run: Run, data: ImageSet, *, modality: str, method: str = "head", t
     ece = calibration(torch.cat(all_probs), data.labels[:n])["ece"]
     out = {"accuracy": correct / n, "nll": nll / n, "ece": ece, "n": n, "method": method}
     return {**out, "t": t} if method == "head" else {**out, "elbo_timesteps": ts}
+
+
+@torch.no_grad()
+def predict_labels(run: Run, images: torch.Tensor, *, modality: str, method: str = "head", t: int = 0,
+                   generator: torch.Generator | None = None, elbo_timesteps: list[int] | None = None) -> torch.Tensor:
+    """Class probabilities [N, K] of images [N, C, H, W] in [-1, 1]: the label head in inverse mode at
+    time index t, or the softmax of the diffusion-loss (ELBO) logits."""
+    z0 = run.latent.encode(images)
+    if method == "head":
+        return inverse(run.model, run.process, z0, modality, t=t, generator=generator)
+    ts = elbo_timesteps or torch.linspace(0, run.process.num_timesteps - 1, 12)[1:-1].round().long().tolist()
+    return torch.softmax(elbo_logits(run, z0, modality, timesteps=ts, generator=generator), 1)
 
 
 def _as_image(modality, x: torch.Tensor) -> torch.Tensor:
@@ -135,9 +145,11 @@ def translate(run: Run, data: ImageSet | None = None, *, modality: str, num: int
 
 
 @torch.no_grad()
-def restoration_grid(run: Run, test: ImageSet, *, num: int, mask: str, patches: int | None = None,
-                     per_input: int = 2, project: bool = True, **kw):
-    """Constrained restoration (Section 4.1) of ``num`` test images, ``per_input`` times each.
+def restoration_grid(run: Run, test: ImageSet | None, *, num: int, mask: str, patches: int | None = None,
+                     per_input: int = 2, project: bool = True, images: torch.Tensor | None = None,
+                     keep: torch.Tensor | None = None, **kw):
+    """Constrained restoration (Section 4.1) of ``num`` test images (or of ``images`` [N, C, H, W] in
+    [-1, 1]), ``per_input`` times each, under ``mask`` patches (or the given ``keep`` [N, 1, H, W], 1 = known).
 
     Returns a grid of rows (original, masked, restorations...), the number of images per input,
     and the scores: known pixels kept exactly, the model's raw drift and MSE on them (its own last
@@ -152,10 +164,13 @@ def restoration_grid(run: Run, test: ImageSet, *, num: int, mask: str, patches: 
     if not masked_names:
         raise ConfigError(f"{run.directory} has no masked_image modality; restore needs a masked-image run")
     name = masked_names[0]
-    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:num]
-    x = test.to_float(idx).to(kw.get("device", "cpu"))
-    mkw = {"num_patches": patches} if (mask == "random" and patches is not None) else {}
-    keep = make_mask(mask, len(idx), x.shape[-1], generator=torch.Generator().manual_seed(1), **mkw).to(x)
+    if images is None:
+        images = test.to_float(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:num])
+    x = images.to(kw.get("device", "cpu"))
+    if keep is None:
+        mkw = {"num_patches": patches} if (mask == "random" and patches is not None) else {}
+        keep = make_mask(mask, len(x), x.shape[-1], generator=torch.Generator().manual_seed(1), **mkw)
+    keep = keep.to(x)
     masked = apply_mask(x, keep)
     unknown = [n for n in run.model.modalities if n != name and n not in run.model.conditioned]
     outs = [restore(run.model, run.process, masked, keep, modality=name, unknown=unknown, project=project, **kw)

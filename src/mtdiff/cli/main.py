@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["head", "elbo"], default="head",
                    help="head: the label head in inverse mode; elbo: the class whose encoding minimises the "
                         "diffusion loss (10 timesteps x classes forward passes per image)")
+    p.add_argument("--input", type=Path, default=None,
+                   help="a PNG file or folder of PNGs to classify (default: the test split, scored)")
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("restore", help="restore masked test images (masked-image runs)")
@@ -70,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", choices=["random", "half"], default="random")
     p.add_argument("--patches", type=int, default=None, help="number of patches for --mask random (default U{0..10})")
     p.add_argument("--per-input", type=int, default=2, help="restorations per input, to show variance (default 2)")
+    p.add_argument("--input", type=Path, default=None,
+                   help="a PNG file or folder of PNGs to restore (default: test images); each the model's size")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="with --input: a PNG (or folder, same file names) per image, white = known pixel, black = "
+                        "to restore (default: --mask)")
     p.add_argument("--project", action=argparse.BooleanOptionalAction, default=True,
                    help="paste the known pixels into every step's z_0 estimate (default); --no-project leaves "
                         "the chain to the model alone (the known pixels are still pasted into the result)")
@@ -273,47 +280,107 @@ def cmd_translate(args) -> int:
     return 0
 
 
+def _png_files(path: Path, flag: str) -> list[Path]:
+    from ..config import ConfigError
+
+    files = sorted(path.glob("*.png")) if path.is_dir() else [path]
+    if not files or not files[0].is_file():
+        raise ConfigError(f"{flag} {path}: no PNG file there")
+    return files
+
+
+def _read_images(run, path: Path, flag: str = "--input"):
+    """Images [N, C, H, W] in [-1, 1] from a PNG file or folder; each must be the run's size."""
+    import torch
+
+    from ..config import ConfigError
+    from ..viz import load_image
+
+    d = run.config.data
+    try:
+        return torch.cat([load_image(f, size=d.image_size, channels=d.channels) for f in _png_files(path, flag)])
+    except ValueError as e:
+        raise ConfigError(f"{flag}: {e}") from None
+
+
 def _read_sources(run, name: str, path: Path):
     """Source data for translation from a PNG file or a folder of PNGs, checked against the model."""
     import torch
 
     from ..config import ConfigError
-    from ..viz import load_class_map, load_image
+    from ..viz import load_class_map
 
-    files = sorted(path.glob("*.png")) if path.is_dir() else [path]
-    if not files or not files[0].is_file():
-        raise ConfigError(f"--input {path}: no PNG file there")
     mod, d = run.model.modalities[name], run.config.data
+    if mod.kind != "segmentation":
+        return _read_images(run, path)
     try:
-        if mod.kind == "segmentation":
-            return torch.cat([load_class_map(f, size=d.image_size, num_classes=mod.num_classes) for f in files])
-        return torch.cat([load_image(f, size=d.image_size, channels=d.channels) for f in files])
+        return torch.cat([load_class_map(f, size=d.image_size, num_classes=mod.num_classes)
+                          for f in _png_files(path, "--input")])
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(f"--input: {e}") from None
+
+
+def _read_keep(run, path: Path, inputs: list[Path]):
+    """Known-pixel masks [N, 1, H, W] (white = known) for the --input files, one per image, same size."""
+    import torch
+
+    from ..config import ConfigError
+    from ..viz import load_image
+
+    files = [path / f.name for f in inputs] if path.is_dir() else [path] * len(inputs)
+    size = run.config.data.image_size
+    masks = []
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(f"--keep {path}: no mask {f.name} for --input image {f.name}")
+        try:
+            masks.append((load_image(f, size=size, channels=1) > 0).float())
+        except ValueError as e:
+            raise ConfigError(f"--keep: {e}") from None
+    return torch.cat(masks)
 
 
 def cmd_classify(args) -> int:
-    from ..evaluate import classify
+    from ..evaluate import classify, predict_labels
     from ..runs import load_run
     from ..train.trainer import load_data
 
     run = load_run(args.run, device=args.device)
     label = _label_modality(run, required=True)
+    head = run.config.modalities[label].head
+    if args.input is not None:
+        files = _png_files(args.input, "--input")
+        probs = predict_labels(run, _read_images(run, args.input).to(args.device), modality=label,
+                               method=args.method, t=args.t)
+        preds = [{"file": str(f), "class": int(p.argmax()), "probability": round(float(p.max()), 4)}
+                 for f, p in zip(files, probs)]
+        print(json.dumps({"run": str(args.run), "head": head, "method": args.method, "predictions": preds}))
+        return 0
     result = classify(run, load_data(run.config, "test"), modality=label, method=args.method, t=args.t,
                       num=args.num, device=args.device)
-    print(json.dumps({"run": str(args.run), "head": run.config.modalities[label].head, **result}))
+    print(json.dumps({"run": str(args.run), "head": head, **result}))
     return 0
 
 
 def cmd_restore(args) -> int:
+    from ..config import ConfigError
     from ..evaluate import restoration_grid
     from ..train.trainer import load_data
     from ..viz import save_grid
 
     run, kw = _load(args)
-    grid, ncol, stats = restoration_grid(run, load_data(run.config, "test"), num=args.num, mask=args.mask,
-                                         patches=args.patches, per_input=args.per_input, project=args.project, **kw)
-    save_grid(grid, args.out, nrow=ncol * 2 if args.num % 2 == 0 else ncol)
+    given = {}
+    if args.input is not None:
+        given["images"] = _read_images(run, args.input)
+        if args.keep is not None:
+            given["keep"] = _read_keep(run, args.keep, _png_files(args.input, "--input"))
+    elif args.keep is not None:
+        raise ConfigError("--keep needs --input (the images the masks belong to)")
+    grid, ncol, stats = restoration_grid(run, None if given else load_data(run.config, "test"), num=args.num,
+                                         mask=args.mask, patches=args.patches, per_input=args.per_input,
+                                         project=args.project, **given, **kw)
+    n = len(grid) // ncol
+    save_grid(grid, args.out, nrow=ncol * 2 if n % 2 == 0 else ncol)
     print(json.dumps({"out": str(args.out), **stats}))
     return 0
 
