@@ -205,3 +205,104 @@ def test_a_run_from_another_version_is_refused_clearly(masked_run, tmp_path, cap
     assert main(["sample", "--run", str(newer), "--num", "2", "--out", str(tmp_path / "s.png")]) == 2
     err = capsys.readouterr().err
     assert f"{config}: unknown key 'train.shiny_new_option'" in err
+
+
+# ---------------------------------------------------------------------------- data checked before training
+
+@pytest.mark.parametrize("mode,channels,expected", [
+    ("RGBA", 3, (0, 0, 0)),          # fully transparent red: composited onto black
+    ("RGBA", 1, (0,)),
+    ("I;16", 1, (128,)),             # 16-bit 32896 scales to 8-bit 128 (not clipped to 255)
+    ("L", 3, (77, 77, 77)),          # grey where RGB is expected: replicated
+    ("P", 3, (255, 0, 0)),           # palette expanded
+    ("1", 1, (255,)),
+])
+def test_image_modes_are_converted_not_crashed_on(tmp_path, mode, channels, expected):
+    from mtdiff.data.folder import load_image_folder
+
+    (tmp_path / "c").mkdir()
+    if mode == "RGBA":
+        img = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    elif mode == "I;16":
+        img = Image.fromarray(np.full((8, 8), 32896, np.uint16))
+    elif mode == "L":
+        img = Image.new("L", (8, 8), 77)
+    elif mode == "P":
+        img = Image.new("RGB", (8, 8), (255, 0, 0)).convert("P")
+    else:
+        img = Image.new("1", (8, 8), 1)
+    img.save(tmp_path / "c" / "x.png")
+    data = load_image_folder(tmp_path, image_size=8, channels=channels)
+    assert tuple(int(v) for v in data.images[0, :, 4, 4]) == expected
+
+
+def test_labels_beyond_the_configured_classes_fail_before_training(tmp_path, folder):
+    from mtdiff.config import ConfigError
+
+    cfg = tiny("mnist-label-m", "data.source=folder", f"data.root={folder}", "modalities.label.num_classes=2")
+    Trainer(cfg, tmp_path / "ok", progress=False)                     # classes a, b -> labels 0, 1: fine
+    cfg = tiny("mnist-label-m", "data.source=folder", f"data.root={folder}")
+    cfg.modalities["label"].num_classes = 1
+    with pytest.raises(ConfigError, match="num_classes=1 but 'folder:.*' has labels up to 1"):
+        Trainer(cfg, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_folder_is_decoded_to_the_configured_channels_and_size(tmp_path, folder):
+    from mtdiff.config import ConfigError
+    from mtdiff.train.trainer import load_data
+
+    cfg = tiny("mnist-masked-x", "data.source=folder", f"data.root={folder}")
+    assert load_data(cfg).images.shape[1:] == (1, 32, 32)              # decoded to the config's channels and size
+    cfg.data.channels = 3
+    assert load_data(cfg).images.shape[1:] == (3, 32, 32)
+
+
+# ---------------------------------------------------------------------------- memory
+
+PROBE = """
+import json, sys, tempfile, threading, time, torch
+torch.set_num_threads(1)
+from mtdiff.config import load_config
+from mtdiff.memory import estimate_training_memory
+from mtdiff.train import Trainer
+from ddp_worker import toy_data
+
+def rss():
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+
+cfg = load_config("mnist-demo", ["train.steps=2", "train.sample_every=0", "train.log_every=2", *sys.argv[1:]])
+trainer = Trainer(cfg, tempfile.mkdtemp() + "/r", data=toy_data(), progress=False)
+est = estimate_training_memory(trainer)
+base, peak, done = rss(), [0], [False]
+def watch():
+    while not done[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.001)
+w = threading.Thread(target=watch)
+w.start()
+trainer.run()
+done[0] = True
+w.join()
+print(json.dumps({"predicted": est.gradients + est.optimizer + est.activations, "measured": peak[0] - base}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the resident memory from /proc")
+@pytest.mark.parametrize("extra", [["train.batch_size=64"], ["train.batch_size=64", "model.gradient_checkpointing=true"]])
+def test_training_memory_grows_as_predicted(extra):
+    """What training adds to the resident memory (gradients, AdamW moments, activations and the backward
+    working set) is within 25% of the estimate printed before training."""
+    proc = subprocess.run([sys.executable, "-c", PROBE, *extra], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(__file__), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0.75 < r["measured"] / r["predicted"] < 1.25, r
+
+
+def test_the_estimate_is_printed_before_training_and_logged(tmp_path, folder, capsys):
+    cfg = tiny("mnist-masked-x", *SMALL[5:], "data.source=folder", f"data.root={folder}", "train.steps=1")
+    Trainer(cfg, tmp_path / "r", progress=True).run()
+    assert "memory estimate per process on cpu:" in capsys.readouterr().err
+    first = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])
+    assert first["memory_estimate_bytes"] > 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..config import Config, ConfigError, to_dict
 from ..data.loader import BatchStream
 from ..data.sources import ImageSet, load_source
 from ..loss import mt_loss
+from ..memory import estimate_training_memory
 from ..runs import CONFIG_FILE
 from ..sampling import generate_joint
 from ..viz import save_grid
@@ -279,8 +281,12 @@ class Trainer:
         t, main = self.cfg.train, self.world.main
         log_path = self.run_dir / "log.jsonl"
         writer = _tensorboard(self.run_dir / "tb") if main else None
-        if self.step == 0 and main:
-            self._log_prior(log_path, writer)
+        if main:
+            memory = estimate_training_memory(self)
+            if self.progress:
+                print(memory.summary(self.device.type), file=sys.stderr, flush=True)
+            if self.step == 0:
+                self._log_prior(log_path, writer, memory_estimate_bytes=memory.total(self.device.type))
         bar = tqdm(total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train", dynamic_ncols=True)
         last: dict[str, float] = {}
         acc: dict[str, torch.Tensor] = {}
@@ -331,14 +337,14 @@ class Trainer:
                 f"{self.cfg.train.max_nonfinite}); skipped steps change nothing, so {where}. Lower train.lr, "
                 f"raise train.warmup_steps, set train.grad_clip, or use train.precision=fp32 (or bf16 instead of fp16).")
 
-    def _log_prior(self, log_path: Path, writer) -> None:
+    def _log_prior(self, log_path: Path, writer, **extra) -> None:
         """L0 = KL(q(z_T | z_0, X) || N(0, I)) on one batch: whether the schedules end at the prior."""
         batch = BatchStream(self.data, min(256, len(self.data)), seed=self.cfg.train.seed + 1, device=self.device).next()
         g = torch.Generator(self.device).manual_seed(0)
         with torch.no_grad():
             z0, data = self.diffusion_data(batch, {n: m.derive(batch, g) for n, m in self.model.modalities.items()})
             kl = self.process.prior_kl(z0, self.model.encode(data)).mean().item()
-        entry = {"step": 0, "prior_kl": kl, **self.process.signal_summary()}
+        entry = {"step": 0, "prior_kl": kl, **self.process.signal_summary(), **extra}
         _append_jsonl(log_path, entry)
         if writer is not None:
             writer.add_scalar("schedule/prior_kl", kl, 0)
