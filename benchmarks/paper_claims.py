@@ -248,8 +248,7 @@ def estimate(scale: Scale, remaining: dict[str, int], speed: dict, num_test: int
 
 def sample_kw(run: Run, scale: Scale, seed: int, device) -> dict:
     """The sampler of every arm: DDIM (eta 0) with the scale's steps, the run's start and clipping, one seed."""
-    s = run.config.sample
-    return {"sampler": "ddim", "steps": scale.sample_steps, "eta": 0.0, "start": s.start, "clip": s.clip,
+    return {**run.config.sample.kwargs(sampler="ddim", steps=scale.sample_steps, eta=0.0),
             "generator": torch.Generator(device).manual_seed(seed), "device": device}
 
 

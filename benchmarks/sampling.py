@@ -37,11 +37,10 @@ REFERENCE = ("ddim", 1000)
 def sample(run, sampler: str, steps: int, num: int, batch: int, seed: int, device) -> tuple[torch.Tensor, float]:
     """``num`` joint samples in pixels and the seconds they took (every sampler starts from the same z_T)."""
     g = torch.Generator(device).manual_seed(seed)
-    s = run.config.sample
+    kw = run.config.sample.kwargs(sampler=sampler, steps=steps, eta=0.0)
     out, t0 = [], time.perf_counter()
     for start in range(0, num, batch):
-        state = generate_joint(run.model, run.process, batch=min(batch, num - start), sampler=sampler, steps=steps,
-                               eta=0.0, start=s.start, clip=s.clip, generator=g, device=device)
+        state = generate_joint(run.model, run.process, batch=min(batch, num - start), generator=g, device=device, **kw)
         out.append(run.latent.decode(state.z).float().cpu())
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)

@@ -249,7 +249,6 @@ def test_labels_beyond_the_configured_classes_fail_before_training(tmp_path, fol
 
 
 def test_a_folder_is_decoded_to_the_configured_channels_and_size(tmp_path, folder):
-    from mtdiff.config import ConfigError
     from mtdiff.train.trainer import load_data
 
     cfg = tiny("mnist-masked-x", "data.source=folder", f"data.root={folder}")

@@ -117,6 +117,11 @@ class SampleConfig:
     clip: bool = True
     num: int = 64
 
+    def kwargs(self, **overrides) -> dict[str, Any]:
+        """Keyword arguments of ``mtdiff.sampling.generate``; an override of None keeps the config's value."""
+        kw = {"sampler": self.sampler, "steps": self.steps, "eta": self.eta, "start": self.start, "clip": self.clip}
+        return {**kw, **{k: v for k, v in overrides.items() if v is not None}}
+
 
 @dataclass
 class Config:

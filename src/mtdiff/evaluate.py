@@ -60,6 +60,26 @@ def classify(run: Run, data: ImageSet, *, modality: str, method: str = "head", t
     return {**out, "t": t} if method == "head" else {**out, "elbo_timesteps": ts}
 
 
+def class_conditions(model, classes: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[str]] | None:
+    """Known data asking for ``classes`` [N]: the label modality's indices, else the text modality's
+    captions of the class names; with a short caption per sample to print. None when the model has neither."""
+    kinds = {mod.kind: name for name, mod in model.modalities.items()}
+    if "label" in kinds:
+        return {kinds["label"]: classes}, [str(int(k)) for k in classes]
+    if "text" in kinds and model.modalities[kinds["text"]].class_names:
+        mod = model.modalities[kinds["text"]]
+        return {kinds["text"]: mod.from_labels(classes)}, [mod.class_names[int(k)][:14] for k in classes]
+    return None
+
+
+def num_classes(model) -> int | None:
+    """How many classes :func:`class_conditions` can ask for (None without a label or captioned text modality)."""
+    for mod in model.modalities.values():
+        if mod.kind == "label":
+            return mod.num_classes
+    return next((len(m.class_names) for m in model.modalities.values() if m.kind == "text" and m.class_names), None)
+
+
 @torch.no_grad()
 def predict_labels(run: Run, images: torch.Tensor, *, modality: str, method: str = "head", t: int = 0,
                    generator: torch.Generator | None = None, elbo_timesteps: list[int] | None = None) -> torch.Tensor:

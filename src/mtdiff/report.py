@@ -121,29 +121,20 @@ def _fmt(v: Any) -> str:
 
 def _generated_sections(run: Run, test, num: int, steps: int, seed: int) -> list[tuple[str, str]]:
     """(title, html) for each kind of generation the run's modalities allow."""
-    from .evaluate import representation_cosine, restoration_grid, translate
-    from .sampling import generate, generate_joint
+    from .evaluate import class_conditions, num_classes, representation_cosine, restoration_grid, translate
+    from .sampling import generate_conditional, generate_joint
 
-    m, kw = run.model, dict(sampler=run.config.sample.sampler, steps=steps, eta=run.config.sample.eta,
-                            start=run.config.sample.start, clip=run.config.sample.clip, device="cpu")
+    m, kw = run.model, run.config.sample.kwargs(steps=steps, device="cpu")
     g = torch.Generator().manual_seed(seed)
     state = generate_joint(m, run.process, batch=num, generator=g, **kw)
     images = run.latent.decode(state.z)
     out = [("Joint samples", _img(_grid_png(images), "joint samples") + _kv(representation_cosine(m, state, images)))]
     kinds = {mod.kind: name for name, mod in m.modalities.items()}
-    cond = None
-    if "label" in kinds:
-        k = m.modalities[kinds["label"]].num_classes
-        cond = ({kinds["label"]: torch.arange(num) % k}, [str(i % k) for i in range(num)])
-    elif "text" in kinds and m.modalities[kinds["text"]].class_names:
-        mod = m.modalities[kinds["text"]]
-        y = torch.arange(num) % len(mod.class_names)
-        cond = ({kinds["text"]: mod.from_labels(y)}, [mod.class_names[int(i)][:14] for i in y])
-    if cond is not None:
-        known, captions = cond
-        unknown = [n for n in m.modalities if n not in known and m.modalities[n].has_head]
-        st = generate(m, run.process, batch=num, z_shape=m.z_shape, known=known, unknown=unknown,
-                      generator=torch.Generator().manual_seed(seed), **kw)
+    k = num_classes(m)
+    if k is not None:
+        known, captions = class_conditions(m, torch.arange(num) % k)
+        st = generate_conditional(m, run.process, known=known, batch=num, generator=torch.Generator().manual_seed(seed),
+                                  **kw)
         out.append(("Class-conditional samples (printed: the given class)",
                     _img(_grid_png(run.latent.decode(st.z), captions=captions), "class-conditional samples")))
     if test is not None and "masked_image" in kinds:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..config import SAMPLER_NAMES
+from .args import positive_int
 
 __all__ = ["add_evaluate_parser", "cmd_evaluate", "default_extractor"]
 
@@ -26,7 +27,7 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
                         "needs --weights); default mnist-cnn for 1-channel 32 px data, else efficientnet-lite0")
     p.add_argument("--weights", default=None, metavar="PATH", help="weights file of the extractor (inception)")
     p.add_argument("--batch", type=int, default=250, help="samples per sampling batch (default 250)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's sample.steps)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the run's sample.steps)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="default: the run's sample.sampler")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta")
     p.add_argument("--seed", type=int, default=0)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..config import SAMPLER_NAMES
+from .args import positive_int
 from .evaluate import add_evaluate_parser, cmd_evaluate
 
 __all__ = ["main", "build_parser"]
@@ -15,8 +16,8 @@ __all__ = ["main", "build_parser"]
 
 def _common_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="run directory written by mtdiff train")
-    p.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's sample.steps)")
+    p.add_argument("--num", type=positive_int, default=16, help="number of samples (default 16)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the run's sample.steps)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="default: the run's sample.sampler")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic, 1 ancestral-like)")
     p.add_argument("--seed", type=int, default=0)
@@ -155,10 +156,8 @@ def _load(args):
     from ..runs import load_run
 
     run = load_run(args.run, device=args.device)
-    s = run.config.sample
-    kw = dict(sampler=args.sampler or s.sampler, steps=args.steps or s.steps,
-              eta=s.eta if args.eta is None else args.eta, start=s.start, clip=s.clip,
-              generator=torch.Generator(args.device).manual_seed(args.seed), device=args.device)
+    kw = run.config.sample.kwargs(sampler=args.sampler, steps=args.steps, eta=args.eta, device=args.device,
+                                  generator=torch.Generator(args.device).manual_seed(args.seed))
     return run, kw
 
 
@@ -192,8 +191,8 @@ def _given_classes(spec: str, num: int, num_classes: int):
 def _conditions(run, args):
     """What the sample command is told: ({modality: known data}, given classes or None, printed captions)."""
     from ..config import ConfigError
+    from ..evaluate import class_conditions, num_classes
 
-    label = _label_modality(run, required=False)
     text = _modality_of(run, "text", required=args.prompt is not None, hint=" (see the mnist-text2img preset)")
     if args.prompt is not None:
         if args.label is not None:
@@ -203,21 +202,19 @@ def _conditions(run, args):
         return {text: mod.embed(prompts).to(args.device)}, None, [p[:14] for p in prompts]
     if args.label is None:
         return {}, None, None
-    if label is not None:
-        given = _given_classes(args.label, args.num, run.model.modalities[label].num_classes).to(args.device)
-        return {label: given}, given, None
-    if text is not None:
-        mod = run.model.modalities[text]
-        given = _given_classes(args.label, args.num, len(mod.class_names)).to(args.device)
-        return {text: mod.from_labels(given)}, given, [mod.class_names[int(k)][:14] for k in given]
-    raise ConfigError(f"--label needs a run with a label or text modality; {run.directory} has "
-                      f"{sorted(m.kind for m in run.model.modalities.values())}")
+    k = num_classes(run.model)
+    if k is None:
+        raise ConfigError(f"--label needs a run with a label or text modality; {run.directory} has "
+                          f"{sorted(m.kind for m in run.model.modalities.values())}")
+    given = _given_classes(args.label, args.num, k).to(args.device)
+    known, captions = class_conditions(run.model, given)
+    return known, given, captions
 
 
 def cmd_sample(args) -> int:
     from ..config import ConfigError
     from ..evaluate import representation_cosine
-    from ..sampling import ClassifierFreeGuidance, HeadGuidance, generate, generate_joint
+    from ..sampling import ClassifierFreeGuidance, HeadGuidance, generate_conditional, generate_joint
     from ..viz import save_grid
 
     run, kw = _load(args)
@@ -231,9 +228,7 @@ def cmd_sample(args) -> int:
             raise ConfigError("--head-guidance needs --label and a run with a label modality (the class to guide towards)")
         model = HeadGuidance(model, run.process, label, known[label], args.head_guidance)
     if known:
-        unknown = [n for n in run.model.modalities if n not in known and run.model.modalities[n].has_head]
-        state = generate(model, run.process, batch=args.num, z_shape=run.model.z_shape, known=known,
-                         unknown=unknown, **kw)
+        state = generate_conditional(model, run.process, known=known, batch=args.num, **kw)
     else:
         state = generate_joint(model, run.process, batch=args.num, **kw)
     result = {"out": str(args.out), "num": args.num, "step": run.step}

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..process import MTProcess
 from .samplers import SAMPLERS, Denoiser, SampleState, init_state
 
-__all__ = ["generate", "generate_joint", "restore", "inverse", "Restoration"]
+__all__ = ["generate", "generate_joint", "generate_conditional", "restore", "inverse", "Restoration"]
 
 
 def generate(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequence[int],
@@ -36,6 +36,12 @@ def generate_joint(model, process: MTProcess, *, batch: int, generator: torch.Ge
     unknown = [n for n in model.modalities if n not in known]
     return generate(model, process, batch=batch, z_shape=model.z_shape, known=known, unknown=unknown,
                     generator=generator, device=device, **kw)
+
+
+def generate_conditional(model, process: MTProcess, *, known: Mapping[str, Tensor], batch: int, **kw) -> SampleState:
+    """Conditional generation: the ``known`` modalities given, z_0 and every other modality with a head generated."""
+    unknown = [n for n in model.modalities if n not in known and model.modalities[n].has_head]
+    return generate(model, process, batch=batch, z_shape=model.z_shape, known=known, unknown=unknown, **kw)
 
 
 @dataclass

@@ -354,8 +354,7 @@ class Trainer:
         """Joint samples from the EMA model with the config's sampler (a fixed seed per run)."""
         s = self.cfg.sample
         g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 12345)
-        state = generate_joint(self.ema.model, self.process, batch=s.num, sampler=s.sampler, steps=s.steps, eta=s.eta,
-                               start=s.start, clip=s.clip, generator=g, device=self.device)
+        state = generate_joint(self.ema.model, self.process, batch=s.num, generator=g, device=self.device, **s.kwargs())
         return save_grid(self.latent.decode(state.z), path)
 
 
