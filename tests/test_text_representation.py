@@ -103,3 +103,17 @@ def test_captions_need_class_names(tmp_path):
     cfg = _cfg("modalities.caption.class_names=[]")
     Trainer(cfg, tmp_path / "q", data=_toy(), progress=False)   # the data's own names
     assert cfg.modalities["caption"].class_names == tuple(str(i) for i in range(10))
+
+
+def test_the_ema_copy_shares_the_frozen_extractor(tmp_path):
+    """A vector modality's frozen image network is shared by the model and its EMA copy, not duplicated."""
+    pytest.importorskip("ccexam")
+    from mtdiff.train.ema import EMA
+
+    cfg = tiny("mnist-text2img")
+    model = build_model(cfg)
+    model.prepare()
+    ema = EMA(model, 0.99)
+    name = next(n for n, m in model.modalities.items() if m.kind == "vector")
+    assert ema.model.modalities[name]._extractor[0] is model.modalities[name]._extractor[0]
+    assert ema.model.modalities[name].decoder is not model.modalities[name].decoder

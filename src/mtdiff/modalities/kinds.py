@@ -2,6 +2,7 @@
 per-pixel segmentation classes and representation vectors."""
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 
@@ -202,6 +203,14 @@ class VectorModality(Modality):
             if context_dim <= 0:
                 raise ValueError(f"modality {name!r}: the backbone encoder needs model.context_dim > 0")
             self.token = nn.Linear(dim, context_dim)
+
+    def __deepcopy__(self, memo):
+        """Copies (the EMA model's) share the frozen extractor instead of holding a second one."""
+        memo[id(self._extractor)] = self._extractor
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     def prepare(self) -> None:
         if self.extractor_name and not self._extractor:
