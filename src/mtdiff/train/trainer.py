@@ -126,8 +126,9 @@ class Trainer:
         self.skipped_on_device = torch.zeros((), device=self.device)
         if resume:
             self._restore()
-        if t.compile:
-            self.model.backbone.compile()                    # in place: parameter names stay unchanged
+        self.memory = estimate_training_memory(self)         # one eager forward at batch 1, before compiling
+        if t.compile:   # in place (parameter names stay unchanged); static shapes, so it compiles once
+            self.model.backbone.compile(dynamic=False)
         self.net = self.model                                # what the loss calls: the model, or its DDP wrapper
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -282,11 +283,10 @@ class Trainer:
         log_path = self.run_dir / "log.jsonl"
         writer = _tensorboard(self.run_dir / "tb") if main else None
         if main:
-            memory = estimate_training_memory(self)
             if self.progress:
-                print(memory.summary(self.device.type), file=sys.stderr, flush=True)
+                print(self.memory.summary(self.device.type), file=sys.stderr, flush=True)
             if self.step == 0:
-                self._log_prior(log_path, writer, memory_estimate_bytes=memory.total(self.device.type))
+                self._log_prior(log_path, writer, memory_estimate_bytes=self.memory.total(self.device.type))
         bar = tqdm(total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train", dynamic_ncols=True)
         last: dict[str, float] = {}
         acc: dict[str, torch.Tensor] = {}
