@@ -104,6 +104,8 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[t.precision] \
             if self.device.type == "cuda" else None
         self.data = data if data is not None else load_data(cfg)
+        if t.batch_size > len(self.data):
+            raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(self.data)} images of {self.data.name!r}")
         _resolve_class_names(cfg, self.data)
         self.latent = build_space_map(cfg, self.device)              # frozen, outside the model and checkpoints
         if cfg.data.autoencoder and cfg.data.latent_scale is None:   # record the VAE's scale in the run config
