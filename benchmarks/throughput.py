@@ -15,7 +15,7 @@ backbone.
 
 Each case runs in its own process (clean peak memory, compile caches). FLOPs are counted with
 ``torch.utils.flop_counter`` on one eager training step; MFU divides the achieved FLOP/s by the GPU's
-dense bf16 peak (table below) or, on a CPU, by a float32 matmul peak measured on the spot (labelled so).
+dense bf16 peak (the table below); a CPU has no such figure, so there only the achieved FLOP/s is given.
 On a CPU the default batch is cut to fit minutes, and the result says so. Writes
 ``throughput-<device>.json`` and ``.md``.
 """
@@ -116,22 +116,11 @@ def backbone_step(model, opt, batch: int, size: dict, device, amp, diffusers: bo
     opt.zero_grad(set_to_none=True)
 
 
-def matmul_peak(device, dtype=torch.float32, n: int = 2048, seconds: float = 1.0) -> float:
-    """FLOP/s of an n x n matmul on this device, measured now (the CPU's stand-in for a data-sheet peak)."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
 def run_case(case: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    device, size, batch = torch.device(case["device"]), SIZES[case["size"]], case["batch"]
+    device, size, batch = torch.device(case["device"]), case["spec"], case["batch"]
     cuda = device.type == "cuda"
     tmp = tempfile.mkdtemp()
     if case["arm"] in ("mtdiff", "diffusers"):
@@ -182,14 +171,15 @@ def run_case(case: dict) -> dict:
 
 # ---------------------------------------------------------------------------- the driver
 
-def peak_flops(device: str) -> tuple[float, str]:
+def peak_flops(device: str) -> tuple[float | None, str]:
+    """The data-sheet peak MFU is measured against (None for CPUs and unknown GPUs: achieved FLOP/s only)."""
     if torch.device(device).type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, v in GPU_PEAK_BF16.items():
             if key in name:
                 return v, f"{key} dense bf16 data-sheet peak"
-        return float("nan"), f"unknown GPU {name!r}: no peak in GPU_PEAK_BF16"
-    return matmul_peak(device), "float32 2048x2048 matmul measured on this CPU"
+        return None, f"unknown GPU {name!r} (no entry in GPU_PEAK_BF16)"
+    return None, "no data-sheet peak for a CPU"
 
 
 def spawn(case: dict, threads: int | None) -> dict:
@@ -203,22 +193,24 @@ def spawn(case: dict, threads: int | None) -> dict:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = ["## Training throughput (`benchmarks/throughput.py`)", "", f"Command: `{r['command']}`", "",
-             f"Device: {m['device_name']} ({m['device']}), torch {m['torch']}, {m['torch_threads']} CPU threads. "
-             f"MFU against the {r['peak_label']} ({r['peak_flops'] / 1e12:.2f} TFLOP/s).", ""]
+             f"Device: {m['device_name']} ({m['device']}), torch {m['torch']}, {m['torch_threads']} CPU threads. MFU: "
+             + (f"against the {r['peak_label']} ({r['peak_flops'] / 1e12:.1f} TFLOP/s)." if r["peak_flops"]
+                else f"none ({r['peak_label']}); achieved TFLOP/s only."), ""]
     if r["cpu_batches"]:
         lines += ["**On a CPU, with batches cut to fit minutes:** the ratios compare the networks on the same "
                   "machine; the GPU goals (img/s, MFU) need a GPU run.", ""]
-    lines += ["| size | arm | compiled | batch | params | img/s | ms/step | first step s | peak GiB | TFLOP/step | MFU |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| size | arm | compiled | batch | params | img/s | ms/step | first step s | peak GiB | TFLOP/step | "
+              "TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in r["cases"]:
         head = f"| {c['size']} | {c['arm']} | {'yes' if c['compile'] else 'no'} | {c['batch']} |"
         if "error" in c:
-            lines.append(f"{head} error: {c['error']} |||||||")
+            lines.append(f"{head} error: {c['error']} ||||||||")
             continue
         tflop = f"{c['flops_per_step'] / 1e12:.3f}" if c.get("flops_per_step") else "-"
+        rate = f"{c['tflops_achieved']:.3f}" if c.get("tflops_achieved") else "-"
         mfu = f"{100 * c['mfu']:.1f}%" if c.get("mfu") is not None else "-"
         lines.append(f"{head} {c['params'] / 1e6:.1f}M | {c['img_per_s']:.1f} | {1e3 * c['sec_per_step']:.0f} | "
-                     f"{c['first_step_s']} | {c['peak_memory_gib']:.2f} | {tflop} | {mfu} |")
+                     f"{c['first_step_s']} | {c['peak_memory_gib']:.2f} | {tflop} | {rate} | {mfu} |")
     lines += ["", "| ratio | value | goal |", "|---|---|---|"]
     lines += [f"| {k} | {v['value']:.3f} | {v['goal']} |" for k, v in r["ratios"].items()]
     return "\n".join(lines) + "\n"
@@ -257,10 +249,10 @@ def main(argv: list[str] | None = None) -> dict:
     for s in sizes:
         for compiled in ([False, True] if compile_ else [False]):
             for arm in ("diffusers", "mtdiff"):
-                cases.append({**common, "size": s, "arm": arm, "compile": compiled, "batch": batch[s]})
+                cases.append({**common, "size": s, "spec": SIZES[s], "arm": arm, "compile": compiled, "batch": batch[s]})
     for s in mt_sizes:
         for arm in ("ddpm", "mt-x"):
-            cases.append({**common, "size": s, "arm": arm, "compile": False,
+            cases.append({**common, "size": s, "spec": SIZES[s], "arm": arm, "compile": False,
                           "batch": args.batch or SIZES[s]["batch" if cuda else "cpu_batch"]})
     peak, peak_label = peak_flops(args.device)
     results = []
@@ -273,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "error" in c:
             continue
         c["flops_per_step"] = c.get("flops_per_step") or eager_flops.get((c["size"], c["arm"]))
-        c["mfu"] = c["flops_per_step"] / c["sec_per_step"] / peak if c["flops_per_step"] else None
+        c["tflops_achieved"] = c["flops_per_step"] / c["sec_per_step"] / 1e12 if c["flops_per_step"] else None
+        c["mfu"] = c["tflops_achieved"] * 1e12 / peak if c["tflops_achieved"] and peak else None
 
     def ips(size, arm, compiled=False):
         return next((c["img_per_s"] for c in results if c["size"] == size and c["arm"] == arm

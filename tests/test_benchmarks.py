@@ -1,0 +1,49 @@
+"""benchmarks/throughput.py and benchmarks/sampling.py run end to end at toy sizes and write their
+JSON and tables (the numbers mean nothing here)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if name not in sys.modules:
+        sys.path.insert(0, str(ROOT))
+        spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def test_throughput_compares_mtdiff_with_diffusers_and_mt_with_single_task(tmp_path, monkeypatch):
+    pytest.importorskip("diffusers")
+    tp = _load("throughput")
+    monkeypatch.setitem(tp.SIZES, "toy", {"image_size": 16, "channels": 32, "channel_mult": (1, 2), "num_res_blocks": 1,
+                                          "attention_resolutions": (8,), "batch": 2, "cpu_batch": 2})
+    r = tp.main(["--device", "cpu", "--sizes", "toy", "--mt-sizes", "toy", "--steps", "1", "--repeats", "1",
+                 "--threads", "1", "--out-dir", str(tmp_path)])
+    assert [c.get("error") for c in r["cases"]] == [None] * 4
+    arms = {c["arm"]: c for c in r["cases"]}
+    assert abs(arms["mtdiff"]["params"] / arms["diffusers"]["params"] - 1) < 0.01   # the same size, counted
+    assert all(c["flops_per_step"] > 0 and c["img_per_s"] > 0 for c in r["cases"])
+    assert set(r["ratios"]) == {"toy: mtdiff eager / diffusers eager", "toy: MT-Diffusion-X (mask head) / single-task, img/s"}
+    assert json.loads((tmp_path / "throughput-cpu.json").read_text())["ratios"] == r["ratios"]
+    assert "| toy | mtdiff | no | 2 |" in (tmp_path / "throughput-cpu.md").read_text()
+
+
+def test_sampling_table_has_the_ratio_to_the_reference(tmp_path, monkeypatch):
+    pytest.importorskip("ccexam")
+    from test_cli import _tiny_run
+
+    sampling = _load("sampling")
+    monkeypatch.setattr(sampling, "REFERENCE", ("ddim", 6))     # the reference at the longest step count
+    run = _tiny_run(tmp_path / "run", "mnist-ddpm", labels=False, steps=1)
+    r = sampling.main(["--run", str(run), "--num", "4", "--batch", "4", "--steps", "2,6", "--out-dir", str(tmp_path)])
+    rows = {(row["sampler"], row["steps"]): row for row in r["rows"]}
+    assert set(rows) == {("ddim", 6), ("ddim", 2), ("dpm-solver", 2)}
+    assert rows[("ddim", 6)]["fid_ratio"] == 1.0
+    assert "FID / reference" in (tmp_path / "sampling.md").read_text()
