@@ -268,34 +268,35 @@ def test_a_folder_is_decoded_to_the_configured_channels_and_size(tmp_path, folde
 # ---------------------------------------------------------------------------- memory
 
 PROBE = """
-import json, resource, sys, tempfile, torch
+import json, sys, tempfile, torch
 torch.set_num_threads(1)
 from mtdiff.config import load_config
 from mtdiff.train import Trainer
 from mtdiff.data.sources import ImageSet
 
+def peak_rss():   # VmHWM: this process's own peak (ru_maxrss would carry the forking parent's over exec)
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+
 data = ImageSet((torch.rand(256, 1, 32, 32) * 255).to(torch.uint8), torch.randint(0, 10, (256,)), list("0123456789"))
 cfg = load_config("mnist-demo", ["train.steps=2", "train.sample_every=0", "train.log_every=2", *sys.argv[1:]])
 trainer = Trainer(cfg, tempfile.mkdtemp() + "/r", data=data, progress=False)
 est = trainer.memory
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024     # the peak so far (set up, estimate)
+before = peak_rss()     # the peak so far: set-up and the estimate's own forward
 trainer.run()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"predicted": est.gradients + est.optimizer + est.activations, "measured": after - before}))
+print(json.dumps({"predicted": est.gradients + est.optimizer + est.activations, "measured": peak_rss() - before}))
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident memory from /proc")
 @pytest.mark.parametrize("extra", [["train.batch_size=128"], ["train.batch_size=128", "model.gradient_checkpointing=true"]])
 def test_training_memory_grows_as_predicted(extra):
     """What training adds to the peak resident memory (gradients, AdamW moments, activations and the
-    backward working set) stays within the estimate printed before training (+25%), and the estimate is
-    not uselessly large (at least half of it is used; 0.57-1.06 measured, the allocator varies)."""
+    backward working set) is within 25% of the estimate printed before training (0.81-1.01 measured)."""
     proc = subprocess.run([sys.executable, "-c", PROBE, *extra], capture_output=True, text=True, timeout=300,
                           cwd=os.path.dirname(__file__), env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert 0.5 < r["measured"] / r["predicted"] < 1.25, r
+    assert 0.75 < r["measured"] / r["predicted"] < 1.25, r
 
 
 def test_the_estimate_is_printed_before_training_and_logged(tmp_path, folder, capsys):

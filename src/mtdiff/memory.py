@@ -7,9 +7,9 @@ once (``torch.autograd.graph.saved_tensors_hooks``), then scaled to the micro-ba
 pass also holds a working set: the gradients flowing through one U-Net stage and, with gradient
 checkpointing, that stage's recomputed activations and their gradients; it is counted as 2 (4.5 with
 checkpointing) times the largest stage's saved activations, a rule fitted on CPU runs of the demo
-backbone (the measured peak growth of resident memory was 0.57-1.06x the prediction at 16 and 32
-channels, with and without checkpointing: the allocator does not return the same pages every run;
-tests/test_reliability.py allows up to 1.25x). On a GPU the caching allocator's fragmentation comes on top. Data is the in-memory dataset. The framework's own memory (allocator caches, CUDA
+backbone (the peak resident memory grew by 0.81-1.01x the prediction at batch 128, with and without
+checkpointing; tests/test_reliability.py allows 0.75-1.25x). On a GPU the caching allocator's
+fragmentation comes on top. Data is the in-memory dataset. The framework's own memory (allocator caches, CUDA
 context, Python) comes on top.
 """
 from __future__ import annotations
