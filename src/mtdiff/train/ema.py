@@ -21,10 +21,8 @@ class EMA:
     def update(self, model: nn.Module, weight: torch.Tensor | float = 1.0) -> None:
         """One averaging step; ``weight`` (a device scalar, 0 for a skipped step) scales 1 - d without a host sync."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema_p = list(self.model.parameters())
-        delta = torch._foreach_sub([p.detach() for p in model.parameters()], ema_p)
-        torch._foreach_mul_(delta, weight * (1 - d) if isinstance(weight, torch.Tensor) else float(weight) * (1 - d))
-        torch._foreach_add_(ema_p, delta)
+        step = weight * (1 - d) if isinstance(weight, torch.Tensor) else float(weight) * (1 - d)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], step)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
         self.updates += 1
