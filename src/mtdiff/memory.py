@@ -96,7 +96,7 @@ def estimate_training_memory(trainer) -> MemoryEstimate:
     model = trainer.model
     batch = trainer.data.batch(torch.arange(1), trainer.device)
     g = torch.Generator(trainer.device).manual_seed(0)
-    data = {name: m.derive(batch, g) for name, m in model.modalities.items()}
+    data = model.derive(batch, g)
     z0, x = trainer.diffusion_data(batch, data)
     t = torch.zeros(1, dtype=torch.long, device=trainer.device)
 

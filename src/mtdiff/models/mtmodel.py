@@ -43,6 +43,10 @@ class MTModel(nn.Module):
             m.prepare()
         return self
 
+    def derive(self, batch: Mapping[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
+        """The modality data X of a pixel batch, each modality's from its source (masks drawn from ``generator``)."""
+        return {name: m.derive(batch, generator) for name, m in self.modalities.items()}
+
     # -- encoders ------------------------------------------------------------------------
     def _backbone_encode(self, context: Tensor) -> Tensor:
         """The "U-Net as encoder" option: eps_theta(z = 0, t = 0; context) under stop-gradient (Appendix E.3)."""

@@ -204,7 +204,7 @@ class Trainer:
         """
         t, model = self.cfg.train, self.model
         batch = self.stream.next()                                               # the global batch
-        data = {name: m.derive(batch, self.gen) for name, m in model.modalities.items()}
+        data = model.derive(batch, self.gen)
         B = batch["image"].shape[0]
         tt = torch.randint(0, self.process.num_timesteps, (B,), generator=self.gen, device=self.device)
         noise = torch.randn((B, *model.z_shape), generator=self.gen, device=self.device)
@@ -344,7 +344,7 @@ class Trainer:
         batch = BatchStream(self.data, min(256, len(self.data)), seed=self.cfg.train.seed + 1, device=self.device).next()
         g = torch.Generator(self.device).manual_seed(0)
         with torch.no_grad():
-            z0, data = self.diffusion_data(batch, {n: m.derive(batch, g) for n, m in self.model.modalities.items()})
+            z0, data = self.diffusion_data(batch, self.model.derive(batch, g))
             kl = self.process.prior_kl(z0, self.model.encode(data)).mean().item()
         entry = {"step": 0, "prior_kl": kl, **self.process.signal_summary(), **extra}
         _append_jsonl(log_path, entry)
