@@ -39,11 +39,11 @@ from mtdiff.build import build_model
 from mtdiff.checkpoint import has_checkpoints, latest_checkpoint
 from mtdiff.config import Config, load_config, to_dict
 from mtdiff.data.masking import apply_mask, make_mask
-from mtdiff.evaluate import translate
+from mtdiff.evaluate import joint_images, translate
 from mtdiff.metrics.quality import sample_quality
 from mtdiff.metrics.task import calibration, masked_errors, perceptual_distance
 from mtdiff.runs import Run, load_run, read_run_config
-from mtdiff.sampling import generate_joint, inverse, restore, timesteps
+from mtdiff.sampling import inverse, restore, timesteps
 from mtdiff.train import Trainer
 from mtdiff.train.trainer import load_data, resolve_device
 
@@ -258,11 +258,8 @@ def table2_generation(runs: Path, scale: Scale, test, extractor, seed: int, devi
     rows = {}
     for arm in PAPER_TABLE2:
         run = load_run(runs / arm, device=device)
-        kw, images = sample_kw(run, scale, seed, device), []
-        for start in range(0, scale.num_samples, scale.batch):
-            state = generate_joint(run.model, run.process, batch=min(scale.batch, scale.num_samples - start), **kw)
-            images.append(run.latent.decode(state.z).float().cpu())
-        rows[arm] = sample_quality(torch.cat(images), test, extractor, seed=seed, cache_dir=runs / "eval")
+        images = joint_images(run, scale.num_samples, batch=scale.batch, **sample_kw(run, scale, seed, device))
+        rows[arm] = sample_quality(images, test, extractor, seed=seed, cache_dir=runs / "eval")
     return {"rows": rows, "paper": {a: dict(zip(TABLE2_METRICS, v)) for a, (_, v) in PAPER_TABLE2.items()},
             "paper_rows": {a: name for a, (name, _) in PAPER_TABLE2.items()}}
 

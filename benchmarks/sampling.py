@@ -24,10 +24,10 @@ import torch
 
 from common import machine
 from mtdiff.cli.evaluate import default_extractor
+from mtdiff.evaluate import joint_images
 from mtdiff.metrics.quality import reference_stats, sample_quality
 from mtdiff.pretrained.images import load_image_features
 from mtdiff.runs import load_run
-from mtdiff.sampling import generate_joint
 from mtdiff.train.trainer import load_data
 
 RESULTS = Path(__file__).parent / "results"
@@ -38,13 +38,9 @@ def sample(run, sampler: str, steps: int, num: int, batch: int, seed: int, devic
     """``num`` joint samples in pixels and the seconds they took (every sampler starts from the same z_T)."""
     g = torch.Generator(device).manual_seed(seed)
     kw = run.config.sample.kwargs(sampler=sampler, steps=steps, eta=0.0)
-    out, t0 = [], time.perf_counter()
-    for start in range(0, num, batch):
-        state = generate_joint(run.model, run.process, batch=min(batch, num - start), generator=g, device=device, **kw)
-        out.append(run.latent.decode(state.z).float().cpu())
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    return torch.cat(out), time.perf_counter() - t0
+    t0 = time.perf_counter()
+    images = joint_images(run, num, batch=batch, generator=g, device=device, **kw)   # ends on the CPU: synchronised
+    return images, time.perf_counter() - t0
 
 
 def markdown(r: dict) -> str:

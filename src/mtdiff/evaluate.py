@@ -9,7 +9,8 @@ from .data.sources import ImageSet
 from .runs import Run
 from .sampling import inverse
 
-__all__ = ["classify", "elbo_logits", "translate", "restoration_grid"]
+__all__ = ["classify", "elbo_logits", "translate", "restoration_grid", "joint_images", "class_conditions", "num_classes",
+           "predict_labels"]
 
 
 @torch.no_grad()
@@ -58,6 +59,18 @@ def classify(run: Run, data: ImageSet, *, modality: str, method: str = "head", t
     ece = calibration(torch.cat(all_probs), data.labels[:n])["ece"]
     out = {"accuracy": correct / n, "nll": nll / n, "ece": ece, "n": n, "method": method}
     return {**out, "t": t} if method == "head" else {**out, "elbo_timesteps": ts}
+
+
+def joint_images(run: Run, num: int, *, batch: int, **kw) -> torch.Tensor:
+    """``num`` joint samples from scratch in pixels [num, C, H, W] (decoded from latents for autoencoder
+    runs), on the CPU, drawn ``batch`` at a time; ``kw`` goes to :func:`mtdiff.sampling.generate_joint`."""
+    from .sampling import generate_joint
+
+    out = []
+    for start in range(0, num, batch):
+        state = generate_joint(run.model, run.process, batch=min(batch, num - start), **kw)
+        out.append(run.latent.decode(state.z).float().cpu())
+    return torch.cat(out)
 
 
 def class_conditions(model, classes: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[str]] | None:

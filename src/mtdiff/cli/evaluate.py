@@ -53,16 +53,16 @@ def _samples(run, kw: dict, num: int, batch: int, seed: int, world):
     from tqdm.auto import tqdm
 
     from ..distributed import shard
-    from ..sampling import generate_joint
+    from ..evaluate import joint_images
 
     starts = list(range(0, num, batch))
     d = run.config.data
     out = [torch.empty(0, d.channels, d.image_size, d.image_size)]
     for i in tqdm(shard(len(starts), world), desc="sample", disable=not world.main, dynamic_ncols=True):
-        g = torch.Generator(kw["device"]).manual_seed(seed * 1_000_003 + i)
-        state = generate_joint(run.model, run.process, batch=min(batch, num - starts[i]), **{**kw, "generator": g})
-        out.append(run.latent.decode(state.z).float().cpu())
-    mine = torch.cat(out[1:]) if len(out) > 1 else out[0]
+        n = min(batch, num - starts[i])
+        out.append(joint_images(run, n, batch=n, **{**kw, "generator": torch.Generator(kw["device"]).manual_seed(
+            seed * 1_000_003 + i)}))
+    mine = torch.cat(out)
     return world.gather(mine.to(kw["device"])).cpu()
 
 
