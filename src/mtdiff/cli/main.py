@@ -284,8 +284,8 @@ def _png_files(path: Path, flag: str) -> list[Path]:
     return files
 
 
-def _read_images(run, path: Path, flag: str = "--input"):
-    """Images [N, C, H, W] in [-1, 1] from a PNG file or folder; each must be the run's size."""
+def _read_images(run, files: list[Path], flag: str = "--input"):
+    """Images [N, C, H, W] in [-1, 1] from PNG files (see :func:`_png_files`); each must be the run's size."""
     import torch
 
     from ..config import ConfigError
@@ -293,7 +293,7 @@ def _read_images(run, path: Path, flag: str = "--input"):
 
     d = run.config.data
     try:
-        return torch.cat([load_image(f, size=d.image_size, channels=d.channels) for f in _png_files(path, flag)])
+        return torch.cat([load_image(f, size=d.image_size, channels=d.channels) for f in files])
     except ValueError as e:
         raise ConfigError(f"{flag}: {e}") from None
 
@@ -305,12 +305,11 @@ def _read_sources(run, name: str, path: Path):
     from ..config import ConfigError
     from ..viz import load_class_map
 
-    mod, d = run.model.modalities[name], run.config.data
+    mod, d, files = run.model.modalities[name], run.config.data, _png_files(path, "--input")
     if mod.kind != "segmentation":
-        return _read_images(run, path)
+        return _read_images(run, files)
     try:
-        return torch.cat([load_class_map(f, size=d.image_size, num_classes=mod.num_classes)
-                          for f in _png_files(path, "--input")])
+        return torch.cat([load_class_map(f, size=d.image_size, num_classes=mod.num_classes) for f in files])
     except ValueError as e:
         raise ConfigError(f"--input: {e}") from None
 
@@ -345,7 +344,7 @@ def cmd_classify(args) -> int:
     head = run.config.modalities[label].head
     if args.input is not None:
         files = _png_files(args.input, "--input")
-        probs = predict_labels(run, _read_images(run, args.input).to(args.device), modality=label,
+        probs = predict_labels(run, _read_images(run, files).to(args.device), modality=label,
                                method=args.method, t=args.t)
         preds = [{"file": str(f), "class": int(p.argmax()), "probability": round(float(p.max()), 4)}
                  for f, p in zip(files, probs)]
@@ -366,9 +365,10 @@ def cmd_restore(args) -> int:
     run, kw = _load(args)
     given = {}
     if args.input is not None:
-        given["images"] = _read_images(run, args.input)
+        files = _png_files(args.input, "--input")
+        given["images"] = _read_images(run, files)
         if args.keep is not None:
-            given["keep"] = _read_keep(run, args.keep, _png_files(args.input, "--input"))
+            given["keep"] = _read_keep(run, args.keep, files)
     elif args.keep is not None:
         raise ConfigError("--keep needs --input (the images the masks belong to)")
     grid, ncol, stats = restoration_grid(run, None if given else load_data(run.config, "test"), num=args.num,
