@@ -45,12 +45,12 @@ def classify(run: Run, data: ImageSet, *, modality: str, method: str = "head", t
         raise ValueError(f"method must be 'head' or 'elbo', got {method!r}")
     n = len(data) if num is None else min(num, len(data))
     g = torch.Generator(device).manual_seed(seed)
-    ts = torch.linspace(0, run.process.num_timesteps - 1, elbo_steps + 2)[1:-1].round().long().tolist()
+    ts = elbo_timesteps(run.process.num_timesteps, elbo_steps)
     correct, nll, all_probs = 0, 0.0, []
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
         probs = predict_labels(run, data.to_float(idx).to(device), modality=modality, method=method, t=t,
-                               generator=g, elbo_timesteps=ts)
+                               generator=g, timesteps=ts)
         y = data.labels[idx].to(device)
         correct += int((probs.argmax(1) == y).sum())
         all_probs.append(probs.float().cpu())
@@ -93,15 +93,21 @@ def num_classes(model) -> int | None:
     return next((len(m.class_names) for m in model.modalities.values() if m.kind == "text" and m.class_names), None)
 
 
+def elbo_timesteps(num_timesteps: int, steps: int = 10) -> list[int]:
+    """``steps`` time indices evenly spaced strictly inside [0, T - 1], where the ELBO classifier scores classes."""
+    return torch.linspace(0, num_timesteps - 1, steps + 2)[1:-1].round().long().tolist()
+
+
 @torch.no_grad()
 def predict_labels(run: Run, images: torch.Tensor, *, modality: str, method: str = "head", t: int = 0,
-                   generator: torch.Generator | None = None, elbo_timesteps: list[int] | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, timesteps: list[int] | None = None) -> torch.Tensor:
     """Class probabilities [N, K] of images [N, C, H, W] in [-1, 1]: the label head in inverse mode at
-    time index t, or the softmax of the diffusion-loss (ELBO) logits."""
+    time index t, or the softmax of the diffusion-loss (ELBO) logits at ``timesteps`` (default
+    :func:`elbo_timesteps`)."""
     z0 = run.latent.encode(images)
     if method == "head":
         return inverse(run.model, run.process, z0, modality, t=t, generator=generator)
-    ts = elbo_timesteps or torch.linspace(0, run.process.num_timesteps - 1, 12)[1:-1].round().long().tolist()
+    ts = timesteps or elbo_timesteps(run.process.num_timesteps)
     return torch.softmax(elbo_logits(run, z0, modality, timesteps=ts, generator=generator), 1)
 
 

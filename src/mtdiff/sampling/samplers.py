@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..process import MTProcess
 
-__all__ = ["SampleState", "Denoiser", "init_state", "ancestral", "ddim", "dpm_solver", "timesteps", "SAMPLERS"]
+__all__ = ["SampleState", "Denoiser", "init_state", "ancestral", "ddim", "dpm_solver", "log_snr", "timesteps", "SAMPLERS"]
 
 
 class Denoiser(Protocol):
@@ -59,6 +59,11 @@ def init_state(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequ
     return SampleState(mean + std * noise, data, tuple(unknown), enc)
 
 
+def log_snr(alphas_cumprod: Tensor) -> Tensor:
+    """lambda = log(sqrt(ab) / sqrt(1 - ab)), half the log signal-to-noise ratio of z_t (DPM-Solver's time variable)."""
+    return 0.5 * (alphas_cumprod.log() - torch.log1p(-alphas_cumprod))
+
+
 def timesteps(num_timesteps: int, steps: int | None, *, alphas_cumprod: Tensor | None = None) -> list[int]:
     """Descending time indices from T - 1 over ``steps`` steps (all when None): evenly spaced in t,
     or, given ``alphas_cumprod``, evenly spaced in log-SNR lambda = log(sqrt(ab) / sqrt(1 - ab))
@@ -69,7 +74,7 @@ def timesteps(num_timesteps: int, steps: int | None, *, alphas_cumprod: Tensor |
     if alphas_cumprod is None:
         idx = torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long()
     else:
-        lam = 0.5 * (alphas_cumprod.log() - (-alphas_cumprod).log1p())            # increasing as t falls
+        lam = log_snr(alphas_cumprod)                                               # increasing as t falls
         target = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
         idx = (lam[None, :] - target[:, None]).abs().argmin(1)
     return list(dict.fromkeys(idx.tolist()))
@@ -170,7 +175,7 @@ def dpm_solver(model: Denoiser, process: MTProcess, init: SampleState, steps: in
     def step(y, z0, eps, ab_t, ab_s, *, generator, last):
         if last:
             return z0
-        lam_t, lam_s = (0.5 * (torch.log(ab) - torch.log1p(-ab)) for ab in (ab_t, ab_s))
+        lam_t, lam_s = log_snr(ab_t), log_snr(ab_s)
         h = float(lam_s - lam_t)
         d = z0
         if prev:
