@@ -116,6 +116,16 @@ def backbone_step(model, opt, batch: int, size: dict, device, amp, diffusers: bo
     opt.zero_grad(set_to_none=True)
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM where /proc has it (ru_maxrss would also count
+    the forking parent's peak, carried over exec), else ru_maxrss (KiB on Linux, bytes on macOS)."""
+    try:
+        return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss if sys.platform == "darwin" else rss * 1024
+
+
 def run_case(case: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -157,7 +167,7 @@ def run_case(case: dict) -> dict:
         sync()
         times.append((time.perf_counter() - t0) / case["steps"])
     sec = statistics.median(times)
-    peak_mem = torch.cuda.max_memory_allocated(device) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_mem = torch.cuda.max_memory_allocated(device) if cuda else peak_rss()
     if case["compile"] and case["arm"] in ("mtdiff", "diffusers"):
         flops = None                                           # counted on the eager case of the same arm
     else:
