@@ -103,6 +103,61 @@ def test_nonfinite_loss_is_skipped_then_stops_with_a_checkpoint(tmp_path, toy_da
     torch.testing.assert_close(ckpt["model"], {k: v.cpu() for k, v in trainer.model.state_dict().items()})
 
 
+def test_fp16_scales_the_loss_and_an_overflow_skips_the_step_and_halves_the_scale(tmp_path, toy_data, monkeypatch):
+    """train.precision=fp16 (CPU autocast has it too): the backward runs on loss x scale and the gradients
+    are unscaled before clipping; an overflowing step changes no weight, is counted, and halves the scale;
+    the scale is checkpointed and resumed."""
+    import mtdiff.train.trainer as tr
+
+    cfg = tiny("mnist-masked-x", *FAST, "train.precision=fp16", "train.steps=4", "train.ckpt_every=4", "train.log_every=1")
+    trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
+    assert trainer.amp_dtype is torch.float16 and trainer.scaler.is_enabled()
+    scale0, norms, after = trainer.scaler.get_scale(), [], []
+    real_loss, real_unscale = tr.mt_loss, trainer.scaler.unscale_
+
+    def flaky(*a, **k):
+        after.append(_snapshot(trainer.model))
+        loss, terms = real_loss(*a, **k)
+        return (loss * float("inf"), terms) if len(after) == 2 else (loss, terms)
+
+    def unscale(opt):                              # the gradient norm before and after unscaling
+        norm = lambda: torch.stack([p.grad.float().norm() for p in trainer.model.parameters() if p.grad is not None]).norm()  # noqa: E731
+        before = norm()
+        real_unscale(opt)
+        norms.append((before, norm()))
+
+    monkeypatch.setattr(tr, "mt_loss", flaky)
+    monkeypatch.setattr(trainer.scaler, "unscale_", unscale)
+    trainer.run()
+    after.append(_snapshot(trainer.model))
+    before, unscaled = norms[0]
+    torch.testing.assert_close(before / unscaled, torch.tensor(scale0), rtol=1e-3, atol=0)   # backward saw loss x 65536
+    for a, b in zip(after[1], after[2], strict=True):                  # step 2 overflowed: nothing changed
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(after[2], after[3]))
+    assert trainer.skipped == 1 and trainer.scaler.get_scale() == scale0 / 2
+    ckpt = load_checkpoint(tmp_path / "r")
+    resumed = Trainer(tiny("mnist-masked-x", *FAST, "train.precision=fp16", "train.steps=5"), tmp_path / "r",
+                      resume=True, data=toy_data, progress=False)
+    assert ckpt["meta"]["counters"]["skipped_nonfinite"] == 1 and resumed.scaler.get_scale() == scale0 / 2
+
+
+def test_bf16_is_the_gpu_default_and_the_cpu_runs_fp32():
+    """``train.precision: auto`` (the default, and every preset's) is bf16 autocast on a GPU and fp32 on
+    the CPU; an explicit choice applies on any device."""
+    from mtdiff.config import TrainConfig, load_config, presets
+    from mtdiff.train import autocast_dtype
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert TrainConfig().precision == "auto"
+    assert autocast_dtype("auto", cuda) is torch.bfloat16 and autocast_dtype("auto", cpu) is None
+    for device in (cuda, cpu):
+        assert autocast_dtype("bf16", device) is torch.bfloat16 and autocast_dtype("fp16", device) is torch.float16
+        assert autocast_dtype("fp32", device) is None
+    for name in presets():
+        assert autocast_dtype(load_config(name).train.precision, cuda) is torch.bfloat16, name
+
+
 def _snapshot(model):
     return [p.detach().clone() for p in model.parameters()]
 

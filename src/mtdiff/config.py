@@ -92,7 +92,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     seed: int = 0
     device: str = "auto"                        # auto | cpu | cuda | cuda:N
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"   # autocast dtype on GPU; the CPU always runs fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # autocast dtype; auto: bf16 on GPU, fp32 elsewhere
     compile: bool = False                       # torch.compile the backbone (minutes of compiling first)
     channels_last: bool = False                 # NHWC memory layout on GPU
     log_every: int = 50

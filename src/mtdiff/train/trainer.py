@@ -1,4 +1,4 @@
-"""The training loop (Algorithm 2): fused AdamW with warm-up, clipping, EMA, autocast on GPU,
+"""The training loop (Algorithm 2): fused AdamW with warm-up, clipping, EMA, autocast (bf16 on GPU),
 atomic checkpoints with exact resume, JSONL + TensorBoard logs, sample grids; many processes
 through torchrun (DDP) and gradient accumulation.
 
@@ -37,7 +37,7 @@ from ..viz import save_grid
 from ..distributed import init_world
 from .ema import EMA
 
-__all__ = ["Trainer", "TrainingError", "resolve_device"]
+__all__ = ["Trainer", "TrainingError", "autocast_dtype", "resolve_device"]
 
 
 class TrainingError(RuntimeError):
@@ -50,6 +50,15 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but no CUDA device is available; use 'cpu' or 'auto'")
     return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on ``device`` (None: fp32). ``auto`` is bf16 on a GPU
+    and fp32 elsewhere; an explicit bf16 or fp16 applies on any device (CPU autocast has both, and
+    fp16 gets loss scaling there too)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 def load_data(cfg: Config, split: str = "train") -> ImageSet:
@@ -101,8 +110,7 @@ class Trainer:
         self.device = resolve_device(device)
         t = cfg.train
         self.local_batch, self.micro_batch = _shares(t.batch_size, t.micro_batch, self.world.size)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[t.precision] \
-            if self.device.type == "cuda" else None
+        self.amp_dtype = autocast_dtype(t.precision, self.device)
         self.data = data if data is not None else load_data(cfg)
         if t.batch_size > len(self.data):
             raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(self.data)} images of {self.data.name!r}")
@@ -120,7 +128,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, t.ema_decay)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.stream = BatchStream(self.data, t.batch_size, seed=t.seed, device=self.device)
         self.gen = torch.Generator(self.device).manual_seed(t.seed)   # t, noise and masks
         self.step = 0
