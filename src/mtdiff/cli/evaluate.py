@@ -78,8 +78,9 @@ def cmd_evaluate(args) -> int:
     from ..distributed import close_world, init_world
     from ..metrics.quality import sample_quality
     from ..pretrained.images import load_image_features
+    from ..evaluate import joint_images
     from ..train.trainer import load_data
-    from .main import _load
+    from .main import _load, _print_memory_estimate
 
     if args.num < 2 or args.batch < 1:
         raise ConfigError(f"--num must be >= 2 and --batch >= 1, got {args.num} and {args.batch}")
@@ -91,6 +92,9 @@ def cmd_evaluate(args) -> int:
     ref = load_data(run.config, "test")
     if args.ref_num is not None:
         ref = ImageSet(ref.images[:args.ref_num], None, ref.class_names, ref.name)
+    if world.main:
+        _print_memory_estimate(run, min(args.batch, args.num),
+                               lambda n, **over: joint_images(run, n, batch=n, **{**kw, **over}), args.device)
     try:
         images = _samples(run, kw, args.num, args.batch, args.seed, world)
     finally:

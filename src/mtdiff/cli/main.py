@@ -161,6 +161,20 @@ def _load(args):
     return run, kw
 
 
+def _print_memory_estimate(run, batch: int, sample, device: str) -> None:
+    """Print, before sampling, what sampling ``batch`` at once will hold (:mod:`mtdiff.memory`).
+    ``sample(n, **overrides)`` is the command's own sampling call."""
+    import torch
+
+    from ..memory import estimate_sampling_memory, module_bytes
+
+    def probe(n):
+        return sample(n, steps=3, generator=torch.Generator(device).manual_seed(0))
+
+    est = estimate_sampling_memory(probe, weights=module_bytes(run.model), batch=batch)
+    print(est.summary(torch.device(device).type), file=sys.stderr, flush=True)
+
+
 def _modality_of(run, kind: str, *, required: bool, hint: str = ""):
     """The name of the run's first modality of ``kind`` (None if it has none and none is required)."""
     from ..config import ConfigError
@@ -220,17 +234,22 @@ def cmd_sample(args) -> int:
     run, kw = _load(args)
     label = _label_modality(run, required=False)
     known, given, captions = _conditions(run, args)
-    model = run.model
-    if args.guidance is not None:
-        model = ClassifierFreeGuidance(model, args.guidance)
-    if args.head_guidance is not None:
-        if label is None or label not in known:
-            raise ConfigError("--head-guidance needs --label and a run with a label modality (the class to guide towards)")
-        model = HeadGuidance(model, run.process, label, known[label], args.head_guidance)
-    if known:
-        state = generate_conditional(model, run.process, known=known, batch=args.num, **kw)
-    else:
-        state = generate_joint(model, run.process, batch=args.num, **kw)
+    if args.head_guidance is not None and (label is None or label not in known):
+        raise ConfigError("--head-guidance needs --label and a run with a label modality (the class to guide towards)")
+
+    def draw(n: int, **over):
+        """The first n of the samples asked for, with the guidance asked for."""
+        model, given_n = run.model, {k: v[:n] for k, v in known.items()}
+        if args.guidance is not None:
+            model = ClassifierFreeGuidance(model, args.guidance)
+        if args.head_guidance is not None:
+            model = HeadGuidance(model, run.process, label, given_n[label], args.head_guidance)
+        if given_n:
+            return generate_conditional(model, run.process, known=given_n, batch=n, **{**kw, **over})
+        return generate_joint(model, run.process, batch=n, **{**kw, **over})
+
+    _print_memory_estimate(run, args.num, draw, args.device)
+    state = draw(args.num)
     result = {"out": str(args.out), "num": args.num, "step": run.step}
     images = run.latent.decode(state.z)                     # pixels (the identity without an autoencoder)
     if label is not None:
@@ -371,9 +390,16 @@ def cmd_restore(args) -> int:
             given["keep"] = _read_keep(run, args.keep, files)
     elif args.keep is not None:
         raise ConfigError("--keep needs --input (the images the masks belong to)")
-    grid, ncol, stats = restoration_grid(run, None if given else load_data(run.config, "test"), num=args.num,
-                                         mask=args.mask, patches=args.patches, per_input=args.per_input,
-                                         project=args.project, **given, **kw)
+    test = None if given else load_data(run.config, "test")
+    num = len(given["images"]) if given else args.num
+
+    def grid_of(n: int, per_input: int = args.per_input, **over):
+        """Restorations of the first n inputs."""
+        return restoration_grid(run, test, num=n, mask=args.mask, patches=args.patches, per_input=per_input,
+                                project=args.project, **{k: v[:n] for k, v in given.items()}, **{**kw, **over})
+
+    _print_memory_estimate(run, num, lambda n, **over: grid_of(n, 1, **over), args.device)
+    grid, ncol, stats = grid_of(num)
     n = len(grid) // ncol
     save_grid(grid, args.out, nrow=ncol * 2 if n % 2 == 0 else ncol)
     print(json.dumps({"out": str(args.out), **stats}))
@@ -409,6 +435,7 @@ def cmd_demo(args) -> int:
     Trainer(cfg, out, resume=resume, progress=not args.quiet).run()
     ns = SimpleNamespace(run=out, num=64, steps=None, sampler=None, eta=None, seed=0, device="cpu")
     run, kw = _load(ns)
+    _print_memory_estimate(run, 64, lambda n, **over: generate_joint(run.model, run.process, batch=n, **{**kw, **over}), "cpu")
     state = generate_joint(run.model, run.process, batch=64, **kw)
     samples = save_grid(state.z, out / "samples.png", nrow=8)
     grid, ncol, stats = restoration_grid(run, load_data(run.config, "test"), num=16, mask="random", patches=None,
