@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -110,6 +111,76 @@ def test_disk_full_during_a_save_stops_with_the_previous_checkpoint_intact(tmp_p
         trainer.run()
     assert load_checkpoint(tmp_path / "r", fallback=False)["meta"]["step"] == 2
     assert not list((tmp_path / "r" / "checkpoints").glob(".tmp-*"))    # the partial write was removed
+
+
+DISK_PROBE = """
+import contextlib, io, json, shutil, subprocess, sys
+from pathlib import Path
+from mtdiff.checkpoint import latest_checkpoint, load_checkpoint
+from mtdiff.cli.main import main
+
+base, train = Path(sys.argv[1]), json.loads(sys.argv[2])
+results = []
+for kib in map(int, sys.argv[3:]):
+    disk = base / f"disk-{kib}k"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(disk)], check=True)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main([*train, "--out", str(disk / "run")])
+    latest = latest_checkpoint(disk / "run")
+    step = load_checkpoint(disk / "run", fallback=False)["meta"]["step"] if latest else None
+    leftovers = [p.name for p in (disk / "run").rglob("*") if ".tmp" in p.name]
+    roomy = base / f"freed-{kib}k"                     # space freed: the run moves to a disk with room
+    shutil.copytree(disk / "run", roomy)
+    with contextlib.redirect_stderr(io.StringIO()):
+        resumed = main(["train", "--out", str(roomy), "--resume", "--quiet"]) if latest else None
+    error = [line for line in err.getvalue().splitlines() if line.startswith("mtdiff train: error:")]
+    results.append({"kib": kib, "rc": rc, "error": error[0] if error else err.getvalue()[-2000:],
+                    "checkpoint_step": step, "leftovers": leftovers, "resumed_rc": resumed})
+print(json.dumps(results))
+"""
+
+
+def _user_namespaces() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _user_namespaces(), reason="needs `unshare -rm` (user namespaces) to mount a small tmpfs")
+def test_a_real_full_disk_at_every_kind_of_write_loses_nothing(tmp_path, folder):
+    """Training onto a real tmpfs of 4 KiB to 2.4 MiB runs out of space while writing TensorBoard, the log or the first,
+    second or third checkpoint: the run stops with "could not write <file>", what is intact and the
+    resume command, never a traceback; the latest checkpoint loads verified, no temporary file is left;
+    once there is room, --resume finishes with the same weights as a run that never ran out."""
+    train = _cmd(tmp_path / "unused", folder, 6)[3:]
+    train = [a.replace("train.ckpt_every=1", "train.ckpt_every=2") for a in train[:train.index("--out")] +
+             train[train.index("--out") + 2:]]
+    ref = tmp_path / "ref"
+    assert subprocess.run([sys.executable, "-m", "mtdiff", *train, "--out", str(ref)], capture_output=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode == 0
+    sizes = [4, 8, 32, 600, 900, 1600, 2000, 2400, 8000]
+    proc = subprocess.run(["unshare", "-rm", sys.executable, "-c", DISK_PROBE, str(tmp_path), json.dumps(train),
+                           *map(str, sizes)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("\n".join(json.dumps(r) for r in results))
+    want = load_file(str(latest_checkpoint(ref) / "model.safetensors"))
+    for r in results:
+        assert r["rc"] in (0, 2) and not r["leftovers"], r
+        if r["rc"] == 2:
+            assert "No space left on device" in r["error"], r
+            assert re.search(r"could not write (the checkpoint of step \d|\S+/run/(tb|log\.jsonl):)", r["error"]), r
+            assert "--resume" in r["error"], r
+        if r["checkpoint_step"] is not None:
+            assert r["resumed_rc"] == 0, r
+            got = load_file(str(latest_checkpoint(tmp_path / f"freed-{r['kib']}k") / "model.safetensors"))
+            assert all(torch.equal(want[k], got[k]) for k in want), r
+    assert results[-1]["rc"] == 0 and {r["checkpoint_step"] for r in results if r["rc"] == 2} == {None, 2, 4}
 
 
 # ---------------------------------------------------------------------------- inputs at inference

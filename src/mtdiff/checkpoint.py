@@ -16,11 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "has_checkpoints", "CheckpointError", "optimizer_to_flat",
@@ -99,7 +101,7 @@ def save_checkpoint(ckpt_root: Path, *, step: int, model: dict[str, torch.Tensor
     tmp.mkdir()
     try:
         for name, tensors in zip(FILES, (model, ema, state)):
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
+            _save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / name)
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
         full_meta = {"format": FORMAT, "version": VERSION, "step": int(step), **meta,
@@ -116,6 +118,17 @@ def save_checkpoint(ckpt_root: Path, *, step: int, model: dict[str, torch.Tensor
         raise
     _prune(ckpt_root, keep, protect=final)
     return final
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' ``save_file``; its I/O failures (a full disk: "os error 28") raised as the OSError they are."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e
 
 
 def _read_meta(d: Path) -> dict[str, Any] | None:

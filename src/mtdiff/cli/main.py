@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"train": cmd_train, "sample": cmd_sample, "restore": cmd_restore, "demo": cmd_demo,
                 "classify": cmd_classify, "translate": cmd_translate, "presets": cmd_presets, "evaluate": cmd_evaluate,
                 "report": cmd_report}[args.command](args)
-    except (ConfigError, DataError, CheckpointError, MissingWeightsError, MissingExtractorError, TrainingError) as e:
+    except (ConfigError, DataError, CheckpointError, MissingWeightsError, MissingExtractorError, TrainingError,
+            OSError) as e:   # OSError: a file that cannot be written (a full disk, a missing folder, permissions)
         print(f"mtdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
 

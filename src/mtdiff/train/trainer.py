@@ -174,11 +174,14 @@ class Trainer:
             return save_checkpoint(self.run_dir / "checkpoints", step=self.step, model=self.model.state_dict(),
                                    ema=self.ema.state_dict(), state=tensors, meta=meta, keep=self.cfg.train.keep_checkpoints)
         except OSError as e:   # disk full, quota, permissions: the partial write is removed, older ones are intact
-            previous = latest_checkpoint(self.run_dir)
-            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-            raise TrainingError(f"could not write the checkpoint of step {self.step} to {self.run_dir / 'checkpoints'}: "
-                                f"{e.strerror or e}; {kept}. Free space (or fix the directory), then continue "
-                                f"with: mtdiff train --out {self.run_dir} --resume") from e
+            raise self._write_failed(e, f"the checkpoint of step {self.step} to {self.run_dir / 'checkpoints'}") from e
+
+    def _write_failed(self, e: OSError, what: str) -> TrainingError:
+        """The error that stops a run whose files cannot be written: what failed, why, and what is intact."""
+        previous = latest_checkpoint(self.run_dir)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        return TrainingError(f"could not write {what}: {e.strerror or e}; {kept}. Free space (or fix the directory), "
+                             f"then continue with: mtdiff train --out {self.run_dir} --resume")
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir)
@@ -288,7 +291,15 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
-        """Train to ``train.steps``; returns the last logged metrics (averaged over processes)."""
+        """Train to ``train.steps``; returns the last logged metrics (averaged over processes). A file
+        that cannot be written (a full disk: logs, grids or checkpoints) stops the run with a
+        :class:`TrainingError` naming it and the latest intact checkpoint."""
+        try:
+            return self._run()
+        except OSError as e:
+            raise self._write_failed(e, e.filename or f"the run's files in {self.run_dir}") from e
+
+    def _run(self) -> dict[str, float]:
         t, main = self.cfg.train, self.world.main
         log_path = self.run_dir / "log.jsonl"
         writer = _tensorboard(self.run_dir / "tb") if main else None
@@ -389,8 +400,15 @@ def _apply_drop(model, data: dict[str, torch.Tensor], masks: dict[str, torch.Ten
 
 
 def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps({k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in entry.items()}) + "\n")
+    """Append one JSON line. A line a full disk left unfinished is ended first; a failure names the file."""
+    line = json.dumps({k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in entry.items()}) + "\n"
+    try:
+        with open(path, "ab+") as f:
+            if f.seek(0, 2) > 0 and f.seek(-1, 2) >= 0 and f.read(1) != b"\n":
+                line = "\n" + line
+            f.write(line.encode())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def _tensorboard(path: Path):
@@ -398,4 +416,7 @@ def _tensorboard(path: Path):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency, but logs must not kill a run
         return None
-    return SummaryWriter(str(path))
+    try:
+        return SummaryWriter(str(path))
+    except OSError as e:  # its writer thread failed (a full disk): name the folder
+        raise OSError(e.errno, e.strerror, str(path)) from e
