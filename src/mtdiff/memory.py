@@ -25,7 +25,7 @@ is the cost per sample, the rest is fixed. A convolution also holds working copi
 output while it runs (oneDNN reorders them into its blocked layout; cuDNN takes a workspace), counted
 at each convolution. Measured on the CPU against PyTorch's own allocation record, the prediction is
 an upper bound within 10%. On the CPU the C library's heap can keep freed blocks resident: the
-resident peak grew by 1.2-1.9x the prediction with glibc's default settings and by 0.9x with
+resident peak grew by 1.5-2.2x the prediction with glibc's default settings and by 0.9x with
 ``MALLOC_MMAP_THRESHOLD_=65536``, which hands every large block back at once.
 """
 from __future__ import annotations
@@ -214,7 +214,7 @@ class SamplingEstimate:
         text = (f"memory estimate for sampling {self.batch} at once on {device}: {_mib(self.total())} = weights "
                 f"{_mib(self.weights)} + {_mib(self.per_sample)}/sample x {self.batch} + {_mib(self.fixed)}")
         if device == "cpu":
-            text += " (the C library's heap may keep up to ~2x the per-sample part resident)"
+            text += " (the C library's heap may keep up to ~2.2x the per-sample part resident)"
         return text
 
 
