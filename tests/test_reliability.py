@@ -380,6 +380,22 @@ def test_the_estimate_is_printed_before_training_and_logged(tmp_path, folder, ca
     assert first["memory_estimate_bytes"] > 0
 
 
+def test_live_tensors_counts_new_storage_until_it_is_freed():
+    """A known answer: views and in-place results are no new memory, a freed tensor no longer counts,
+    a tensor made before is never counted, and the peak is the most alive at once."""
+    from mtdiff.memory import LiveTensors
+
+    before = torch.ones(1000)
+    with LiveTensors() as live:
+        a = torch.empty(1000)                 # 4000 bytes
+        b = a * 2                             # 8000 alive
+        b.add_(before).view(10, 100)          # nothing new
+        del a                                 # 4000 alive
+        c = torch.cat([b, b])                 # 12000 alive
+        del b, c
+    assert (live.peak, live.live) == (12000, 0)
+
+
 SAMPLE_PROBE = """
 import json, sys, torch
 torch.set_num_threads(1)

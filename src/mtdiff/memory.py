@@ -70,11 +70,10 @@ class MemoryEstimate:
         return self.model_state + self.activations + (self.data if self.data_device == device else 0)
 
     def summary(self, device: str) -> str:
-        mb = _mib
-        return (f"memory estimate per process on {device}: {mb(self.total(device))} = weights {mb(self.weights)} + "
-                f"gradients {mb(self.gradients)} + AdamW {mb(self.optimizer)} + EMA {mb(self.ema)} + activations "
-                f"{mb(self.activations_per_sample)}/sample x {self.micro_batch} = {mb(self.activations)}"
-                + (f" + data {mb(self.data)}" if self.data_device == device else f"; data {mb(self.data)} on {self.data_device}")
+        return (f"memory estimate per process on {device}: {_mib(self.total(device))} = weights {_mib(self.weights)} + "
+                f"gradients {_mib(self.gradients)} + AdamW {_mib(self.optimizer)} + EMA {_mib(self.ema)} + activations "
+                f"{_mib(self.activations_per_sample)}/sample x {self.micro_batch} = {_mib(self.activations)}"
+                + (f" + data {_mib(self.data)}" if self.data_device == device else f"; data {_mib(self.data)} on {self.data_device}")
                 + " (the framework's own memory comes on top)")
 
 
@@ -164,8 +163,8 @@ _CONVOLUTIONS = {torch.ops.aten.convolution, torch.ops.aten.conv2d, torch.ops.at
 class LiveTensors(TorchDispatchMode):
     """The peak bytes of the tensors created while this mode is active that are alive at once.
 
-    Every op's outputs are counted once per storage and uncounted when the storage is freed (a weak
-    reference's callback); a convolution adds its activation input and output while it runs (see
+    Every op's new outputs are counted once per storage and uncounted when the storage is freed (a
+    weak reference's callback); a convolution adds its activation input and output while it runs (see
     the module docstring). Tensors that existed before (weights) are not counted."""
 
     def __init__(self):
@@ -173,29 +172,23 @@ class LiveTensors(TorchDispatchMode):
         self.live = self.peak = 0
         self._refs: dict[int, weakref.ref] = {}
 
-    def _track(self, t: torch.Tensor) -> None:
-        storage = t.untyped_storage()
-        key, nbytes = storage.data_ptr(), storage.nbytes()
-        ref = self._refs.get(key)
-        if nbytes == 0 or (ref is not None and ref() is not None):
-            return
-        self.live += nbytes
-
-        def freed(_, key=key, nbytes=nbytes):
-            self.live -= nbytes
-            if self._refs.get(key) is ref_:
-                del self._refs[key]
-
-        ref_ = self._refs[key] = weakref.ref(storage, freed)
+    def _freed(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        del self._refs[key]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self._track(t)
+        tensors = lambda tree: [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]  # noqa: E731
+        inputs = {t.untyped_storage().data_ptr() for t in tensors((args, kwargs))}
+        for t in tensors(out):
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes and key not in inputs and key not in self._refs:    # a view or an in-place result is no new memory
+                self.live += nbytes
+                self._refs[key] = weakref.ref(storage, lambda _, key=key, nbytes=nbytes: self._freed(key, nbytes))
         working = 0
         if func.overloadpacket in _CONVOLUTIONS:   # the activation in and out, not the filter
-            working = sum(t.untyped_storage().nbytes() for t in tree_leaves((args[0], out)) if isinstance(t, torch.Tensor))
+            working = sum(t.untyped_storage().nbytes() for t in tensors((args[0], out)))
         self.peak = max(self.peak, self.live + working)
         return out
 
@@ -223,7 +216,7 @@ def estimate_sampling_memory(sample: Callable[[int], object], *, weights: int, b
     model, guidance, sampler and device) for b samples and 3 steps; it runs at b = 1 and 2 under
     :class:`LiveTensors`. ``weights``: bytes of the model held meanwhile (:func:`module_bytes`)."""
     peaks = []
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
         for b in (1, 2) if batch > 1 else (1,):
             with LiveTensors() as live:
                 sample(b)

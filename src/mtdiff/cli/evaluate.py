@@ -76,9 +76,9 @@ def cmd_evaluate(args) -> int:
     from ..config import ConfigError
     from ..data.sources import ImageSet
     from ..distributed import close_world, init_world
+    from ..evaluate import joint_images
     from ..metrics.quality import sample_quality
     from ..pretrained.images import load_image_features
-    from ..evaluate import joint_images
     from ..train.trainer import load_data
     from .main import _load, _print_memory_estimate
 
