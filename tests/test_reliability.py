@@ -343,6 +343,7 @@ def test_a_folder_is_decoded_to_the_configured_channels_and_size(tmp_path, folde
 PROBE = """
 import json, sys, tempfile, torch
 torch.set_num_threads(1)
+from torch.profiler import ProfilerActivity, profile
 from mtdiff.config import load_config
 from mtdiff.train import Trainer
 from mtdiff.data.sources import ImageSet
@@ -350,32 +351,50 @@ from mtdiff.data.sources import ImageSet
 def peak_rss():   # VmHWM: this process's own peak (ru_maxrss would carry the forking parent's over exec)
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
 
+def allocated_peak(fn):   # PyTorch's own allocation record
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    allocated = peak = 0
+    for e in events:
+        allocated += e.nbytes()
+        peak = max(peak, allocated)
+    return peak
+
 data = ImageSet((torch.rand(256, 1, 32, 32) * 255).to(torch.uint8), torch.randint(0, 10, (256,)), list("0123456789"))
-cfg = load_config("mnist-demo", ["train.steps=2", "train.sample_every=0", "train.log_every=2", *sys.argv[1:]])
+cfg = load_config("mnist-demo", ["train.sample_every=0", *sys.argv[1:]])
 trainer = Trainer(cfg, tempfile.mkdtemp() + "/r", data=data, progress=False)
 est = trainer.memory
-before = peak_rss()     # the peak so far: set-up and the estimate's own forward
-trainer.run()
-print(json.dumps({"predicted": est.gradients + est.optimizer + est.activations, "measured": peak_rss() - before}))
+before = peak_rss()     # the peak so far: set-up and the estimate's own passes
+trainer.train_step()    # the first step also makes AdamW's moments
+resident = peak_rss() - before
+allocated = allocated_peak(trainer.train_step)    # the moments exist now
+held = sum(b for k, b in est.held.items() if k in ("AdamW", "accumulated gradients"))
+print(json.dumps({"step_peak": est.peak.total + est.held.get("accumulated gradients", 0), "allocated": allocated, "predicted": held + est.peak.total,
+                  "resident": resident}))
 """
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident memory from /proc")
-@pytest.mark.parametrize("extra", [["train.batch_size=128"], ["train.batch_size=128", "model.gradient_checkpointing=true"]])
-def test_training_memory_grows_as_predicted(extra):
-    """What training adds to the peak resident memory (gradients, AdamW moments, activations and the
-    backward working set) is within 25% of the estimate printed before training (0.81-1.01 measured)."""
+@pytest.mark.parametrize("extra", [["train.batch_size=128"], ["train.batch_size=128", "model.gradient_checkpointing=true"],
+                                   ["train.batch_size=128", "train.micro_batch=32"]])
+def test_training_memory_stays_within_the_prediction(extra):
+    """A training step's peak of allocated tensors (PyTorch's own record) is under the estimate printed
+    before training and within 15% of it (0.99 measured; 0.89 with gradient checkpointing, whose
+    recomputed convolutions' working copies are over-counted), and the resident memory the first step
+    adds (AdamW's moments too) is within 10% of it, with glibc handing large blocks back at once."""
     proc = subprocess.run([sys.executable, "-c", PROBE, *extra], capture_output=True, text=True, timeout=300,
-                          cwd=os.path.dirname(__file__), env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert 0.75 < r["measured"] / r["predicted"] < 1.25, r
+    assert 0.85 < r["allocated"] / r["step_peak"] <= 1.02, r
+    assert 0.85 < r["resident"] / r["predicted"] < 1.1, r
 
 
 def test_the_estimate_is_printed_before_training_and_logged(tmp_path, folder, capsys):
     cfg = tiny("mnist-masked-x", *SMALL[5:], "data.source=folder", f"data.root={folder}", "train.steps=1")
     Trainer(cfg, tmp_path / "r", progress=True).run()
-    assert "memory estimate per process on cpu:" in capsys.readouterr().err
+    assert "memory estimate for training per process on cpu:" in capsys.readouterr().err
     first = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])
     assert first["memory_estimate_bytes"] > 0
 
@@ -416,7 +435,7 @@ guided = ClassifierFreeGuidance(model, guidance) if guidance else model
 def sample(n, steps=3):
     return generate_joint(guided, process, batch=n, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
 
-est = estimate_sampling_memory(sample, weights=module_bytes(model), batch=batch)
+est = estimate_sampling_memory(sample, weights=module_bytes(model), batch=batch, device="cpu")
 before = peak_rss()
 sample(batch, steps=4)
 rss = peak_rss() - before
@@ -427,7 +446,7 @@ allocated = peak = 0
 for e in events:
     allocated += e.nbytes()
     peak = max(peak, allocated)
-print(json.dumps({"predicted": est.fixed + est.per_sample * batch, "allocated": peak, "resident": rss}))
+print(json.dumps({"predicted": est.peak.total, "allocated": peak, "resident": rss}))
 """
 
 
@@ -459,7 +478,7 @@ def test_the_cpu_demo_stays_under_4_gib_resident(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
     peak = int(err[-1]) * 1024
-    training = next(l for l in err if l.startswith("memory estimate per process on cpu:"))
+    training = next(l for l in err if l.startswith("memory estimate for training per process on cpu:"))
     sampling = next(l for l in err if l.startswith("memory estimate for sampling 64 at once on cpu:"))
     print(f"peak {peak / 2**30:.2f} GiB; {training}; {sampling}")
     assert peak < 4 * 2**30

@@ -1,32 +1,29 @@
 """What a training or sampling run will hold in memory, predicted before it starts.
 
-Training
---------
+Measured, not guessed. :class:`LiveTensors` follows every tensor the run's own code creates, op by op
+(the forward pass, the backward pass with any recomputation, the sampler's steps), and records the
+bytes alive after each op. Run at batch 2 and at batch 4 the op sequence is the same, so the live
+bytes at each moment are a line in the batch, f + b g, and the prediction for batch B is the highest
+of those lines at B (:func:`peak_at`). Comparing the two peaks alone would not do: at small batches
+the peak of a training step can sit where the gradients dominate, not the activations. A convolution
+also holds working copies of its activations while it runs (oneDNN reorders them into its blocked
+layout; cuDNN takes a workspace); they are counted at each convolution and its backward.
 
-Weights, gradients, AdamW's two moments and the EMA copy are counted from the parameters. The
-activations kept for the backward pass are measured, not guessed: one forward of the loss on a
-single sample, on the run's device and under its autocast, with every tensor autograd saves counted
-once (``torch.autograd.graph.saved_tensors_hooks``), then scaled to the micro-batch. The backward
-pass also holds a working set: the gradients flowing through one U-Net stage and, with gradient
-checkpointing, that stage's recomputed activations and their gradients; it is counted as 2 (4.5 with
-checkpointing) times the largest stage's saved activations, a rule fitted on CPU runs of the demo
-backbone (the peak resident memory grew by 0.81-1.01x the prediction at batch 128, with and without
-checkpointing; tests/test_reliability.py allows 0.75-1.25x). On a GPU the caching allocator's
-fragmentation comes on top. Data is the in-memory dataset. The framework's own memory (allocator caches, CUDA
-context, Python) comes on top.
+- **Training** (per process): weights, AdamW's two moments, the EMA copy, the gradients while
+  micro-batches accumulate and, under DDP, its gradient buckets, counted from the parameters; the peak of one forward and backward pass of the loss at the
+  micro-batch (activations, gradients, recomputed stages), measured on the run's device under its
+  autocast; the data set where it lives.
+- **Sampling**: weights and the peak of the command's own sampling call, measured on 3 steps.
 
-Sampling
---------
-No autograd records are kept, so what matters is the peak of the tensors alive at once: the U-Net's
-skip connections, the current stage's activations and the sampler's state (z_t, y_t, the z_0 and eps
-estimates, DPM-Solver's previous z_0, the modality data and encodings). :class:`LiveTensors` measures
-that peak exactly, op by op, for the real sampling call with 3 steps at batch 1 and 2; the difference
-is the cost per sample, the rest is fixed. A convolution also holds working copies of its input and
-output while it runs (oneDNN reorders them into its blocked layout; cuDNN takes a workspace), counted
-at each convolution. Measured on the CPU against PyTorch's own allocation record, the prediction is
-an upper bound within 10%. On the CPU the C library's heap can keep freed blocks resident: the
-resident peak grew by 1.5-2.2x the prediction with glibc's default settings and by 0.9x with
-``MALLOC_MMAP_THRESHOLD_=65536``, which hands every large block back at once.
+Checked on the CPU (tests/test_reliability.py) at batch 128 on the demo backbone. Against PyTorch's
+own allocation record the prediction is an upper bound within 10%: a training step allocated 1.00x
+(0.90x with gradient checkpointing, whose recomputed convolutions' working copies are over-counted;
+1.01x in micro-batches of 32, whose whole batch of inputs is made at once), sampling 0.93x. The
+resident peak follows it when glibc hands large blocks back at once (``MALLOC_MMAP_THRESHOLD_=65536``:
+0.88-0.97x); with glibc's default settings freed blocks stay in its heap, and the resident peak grew
+by 1.3-1.6x the prediction in training and 1.5-2.2x in sampling. On a GPU the caching allocator's
+fragmentation comes on top, and everywhere the framework's own memory (CUDA context, Python,
+libraries).
 """
 from __future__ import annotations
 
@@ -38,43 +35,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["MemoryEstimate", "SamplingEstimate", "LiveTensors", "estimate_training_memory",
-           "estimate_sampling_memory", "module_bytes"]
+__all__ = ["LiveTensors", "Peak", "peak_at", "MemoryEstimate", "estimate_training_memory", "estimate_sampling_memory",
+           "module_bytes"]
 
 
 def _mib(b: int) -> str:
     return f"{b / 2**20:,.1f} MiB"
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    weights: int              # bytes
-    gradients: int
-    optimizer: int
-    ema: int
-    activations_per_sample: int
-    micro_batch: int
-    data: int
-    data_device: str
-
-    @property
-    def activations(self) -> int:
-        return self.activations_per_sample * self.micro_batch
-
-    @property
-    def model_state(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.ema
-
-    def total(self, device: str) -> int:
-        """Bytes on ``device`` ('cpu' or 'cuda'): the training state and activations, plus the data if it is there."""
-        return self.model_state + self.activations + (self.data if self.data_device == device else 0)
-
-    def summary(self, device: str) -> str:
-        return (f"memory estimate per process on {device}: {_mib(self.total(device))} = weights {_mib(self.weights)} + "
-                f"gradients {_mib(self.gradients)} + AdamW {_mib(self.optimizer)} + EMA {_mib(self.ema)} + activations "
-                f"{_mib(self.activations_per_sample)}/sample x {self.micro_batch} = {_mib(self.activations)}"
-                + (f" + data {_mib(self.data)}" if self.data_device == device else f"; data {_mib(self.data)} on {self.data_device}")
-                + " (the framework's own memory comes on top)")
 
 
 def _nbytes(tensors) -> int:
@@ -86,91 +52,28 @@ def module_bytes(module: torch.nn.Module) -> int:
     return _nbytes(module.parameters()) + _nbytes(module.buffers())
 
 
-def saved_activation_bytes(loss_fn, stages=()) -> tuple[int, int]:
-    """Bytes of the distinct tensors autograd saves for backward while ``loss_fn()`` runs (parameters
-    excluded), and the most saved inside any one of the modules ``stages``."""
-    seen: dict[int, int] = {}
-    alive: list[torch.Tensor] = []          # held until the end, so no address is freed and reused meanwhile
-    largest, marks = [0], {}
-
-    def pack(t: torch.Tensor):
-        if not isinstance(t, torch.nn.Parameter):
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
-            alive.append(t)
-        return t
-
-    def before(module, args):
-        marks[id(module)] = sum(seen.values())
-
-    def after(module, args, out):
-        largest[0] = max(largest[0], sum(seen.values()) - marks.pop(id(module), 0))
-
-    hooks = [h for m in stages for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss_fn()
-    finally:
-        for h in hooks:
-            h.remove()
-    return sum(seen.values()), largest[0]
-
-
-def estimate_training_memory(trainer) -> MemoryEstimate:
-    """The estimate for a :class:`mtdiff.train.Trainer`, measured with one sample through its loss."""
-    from .loss import mt_loss
-
-    params = [p for p in trainer.model.parameters() if p.requires_grad]
-    weights = module_bytes(trainer.model)
-    model = trainer.model
-    batch = trainer.data.batch(torch.arange(1), trainer.device)
-    g = torch.Generator(trainer.device).manual_seed(0)
-    data = model.derive(batch, g)
-    z0, x = trainer.diffusion_data(batch, data)
-    t = torch.zeros(1, dtype=torch.long, device=trainer.device)
-
-    noise = torch.randn(z0.shape, generator=g, device=trainer.device)
-
-    def loss():
-        with trainer._autocast():
-            mt_loss(model, trainer.process, z0, x, t=t, noise=noise, lam=trainer.cfg.diffusion.lam)
-
-    backbone = model.backbone
-    stages = [*backbone.input_blocks, backbone.middle_block, *backbone.output_blocks]
-    was_training, checkpointing = model.training, backbone.gradient_checkpointing
-    model.train()
-    devices = [trainer.device] if trainer.device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):   # dropout draws here must not shift the run's RNG
-            saved, _ = saved_activation_bytes(loss)
-            backbone.gradient_checkpointing = False      # each stage's own activations, recomputed or not
-            _, stage = saved_activation_bytes(loss, stages)
-    finally:
-        model.train(was_training)
-        backbone.gradient_checkpointing = checkpointing
-    per_sample = saved + int((4.5 if checkpointing else 2) * stage)
-    return MemoryEstimate(weights=weights, gradients=_nbytes(params), optimizer=2 * _nbytes(params),
-                          ema=module_bytes(trainer.ema.model),
-                          activations_per_sample=per_sample, micro_batch=trainer.micro_batch,
-                          data=trainer.stream.data.nbytes, data_device=trainer.stream.data.images.device.type)
-
-
-# -- sampling ----------------------------------------------------------------------------------
-
-_CONVOLUTIONS = {torch.ops.aten.convolution, torch.ops.aten.conv2d, torch.ops.aten._convolution}
+_CONVOLUTIONS = {torch.ops.aten.convolution, torch.ops.aten.conv2d, torch.ops.aten._convolution,
+                 torch.ops.aten.convolution_backward}
 
 
 class LiveTensors(TorchDispatchMode):
-    """The peak bytes of the tensors created while this mode is active that are alive at once.
+    """The bytes of the tensors created while this mode is active that are alive after each op
+    (``timeline``), and their most at once (``peak``).
 
-    Every op's new outputs are counted once per storage and uncounted when the storage is freed (a
-    weak reference's callback); a convolution adds its activation input and output while it runs (see
-    the module docstring). Tensors that existed before (weights) are not counted."""
+    An op's new outputs are counted once per storage and uncounted when the storage is freed (a weak
+    reference's callback); an output that aliases an input (a view, an in-place result) is no new
+    memory, and tensors made before (weights) never count. A convolution adds its activations in and
+    out (and their gradients in its backward) while it runs."""
 
     def __init__(self):
         super().__init__()
-        self.live = self.peak = 0
+        self.live = 0
+        self.timeline: list[int] = []
         self._refs: dict[int, weakref.ref] = {}
+
+    @property
+    def peak(self) -> int:
+        return max(self.timeline, default=0)
 
     def _freed(self, key: int, nbytes: int) -> None:
         self.live -= nbytes
@@ -183,43 +86,117 @@ class LiveTensors(TorchDispatchMode):
         for t in tensors(out):
             storage = t.untyped_storage()
             key, nbytes = storage.data_ptr(), storage.nbytes()
-            if nbytes and key not in inputs and key not in self._refs:    # a view or an in-place result is no new memory
+            if nbytes and key not in inputs and key not in self._refs:
                 self.live += nbytes
                 self._refs[key] = weakref.ref(storage, lambda _, key=key, nbytes=nbytes: self._freed(key, nbytes))
         working = 0
-        if func.overloadpacket in _CONVOLUTIONS:   # the activation in and out, not the filter
-            working = sum(t.untyped_storage().nbytes() for t in tensors((args[0], out)))
-        self.peak = max(self.peak, self.live + working)
+        if func.overloadpacket in _CONVOLUTIONS:
+            acts = (args[:2], out[0]) if func.overloadpacket is torch.ops.aten.convolution_backward else (args[0], out)
+            working = sum(t.untyped_storage().nbytes() for t in tensors(acts))
+        self.timeline.append(self.live + working)
         return out
 
 
 @dataclass(frozen=True)
-class SamplingEstimate:
-    weights: int              # bytes
+class Peak:
+    """The most bytes alive at once while some work runs on ``batch`` samples: ``fixed + per_sample * batch``,
+    both read at the moment of the peak."""
     fixed: int
     per_sample: int
     batch: int
 
+    @property
     def total(self) -> int:
-        return self.weights + self.fixed + self.per_sample * self.batch
-
-    def summary(self, device: str) -> str:
-        text = (f"memory estimate for sampling {self.batch} at once on {device}: {_mib(self.total())} = weights "
-                f"{_mib(self.weights)} + {_mib(self.per_sample)}/sample x {self.batch} + {_mib(self.fixed)}")
-        if device == "cpu":
-            text += " (the C library's heap may keep up to ~2.2x the per-sample part resident)"
-        return text
+        return self.fixed + self.per_sample * self.batch
 
 
-def estimate_sampling_memory(sample: Callable[[int], object], *, weights: int, batch: int) -> SamplingEstimate:
-    """The estimate for sampling ``batch`` at once: ``sample(b)`` runs the real sampling call (same
-    model, guidance, sampler and device) for b samples and 3 steps; it runs at b = 1 and 2 under
-    :class:`LiveTensors`. ``weights``: bytes of the model held meanwhile (:func:`module_bytes`)."""
-    peaks = []
+def peak_at(batch: int, work: Callable[[int], object]) -> Peak:
+    """The peak of ``work(batch)``, predicted from :class:`LiveTensors` timelines of ``work(2)`` and
+    ``work(4)``: each moment is a line in the batch, and the highest line at ``batch`` wins. (Batch 1
+    can take a few ops of its own, so it is not used; should 2 and 4 differ, their peaks alone make the
+    line.) A batch under 4 is measured as it is."""
+    sizes = (2, 4) if batch >= 4 else (batch,)
+    lines = []
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        for b in (1, 2) if batch > 1 else (1,):
+        for b in sizes:
             with LiveTensors() as live:
-                sample(b)
-            peaks.append(live.peak)
-    per_sample = max(peaks[-1] - peaks[0], 0) if len(peaks) == 2 else peaks[0]
-    return SamplingEstimate(weights=weights, fixed=max(peaks[0] - per_sample, 0), per_sample=per_sample, batch=batch)
+                work(b)
+            lines.append(live.timeline or [0])
+    if len(lines) == 1:
+        return Peak(fixed=max(lines[0]), per_sample=0, batch=batch)
+    if len(lines[0]) != len(lines[1]):
+        lines = [[max(line)] for line in lines]
+    two, four = (torch.tensor(line, dtype=torch.float64) for line in lines)
+    per_sample = (four - two) / 2
+    fixed = two - 2 * per_sample
+    k = int((fixed + batch * per_sample).argmax())
+    return Peak(fixed=round(float(fixed[k])), per_sample=round(float(per_sample[k])), batch=batch)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one process will hold on ``device``: ``held`` (by name: weights, optimizer state, data ...)
+    plus the ``peak`` of the measured work."""
+    what: str
+    device: str
+    held: dict[str, int]
+    peak: Peak
+    peak_name: str
+
+    def total(self) -> int:
+        return sum(self.held.values()) + self.peak.total
+
+    def summary(self) -> str:
+        p = self.peak
+        parts = [f"{name} {_mib(b)}" for name, b in self.held.items()]
+        parts.append(f"{self.peak_name} {_mib(p.total)} ({_mib(p.per_sample)}/sample x {p.batch} + {_mib(p.fixed)})")
+        text = f"memory estimate for {self.what} on {self.device}: {_mib(self.total())} = " + " + ".join(parts)
+        if self.device == "cpu":
+            return text + " (glibc's heap may keep up to ~2x the peak resident; the framework's own memory comes on top)"
+        return text + " (the framework's own memory and allocator fragmentation come on top)"
+
+
+def estimate_training_memory(trainer) -> MemoryEstimate:
+    """The estimate for a :class:`mtdiff.train.Trainer`: its parameters, plus one forward and backward
+    pass of its loss measured at batch 2 and 4 (same device and autocast), before any training."""
+    from .loss import mt_loss
+
+    model, device = trainer.model, trainer.device
+    params = [p for p in model.parameters() if p.requires_grad]
+    own = {t.data_ptr() for t in (*model.parameters(), *model.buffers())}
+    ema = [t for t in (*trainer.ema.model.parameters(), *trainer.ema.model.buffers()) if t.data_ptr() not in own]
+
+    def forward_backward(b: int) -> None:
+        batch = trainer.data.batch(torch.arange(b) % len(trainer.data), device)
+        g = torch.Generator(device).manual_seed(0)
+        z0, x = trainer.diffusion_data(batch, model.derive(batch, g))
+        t = torch.zeros(b, dtype=torch.long, device=device)
+        noise = torch.randn(z0.shape, generator=g, device=device)
+        with trainer._autocast():
+            loss, _ = mt_loss(model, trainer.process, z0, x, t=t, noise=noise, lam=trainer.cfg.diffusion.lam)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    was_training = model.training
+    model.train()
+    try:
+        peak = peak_at(trainer.micro_batch, forward_backward)
+    finally:
+        model.train(was_training)
+    held = {"weights": module_bytes(model), "AdamW": 2 * _nbytes(params), "EMA": _nbytes(ema)}
+    if trainer.local_batch > trainer.micro_batch:   # later micro-batches run with the gradients already there
+        held["accumulated gradients"] = _nbytes(params)
+    if trainer.world.distributed:
+        held["DDP buckets"] = _nbytes(params)
+    data = trainer.stream.data
+    if data.images.device.type == device.type:
+        held["data"] = data.nbytes
+    return MemoryEstimate("training per process", device.type, held, peak, "forward/backward")
+
+
+def estimate_sampling_memory(sample: Callable[[int], object], *, weights: int, batch: int, device: str) -> MemoryEstimate:
+    """The estimate for sampling ``batch`` at once: ``sample(b)`` runs the real sampling call (same
+    model, guidance, sampler and device) for b samples and 3 steps. ``weights``: bytes of the model
+    held meanwhile (:func:`module_bytes`)."""
+    return MemoryEstimate(f"sampling {batch} at once", torch.device(device).type, {"weights": weights},
+                          peak_at(batch, sample), "sampling")

@@ -172,8 +172,8 @@ def _print_memory_estimate(run, batch: int, sample, device: str) -> None:
     def probe(n):
         return sample(n, steps=3, generator=torch.Generator(device).manual_seed(0))
 
-    est = estimate_sampling_memory(probe, weights=module_bytes(run.model), batch=batch)
-    print(est.summary(torch.device(device).type), file=sys.stderr, flush=True)
+    est = estimate_sampling_memory(probe, weights=module_bytes(run.model), batch=batch, device=device)
+    print(est.summary(), file=sys.stderr, flush=True)
 
 
 def _modality_of(run, kind: str, *, required: bool, hint: str = ""):

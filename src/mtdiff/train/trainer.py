@@ -305,9 +305,9 @@ class Trainer:
         writer = _tensorboard(self.run_dir / "tb") if main else None
         if main:
             if self.progress:
-                print(self.memory.summary(self.device.type), file=sys.stderr, flush=True)
+                print(self.memory.summary(), file=sys.stderr, flush=True)
             if self.step == 0:
-                self._log_prior(log_path, writer, memory_estimate_bytes=self.memory.total(self.device.type))
+                self._log_prior(log_path, writer, memory_estimate_bytes=self.memory.total())
         bar = tqdm(total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train", dynamic_ncols=True)
         last: dict[str, float] = {}
         acc: dict[str, torch.Tensor] = {}
