@@ -1,7 +1,9 @@
-"""Killed runs and full disks lose nothing: SIGKILL at random moments over many cycles (during steps and
-during checkpoint writes) always leaves a complete, verified checkpoint, and the resumed run ends
-bit-identical to one never killed; a full disk during a save stops the run with a clear message and
-the previous checkpoint intact."""
+"""Reliability (issue 6). Killed runs and full disks lose nothing: SIGKILL at random moments over many
+cycles (during steps and during checkpoint writes) always leaves a complete, verified checkpoint, and
+the resumed run ends bit-identical to one never killed; a full disk (injected, and a real tmpfs) stops
+the run naming the file and the intact checkpoint. Bad inputs at inference and bad data before
+training get named errors. Training and sampling stay within the memory predicted before they start,
+and the CPU demo under 4 GiB."""
 import errno
 import json
 import os
