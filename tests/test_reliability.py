@@ -115,6 +115,16 @@ def test_disk_full_during_a_save_stops_with_the_previous_checkpoint_intact(tmp_p
     assert not list((tmp_path / "r" / "checkpoints").glob(".tmp-*"))    # the partial write was removed
 
 
+def test_a_log_line_a_full_disk_cut_short_is_ended_before_the_next(tmp_path):
+    from mtdiff.train.trainer import _append_jsonl
+
+    log = tmp_path / "log.jsonl"
+    _append_jsonl(log, {"step": 1})
+    log.write_text(log.read_text() + '{"step": 2, "lo')          # the disk filled up mid-line
+    _append_jsonl(log, {"step": 3})
+    assert log.read_text().splitlines() == ['{"step": 1}', '{"step": 2, "lo', '{"step": 3}']
+
+
 DISK_PROBE = """
 import contextlib, io, json, shutil, subprocess, sys
 from pathlib import Path

@@ -404,8 +404,10 @@ def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
     line = json.dumps({k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in entry.items()}) + "\n"
     try:
         with open(path, "ab+") as f:
-            if f.seek(0, 2) > 0 and f.seek(-1, 2) >= 0 and f.read(1) != b"\n":
-                line = "\n" + line
+            if f.seek(0, 2):                    # not empty: does the last line end?
+                f.seek(-1, 2)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
             f.write(line.encode())
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from e
