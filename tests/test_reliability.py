@@ -411,6 +411,27 @@ def test_the_estimate_is_printed_before_training_and_logged(tmp_path, folder, ca
     assert first["memory_estimate_bytes"] > 0
 
 
+def test_a_failing_estimate_never_keeps_work_from_running(tmp_path, folder, masked_run, capsys, monkeypatch):
+    """The estimates are advisory: should measuring fail (an op the dispatch mode cannot follow, say),
+    training and sampling go on, with the reason printed."""
+    import mtdiff.memory
+    import mtdiff.train.trainer as tr
+    from mtdiff.cli.main import main
+
+    def broken(*a, **k):
+        raise RuntimeError("cannot follow this op")
+
+    monkeypatch.setattr(tr, "estimate_training_memory", broken)
+    monkeypatch.setattr(mtdiff.memory, "estimate_sampling_memory", broken)
+    cfg = tiny("mnist-masked-x", *SMALL[5:], "data.source=folder", f"data.root={folder}", "train.steps=1")
+    with pytest.warns(UserWarning, match="no memory estimate .RuntimeError: cannot follow this op"):
+        trainer = Trainer(cfg, tmp_path / "r", progress=True)
+    trainer.run()
+    assert "memory_estimate_bytes" not in json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])
+    assert main(["sample", "--run", str(masked_run), "--num", "2", "--steps", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert "no memory estimate (RuntimeError: cannot follow this op)" in capsys.readouterr().err
+
+
 def test_live_tensors_counts_new_storage_until_it_is_freed():
     """A known answer: views and in-place results are no new memory, a freed tensor no longer counts,
     a tensor made before is never counted, and the peak is the most alive at once."""

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,11 @@ class Trainer:
         self.skipped_on_device = torch.zeros((), device=self.device)
         if resume:
             self._restore()
-        self.memory = estimate_training_memory(self)         # one eager forward at batch 1, before compiling
+        try:   # eager passes at batch 2 and 4, before compiling; advisory, so it never keeps a run from starting
+            self.memory = estimate_training_memory(self)
+        except Exception as e:
+            warnings.warn(f"no memory estimate ({type(e).__name__}: {e}); training goes on", stacklevel=2)
+            self.memory = None
         if t.compile:   # in place (parameter names stay unchanged); static shapes, so it compiles once
             self.model.backbone.compile(dynamic=False)
         self.net = self.model                                # what the loss calls: the model, or its DDP wrapper
@@ -304,10 +309,10 @@ class Trainer:
         log_path = self.run_dir / "log.jsonl"
         writer = _tensorboard(self.run_dir / "tb") if main else None
         if main:
-            if self.progress:
+            if self.progress and self.memory is not None:
                 print(self.memory.summary(), file=sys.stderr, flush=True)
             if self.step == 0:
-                self._log_prior(log_path, writer, memory_estimate_bytes=self.memory.total())
+                self._log_prior(log_path, writer, **({"memory_estimate_bytes": self.memory.total()} if self.memory else {}))
         bar = tqdm(total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train", dynamic_ncols=True)
         last: dict[str, float] = {}
         acc: dict[str, torch.Tensor] = {}
