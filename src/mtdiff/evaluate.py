@@ -73,24 +73,33 @@ def joint_images(run: Run, num: int, *, batch: int, **kw) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _class_modality(model):
+    """(name, modality) through which classes can be asked for: the label modality, else a text modality
+    with class names; None when the model has neither."""
+    mods = list(model.modalities.items())
+    return (next(((n, m) for n, m in mods if m.kind == "label"), None)
+            or next(((n, m) for n, m in mods if m.kind == "text" and m.class_names), None))
+
+
 def class_conditions(model, classes: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[str]] | None:
     """Known data asking for ``classes`` [N]: the label modality's indices, else the text modality's
     captions of the class names; with a short caption per sample to print. None when the model has neither."""
-    kinds = {mod.kind: name for name, mod in model.modalities.items()}
-    if "label" in kinds:
-        return {kinds["label"]: classes}, [str(int(k)) for k in classes]
-    if "text" in kinds and model.modalities[kinds["text"]].class_names:
-        mod = model.modalities[kinds["text"]]
-        return {kinds["text"]: mod.from_labels(classes)}, [mod.class_names[int(k)][:14] for k in classes]
-    return None
+    found = _class_modality(model)
+    if found is None:
+        return None
+    name, mod = found
+    if mod.kind == "label":
+        return {name: classes}, [str(int(k)) for k in classes]
+    return {name: mod.from_labels(classes)}, [mod.class_names[int(k)][:14] for k in classes]
 
 
 def num_classes(model) -> int | None:
     """How many classes :func:`class_conditions` can ask for (None without a label or captioned text modality)."""
-    for mod in model.modalities.values():
-        if mod.kind == "label":
-            return mod.num_classes
-    return next((len(m.class_names) for m in model.modalities.values() if m.kind == "text" and m.class_names), None)
+    found = _class_modality(model)
+    if found is None:
+        return None
+    mod = found[1]
+    return mod.num_classes if mod.kind == "label" else len(mod.class_names)
 
 
 def elbo_timesteps(num_timesteps: int, steps: int = 10) -> list[int]:

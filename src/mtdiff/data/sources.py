@@ -140,9 +140,8 @@ class ImageSet:
 
     def to(self, device: torch.device | str) -> ImageSet:
         """The same set with its tensors on ``device`` (batches are then gathered there, with no copy per step)."""
-        return replace(self, images=self.images.to(device),
-                                   labels=None if self.labels is None else self.labels.to(device),
-                                   extras={k: v.to(device) for k, v in self.extras.items()})
+        return replace(self, images=self.images.to(device), labels=None if self.labels is None else self.labels.to(device),
+                       extras={k: v.to(device) for k, v in self.extras.items()})
 
     def to_float(self, idx=None) -> torch.Tensor:
         """float32 images in [-1, 1] (x / 127.5 - 1) for the index tensor ``idx``.
