@@ -352,13 +352,9 @@ def test_a_folder_is_decoded_to_the_configured_channels_and_size(tmp_path, folde
 
 # ---------------------------------------------------------------------------- memory
 
-PROBE = """
-import json, sys, tempfile, torch
-torch.set_num_threads(1)
+MEASURE = """
+import json, sys, torch
 from torch.profiler import ProfilerActivity, profile
-from mtdiff.config import load_config
-from mtdiff.train import Trainer
-from mtdiff.data.sources import ImageSet
 
 def peak_rss():   # VmHWM: this process's own peak (ru_maxrss would carry the forking parent's over exec)
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -372,6 +368,14 @@ def allocated_peak(fn):   # PyTorch's own allocation record
         allocated += e.nbytes()
         peak = max(peak, allocated)
     return peak
+"""
+
+PROBE = MEASURE + """
+import tempfile
+torch.set_num_threads(1)
+from mtdiff.config import load_config
+from mtdiff.train import Trainer
+from mtdiff.data.sources import ImageSet
 
 data = ImageSet((torch.rand(256, 1, 32, 32) * 255).to(torch.uint8), torch.randint(0, 10, (256,)), list("0123456789"))
 cfg = load_config("mnist-demo", ["train.sample_every=0", *sys.argv[1:]])
@@ -381,8 +385,8 @@ before = peak_rss()     # the peak so far: set-up and the estimate's own passes
 trainer.train_step()    # the first step also makes AdamW's moments
 resident = peak_rss() - before
 allocated = allocated_peak(trainer.train_step)    # the moments exist now
-held = sum(b for k, b in est.held.items() if k in ("AdamW", "accumulated gradients"))
-print(json.dumps({"step_peak": est.peak.total + est.held.get("accumulated gradients", 0), "allocated": allocated, "predicted": held + est.peak.total,
+step_peak = est.peak.total + est.held.get("accumulated gradients", 0)
+print(json.dumps({"step_peak": step_peak, "allocated": allocated, "predicted": step_peak + est.held["AdamW"],
                   "resident": resident}))
 """
 
@@ -448,17 +452,12 @@ def test_live_tensors_counts_new_storage_until_it_is_freed():
     assert (live.peak, live.live) == (12000, 0)
 
 
-SAMPLE_PROBE = """
-import json, sys, torch
+SAMPLE_PROBE = MEASURE + """
 torch.set_num_threads(1)
-from torch.profiler import ProfilerActivity, profile
 from mtdiff.build import build_model, build_process
 from mtdiff.config import load_config
 from mtdiff.memory import estimate_sampling_memory, module_bytes
 from mtdiff.sampling import ClassifierFreeGuidance, generate_joint
-
-def peak_rss():
-    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
 
 preset, sampler, batch, guidance = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 cfg = load_config(preset)
@@ -471,15 +470,9 @@ def sample(n, steps=3):
 est = estimate_sampling_memory(sample, weights=module_bytes(model), batch=batch, device="cpu")
 before = peak_rss()
 sample(batch, steps=4)
-rss = peak_rss() - before
-with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:    # PyTorch's allocation record
-    sample(batch, steps=4)
-events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
-allocated = peak = 0
-for e in events:
-    allocated += e.nbytes()
-    peak = max(peak, allocated)
-print(json.dumps({"predicted": est.peak.total, "allocated": peak, "resident": rss}))
+resident = peak_rss() - before
+allocated = allocated_peak(lambda: sample(batch, steps=4))
+print(json.dumps({"predicted": est.peak.total, "allocated": allocated, "resident": resident}))
 """
 
 
@@ -503,14 +496,12 @@ def test_the_cpu_demo_stays_under_4_gib_resident(tmp_path):
     """The README's main job, shortened to 5 training steps (its memory does not grow with steps), prints
     its training and sampling estimates first and peaks under 4 GiB resident (1.04 GiB measured, most of
     it PyTorch itself and the MNIST splits)."""
-    code = ("import sys; from mtdiff.cli.main import main; rc = main(sys.argv[1:]); "
-            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')), file=sys.stderr); "
-            "sys.exit(rc)")
+    code = MEASURE + "from mtdiff.cli.main import main\nrc = main(sys.argv[1:])\nprint(peak_rss(), file=sys.stderr)\nsys.exit(rc)"
     proc = subprocess.run([sys.executable, "-c", code, "demo", "--steps", "5", "--out", str(tmp_path / "demo")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
-    peak = int(err[-1]) * 1024
+    peak = int(err[-1])
     training = next(l for l in err if l.startswith("memory estimate for training per process on cpu:"))
     sampling = next(l for l in err if l.startswith("memory estimate for sampling 64 at once on cpu:"))
     print(f"peak {peak / 2**30:.2f} GiB; {training}; {sampling}")
