@@ -19,7 +19,7 @@ class ToyModel:
     def encode(self, data):
         return {k: v for k, v in data.items() if k in self.process.weights}
 
-    def predict(self, z, t, data):
+    def predict(self, z, t, data, enc=None):
         est = {} if self.estimate is None else {"m": self.estimate(z, t)}
         return self.eps_fn(z, t, data), est
 

@@ -142,15 +142,18 @@ def test_fp16_scales_the_loss_and_an_overflow_skips_the_step_and_halves_the_scal
     assert ckpt["meta"]["counters"]["skipped_nonfinite"] == 1 and resumed.scaler.get_scale() == scale0 / 2
 
 
-def test_bf16_is_the_gpu_default_and_the_cpu_runs_fp32():
-    """``train.precision: auto`` (the default, and every preset's) is bf16 autocast on a GPU and fp32 on
-    the CPU; an explicit choice applies on any device."""
+def test_bf16_is_the_default_where_native_and_fp32_elsewhere(monkeypatch):
+    """``train.precision: auto`` (the default, and every preset's) is bf16 autocast on a GPU and on a CPU
+    with native bf16, fp32 on other CPUs; an explicit choice applies on any device."""
     from mtdiff.config import TrainConfig, load_config, presets
-    from mtdiff.train import autocast_dtype
+    from mtdiff.train import autocast_dtype, trainer
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert TrainConfig().precision == "auto"
-    assert autocast_dtype("auto", cuda) is torch.bfloat16 and autocast_dtype("auto", cpu) is None
+    for native in (True, False):
+        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+        assert autocast_dtype("auto", cuda) is torch.bfloat16
+        assert autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
     for device in (cuda, cpu):
         assert autocast_dtype("bf16", device) is torch.bfloat16 and autocast_dtype("fp16", device) is torch.float16
         assert autocast_dtype("fp32", device) is None

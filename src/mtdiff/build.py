@@ -5,9 +5,9 @@ from .config import Config, ConfigError
 from .modalities import MODALITY_KINDS
 from .models import MTModel, UNet
 from .models.autoencoder import LatentMap, PixelMap, SpaceMap, latent_shape, read_vae_config
-from .process import MTProcess, aggregation_schedule, beta_schedule
+from .process import MTProcess, Prediction, aggregation_schedule, beta_schedule
 
-__all__ = ["build_process", "build_model", "build_space_map", "context_dim", "diffusion_shape"]
+__all__ = ["build_process", "build_model", "build_prediction", "build_space_map", "context_dim", "diffusion_shape"]
 
 _TOKEN_KINDS = ("label", "vector", "text")
 
@@ -51,6 +51,12 @@ def build_space_map(cfg: Config, device="cpu") -> SpaceMap:
     return LatentMap.load(cfg.data.autoencoder, scale=cfg.data.latent_scale, device=device)
 
 
+def build_prediction(cfg: Config, process: MTProcess | None = None) -> Prediction:
+    """The network's output space and the loss weighting of ``cfg.diffusion`` on the run's schedule."""
+    d = cfg.diffusion
+    return Prediction(process or build_process(cfg), d.prediction, d.loss_weighting, d.snr_gamma)
+
+
 def build_model(cfg: Config) -> MTModel:
     """The U-Net backbone and one Modality object (encoder + head) per configured modality."""
     m, d = cfg.model, cfg.data
@@ -92,4 +98,4 @@ def build_model(cfg: Config) -> MTModel:
                         gradient_checkpointing=m.gradient_checkpointing)
     except ValueError as e:            # the U-Net's own checks name the model.* setting at fault
         raise ConfigError(f"model: {e}") from None
-    return MTModel(backbone, modalities, conditioned=cond_names)
+    return MTModel(backbone, modalities, conditioned=cond_names, prediction=build_prediction(cfg))

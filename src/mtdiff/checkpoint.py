@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "has_checkpoints", "CheckpointError", "optimizer_to_flat",
+__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_steps", "latest_checkpoint", "has_checkpoints", "CheckpointError", "optimizer_to_flat",
            "optimizer_from_flat"]
 
 FORMAT = "mtdiff-checkpoint"
@@ -192,15 +192,26 @@ def _verify_and_load(d: Path) -> dict[str, Any]:
     return out
 
 
-def load_checkpoint(run_dir: Path, *, fallback: bool = True) -> dict[str, Any]:
-    """Load and verify the latest checkpoint of a run; with ``fallback``, a corrupt one is
-    skipped (with a warning) in favour of the previous complete one.
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of a run's complete checkpoints, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    return sorted(s for s, _ in _complete(root)) if root.is_dir() else []
+
+
+def load_checkpoint(run_dir: Path, *, fallback: bool = True, step: int | None = None) -> dict[str, Any]:
+    """Load and verify the latest checkpoint of a run (or the one of ``step``); with ``fallback``, a
+    corrupt latest one is skipped (with a warning) in favour of the previous complete one.
 
     Returns {"meta", "dir", "model", "ema", "state"}.
     """
     import warnings
 
     root = Path(run_dir) / "checkpoints"
+    if step is not None:
+        found = [d for s, d in (_complete(root) if root.is_dir() else []) if s == step]
+        if not found:
+            raise CheckpointError(f"no checkpoint of step {step} in {root}; it holds steps {checkpoint_steps(run_dir)}")
+        return _verify_and_load(found[0])
     first = latest_checkpoint(run_dir)
     if first is None:
         raise CheckpointError(f"no checkpoint in {root} (expected ckpt-*/meta.json written by mtdiff train)")

@@ -39,6 +39,9 @@ class DiffusionConfig:
     timesteps: int = 1000
     beta_schedule: Literal["linear", "cosine"] = "linear"
     lam: float = 0.1                            # lambda of Eq. 6
+    prediction: Literal["eps", "v", "x0"] = "eps"   # what the network outputs on the y-chain (eps: the paper's)
+    loss_weighting: Literal["uniform", "min-snr"] = "uniform"   # uniform: Eq. 6 as printed; min-snr: Hang et al. 2023
+    snr_gamma: float = 5.0                      # min-snr: the truncation gamma of min(SNR_t, gamma)
 
 
 @dataclass
@@ -87,14 +90,15 @@ class TrainConfig:
     micro_batch: int = 0                        # per-process chunk for gradient accumulation (0: the whole share at once)
     lr: float = 2e-4
     warmup_steps: int = 500
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"   # after warm-up; cosine/linear decay to 0 at train.steps
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     seed: int = 0
     device: str = "auto"                        # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # autocast dtype; auto: bf16 on GPU, fp32 elsewhere
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # autocast dtype; auto: bf16 on a GPU or a CPU with native bf16, else fp32
     compile: bool = False                       # torch.compile the backbone (minutes of compiling first)
-    channels_last: bool = False                 # NHWC memory layout on GPU
+    channels_last: bool = False                 # NHWC memory layout
     log_every: int = 50
     ckpt_every: int = 1000
     sample_every: int = 1000
@@ -365,6 +369,12 @@ def validate(cfg: Config) -> Config:
                           f"model.variant='X' or a text modality provides (got variant {m.variant!r}, no text)")
     if cfg.train.micro_batch < 0:
         raise ConfigError(f"train.micro_batch must be >= 0 (0: no gradient accumulation), got {cfg.train.micro_batch}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
+    if cfg.train.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps must be >= 0, got {cfg.train.warmup_steps}")
+    if cfg.diffusion.snr_gamma <= 0:
+        raise ConfigError(f"diffusion.snr_gamma must be > 0, got {cfg.diffusion.snr_gamma}")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
     return cfg

@@ -28,7 +28,7 @@ def elbo_logits(run: Run, z0: torch.Tensor, modality: str, *, timesteps: list[in
         noise = torch.randn(z0.shape, generator=generator, device=z0.device)
         for c, (data, enc) in enumerate(zip(classes, encoded)):
             zt = run.process.q_sample(z0, tt, enc, noise)
-            eps, _ = model.predict(zt, tt, data)
+            eps, _ = model.predict(zt, tt, data, enc)
             err[:, c] += ((eps - noise) ** 2).flatten(1).mean(1)
     return -err / len(timesteps)
 

@@ -42,11 +42,11 @@ class Run:
     latent: SpaceMap = field(default_factory=PixelMap)   # pixels <-> diffusion space (decode samples before saving)
 
 
-def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True) -> Run:
-    """Load a trained run for inference (the EMA weights by default)."""
+def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True, step: int | None = None) -> Run:
+    """Load a trained run for inference (the EMA weights by default; the latest checkpoint, or ``step``'s)."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    ckpt = load_checkpoint(run_dir)
+    ckpt = load_checkpoint(run_dir, step=step)
     model = build_model(cfg)
     weights = ckpt["ema" if ema else "model"]
     try:

@@ -11,6 +11,7 @@ from .unet import UNet
 
 if TYPE_CHECKING:
     from ..modalities.base import Modality
+    from ..process.prediction import Prediction
 
 __all__ = ["MTModel"]
 
@@ -24,9 +25,11 @@ class MTModel(nn.Module):
     A pure condition (a caption: ``aggregates`` and ``has_head`` False) is an input in every variant.
     """
 
-    def __init__(self, backbone: UNet, modalities: Sequence[Modality], *, conditioned: Sequence[str] = ()):
+    def __init__(self, backbone: UNet, modalities: Sequence[Modality], *, conditioned: Sequence[str] = (),
+                 prediction: Prediction | None = None):
         super().__init__()
         self.backbone = backbone
+        self.prediction = prediction          # the backbone's output space (None: eps) and the loss weighting
         self.modalities = nn.ModuleDict({m.name: m for m in modalities})
         unknown = [c for c in conditioned if c not in self.modalities]
         if unknown:
@@ -80,16 +83,27 @@ class MTModel(nn.Module):
         return cond, context
 
     def forward(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """(eps_theta, {name: head output}) for z_t [B, C, H, W] at timesteps t [B]."""
+        """(backbone output, {name: head output}) for z_t [B, C, H, W] at timesteps t [B]; the output is
+        eps_theta, or v or z_0 where ``prediction`` says so (:meth:`predict` always returns eps)."""
         cond, context = self._inputs(data)
         feats = self.backbone(z, t, cond=cond, context=context)
         return feats["eps"], {name: m.head(feats) for name, m in self.modalities.items() if m.has_head}
 
     @torch.no_grad()
-    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """(eps_theta, {name: estimated x_i}) for sampling (Algorithm 1 lines 8-10)."""
-        eps, preds = self(z, t, data)
+    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None,
+                enc: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(eps_theta, {name: estimated x_i}) for sampling (Algorithm 1 lines 8-10). ``enc``: the encodings
+        that formed z_t (default: those of ``data``); a v or z_0 output needs them to become eps."""
+        out, preds = self(z, t, data)
+        eps = self.to_eps(out, z, t, data, enc)
         return eps.to(z.dtype), {name: self.modalities[name].estimate(p) for name, p in preds.items()}
+
+    def to_eps(self, out: Tensor, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None,
+               enc: Mapping[str, Tensor] | None = None) -> Tensor:
+        """The backbone output as eps (the identity for an eps-prediction model)."""
+        if self.prediction is None or self.prediction.kind == "eps":
+            return out
+        return self.prediction.eps(out.float(), z.float(), t, self.encode(data or {}) if enc is None else enc)
 
     def init_data(self, names: Sequence[str], batch: int, *, generator: torch.Generator | None, device) -> dict[str, Tensor]:
         """Random initial data for the unknown modalities (Algorithm 1 line 3)."""

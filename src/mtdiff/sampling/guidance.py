@@ -37,10 +37,12 @@ class ClassifierFreeGuidance(_Wrapper):
             raise ValueError("classifier-free guidance needs a model with backbone inputs (variant X)")
 
     @torch.no_grad()
-    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        eps_c, est = self.model.predict(z, t, data)
+    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor],
+                enc: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        enc = self.model.encode(data) if enc is None else enc      # z_t was formed with the conditions' encodings
+        eps_c, est = self.model.predict(z, t, data, enc)
         null = self.model.init_data(self.names, z.shape[0], generator=None, device=z.device)
-        eps_u, _ = self.model.predict(z, t, {**data, **null})
+        eps_u, _ = self.model.predict(z, t, {**data, **null}, enc)
         return eps_u + self.scale * (eps_c - eps_u), est
 
 
@@ -55,14 +57,16 @@ class HeadGuidance(_Wrapper):
             raise ValueError(f"head guidance needs a label modality; {name!r} is {model.modalities[name].kind!r}")
         self.process, self.name, self.y, self.scale = process, name, y, float(scale)
 
-    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor],
+                enc: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.enable_grad():
             zg = z.detach().requires_grad_(True)
-            eps, preds = self.model(zg, t, data)
+            out, preds = self.model(zg, t, data)
             logp = torch.log_softmax(preds[self.name].float(), dim=1)
             selected = logp.gather(1, self.y.to(z.device)[:, None]).sum()
             grad = torch.autograd.grad(selected, zg)[0]
         std = self.process.noise_std(t, z)
         m = self.model.modalities
         est = {n: m[n].estimate(p.detach()) for n, p in preds.items()}
-        return (eps.detach() - self.scale * std * grad).to(z.dtype), est
+        eps = self.model.to_eps(out.detach(), z, t, data, enc)
+        return (eps - self.scale * std * grad).to(z.dtype), est

@@ -26,7 +26,8 @@ __all__ = ["SampleState", "Denoiser", "init_state", "ancestral", "ddim", "dpm_so
 class Denoiser(Protocol):
     """What a sampler needs from a model (``mtdiff.models.MTModel`` is one)."""
 
-    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...
+    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor],
+                enc: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]: ...
     def encode(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]: ...
     def init_data(self, names: Sequence[str], batch: int, *, generator, device) -> dict[str, Tensor]: ...
 
@@ -104,7 +105,7 @@ def _steps(step_fn, model, process, state, ts, generator, callback, clip, constr
     z = state.z
     for k, (t, s) in enumerate(zip(ts, ts[1:] + [-1])):
         tt = torch.full((z.shape[0],), t, dtype=torch.long, device=z.device)
-        eps, est = model.predict(z, tt, state.data)
+        eps, est = model.predict(z, tt, state.data, state.enc)
         ab_t = process.alphas_cumprod[t]
         ab_s = process.alphas_cumprod[s] if s >= 0 else torch.ones((), dtype=torch.float64)
         y = z - process.shift(tt, state.enc, z)                           # into the DDPM chain

