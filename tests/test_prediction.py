@@ -173,3 +173,14 @@ def test_learning_rate_schedules_warm_up_alike_and_decay_to_zero(schedule, tmp_p
     assert lrs[-1] == 0.0 and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     mid = 1e-3 * 0.5 if schedule == "cosine" else 1e-3 * (1 - 45 / 90)
     assert tr.lr_at(54) == pytest.approx(mid, rel=1e-9)                   # halfway through the decay
+
+
+def test_resuming_with_more_steps_warns_that_a_decaying_lr_changes(tmp_path):
+    from mtdiff.data.sources import ImageSet
+    from mtdiff.train import Trainer
+
+    data = ImageSet(torch.zeros(16, 1, 32, 32, dtype=torch.uint8), None, [], "zeros")
+    common = ["train.batch_size=4", "train.warmup_steps=1", "train.sample_every=0", "train.log_every=1"]
+    Trainer(tiny("mnist-ddpm", *common, "train.steps=2"), tmp_path, data=data, progress=False).run()
+    with pytest.warns(UserWarning, match="was 2 when this run started"):
+        Trainer(tiny("mnist-ddpm", *common, "train.steps=4"), tmp_path, data=data, resume=True, progress=False)

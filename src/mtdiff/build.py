@@ -1,6 +1,8 @@
 """Build the process and the model from a Config (the one place that maps config to objects)."""
 from __future__ import annotations
 
+import torch
+
 from .config import Config, ConfigError
 from .modalities import MODALITY_KINDS
 from .models import MTModel, UNet
@@ -13,7 +15,13 @@ _TOKEN_KINDS = ("label", "vector", "text")
 
 
 def build_process(cfg: Config) -> MTProcess:
-    """beta schedule + one aggregation schedule per modality -> MTProcess."""
+    """beta schedule + one aggregation schedule per modality -> MTProcess (float64 tables on the CPU,
+    whatever the default device: models may be built on ``meta`` or a GPU)."""
+    with torch.device("cpu"):
+        return _build_process(cfg)
+
+
+def _build_process(cfg: Config) -> MTProcess:
     betas = beta_schedule(cfg.diffusion.beta_schedule, cfg.diffusion.timesteps)
     weights = {}
     for name, mc in cfg.modalities.items():

@@ -40,7 +40,7 @@ class DiffusionConfig:
     beta_schedule: Literal["linear", "cosine"] = "linear"
     lam: float = 0.1                            # lambda of Eq. 6
     prediction: Literal["eps", "v", "x0"] = "eps"   # what the network outputs on the y-chain (eps: the paper's)
-    loss_weighting: Literal["uniform", "min-snr"] = "uniform"   # uniform: Eq. 6 as printed; min-snr: Hang et al. 2023
+    loss_weighting: Literal["uniform", "min-snr"] = "min-snr"   # min-snr: Hang et al. 2023; uniform: Eq. 6 as printed (the paper's)
     snr_gamma: float = 5.0                      # min-snr: the truncation gamma of min(SNR_t, gamma)
 
 
@@ -90,7 +90,7 @@ class TrainConfig:
     micro_batch: int = 0                        # per-process chunk for gradient accumulation (0: the whole share at once)
     lr: float = 2e-4
     warmup_steps: int = 500
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"   # after warm-up; cosine/linear decay to 0 at train.steps
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"   # after warm-up; cosine/linear decay to 0 at train.steps; constant: the paper's
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999

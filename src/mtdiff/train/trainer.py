@@ -215,6 +215,12 @@ class Trainer:
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
+        before = meta.get("config", {}).get("train", {}).get("steps", self.cfg.train.steps)
+        if before != self.cfg.train.steps and self.cfg.train.lr_schedule != "constant":
+            warnings.warn(f"train.steps is now {self.cfg.train.steps}, was {before} when this run started: the "
+                          f"{self.cfg.train.lr_schedule} learning-rate decay from step {self.step} on follows the new "
+                          f"length, so the run differs from one trained for {self.cfg.train.steps} steps from the start",
+                          stacklevel=3)
         counters = meta.get("counters", {})
         self.skipped_on_device.fill_(counters.get("skipped_nonfinite", 0))
         self.streak.fill_(counters.get("nonfinite_streak", 0))
