@@ -126,7 +126,7 @@ def timed(step, n: int, warm: int = 3) -> float:
 def mtdiff_config(preset: str, overrides: list[str], steps: int, curve: int, seed: int):
     from mtdiff.config import load_config
 
-    every = max(1, steps // (curve + 1)) if curve else steps
+    every = math.ceil(steps / (curve + 1))
     return load_config(preset, [*overrides, f"train.steps={steps}", f"train.ckpt_every={every}",
                                 f"train.keep_checkpoints={curve + 1}", "train.sample_every=0", "train.device=cpu",
                                 f"train.seed={seed}"])
@@ -222,7 +222,7 @@ def train_peer(name: str, target_params: int, args, data) -> tuple[dict, list]:
     sched_name = "constant_with_warmup" if r["schedule"] == "constant" else r["schedule"]
     lr_sched = get_scheduler(sched_name, opt, num_warmup_steps=r["warmup"], num_training_steps=steps)
     ema = EMAModel(model.parameters(), **r["ema"])
-    every = max(1, steps // (args.curve + 1)) if args.curve else steps
+    every = math.ceil(steps / (args.curve + 1))
     snaps, t0 = [], time.perf_counter()
     for i in range(1, steps + 1):
         step()
