@@ -177,7 +177,7 @@ def peer_unet(target_params: int):
                            up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
     sizes = [(c, layers) for layers in (1, 2) for c in range(8, 129, 4)]
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    best = min(sizes, key=lambda s: abs(count(make(*s)) / target_params - 1) if s[0] * 4 <= 512 else math.inf)
+    best = min(sizes, key=lambda s: abs(count(make(*s)) / target_params - 1))
     return make(*best)
 
 
@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
+    from mtdiff.checkpoint import checkpoint_steps
     from mtdiff.config import load_config
     from mtdiff.metrics.quality import reference_stats
     from mtdiff.pretrained.images import load_image_features
@@ -369,7 +370,6 @@ def main(argv: list[str] | None = None) -> dict:
     records, sources = [], []
     for name, (preset, overrides, _) in arms.items():
         rec = train_mtdiff(name, preset, overrides, args, data)
-        from mtdiff.checkpoint import checkpoint_steps
         sources.append((rec, [(s, s) for s in checkpoint_steps(rec["dir"])],
                         lambda snap, n, rec=rec: mtdiff_samples(rec, snap, n, args)))
         records.append(rec)

@@ -59,10 +59,10 @@ def build_space_map(cfg: Config, device="cpu") -> SpaceMap:
     return LatentMap.load(cfg.data.autoencoder, scale=cfg.data.latent_scale, device=device)
 
 
-def build_prediction(cfg: Config, process: MTProcess | None = None) -> Prediction:
+def build_prediction(cfg: Config) -> Prediction:
     """The network's output space and the loss weighting of ``cfg.diffusion`` on the run's schedule."""
     d = cfg.diffusion
-    return Prediction(process or build_process(cfg), d.prediction, d.loss_weighting, d.snr_gamma)
+    return Prediction(build_process(cfg), d.prediction, d.loss_weighting, d.snr_gamma)
 
 
 def build_model(cfg: Config) -> MTModel:

@@ -194,8 +194,7 @@ def _verify_and_load(d: Path) -> dict[str, Any]:
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
     """The steps of a run's complete checkpoints, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    return sorted(s for s, _ in _complete(root)) if root.is_dir() else []
+    return sorted(s for s, _ in _complete(Path(run_dir) / "checkpoints"))
 
 
 def load_checkpoint(run_dir: Path, *, fallback: bool = True, step: int | None = None) -> dict[str, Any]:
@@ -208,7 +207,7 @@ def load_checkpoint(run_dir: Path, *, fallback: bool = True, step: int | None = 
 
     root = Path(run_dir) / "checkpoints"
     if step is not None:
-        found = [d for s, d in (_complete(root) if root.is_dir() else []) if s == step]
+        found = [d for s, d in _complete(root) if s == step]
         if not found:
             raise CheckpointError(f"no checkpoint of step {step} in {root}; it holds steps {checkpoint_steps(run_dir)}")
         return _verify_and_load(found[0])

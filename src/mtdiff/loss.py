@@ -37,7 +37,6 @@ def mt_loss(model: MTModel, process: MTProcess, z0: Tensor, data: Mapping[str, T
     heads = {name: model.modalities[name].loss(p, data[name]) for name, p in preds.items()}
     total = pred.weight(t) * mse + lam * sum(heads.values(), torch.zeros_like(mse))
     with torch.no_grad():
-        eps = out if pred.kind == "eps" else pred.eps(out.float(), zt.float(), t, enc)
-        eps_mse = ((eps.float() - noise.float()) ** 2).mean()
+        eps_mse = ((pred.eps(out.float(), zt.float(), t, enc) - noise.float()) ** 2).mean()
     terms = {"eps_mse": eps_mse, **{k: v.mean().detach() for k, v in heads.items()}}
     return total.mean(), terms
