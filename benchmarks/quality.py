@@ -1,7 +1,7 @@
 """Sample quality per CPU minute: mtdiff arms against a diffusers peer trained for the same wall clock.
 
     python benchmarks/quality.py [--minutes 6 | --steps N] [--arms demo,...] [--arm NAME=PRESET:KEY=V;KEY=V ...]
-                                 [--peers demo-recipe,example] [--num 1000] [--sampler ddim] [--sample-steps 50]
+                                 [--peers demo-recipe,mtdiff-recipe,example] [--num 1000] [--sampler ddim] [--sample-steps 50]
                                  [--curve 3] [--runs runs/quality] [--out-dir benchmarks/results] [--tag NAME]
 
 Every arm trains on MNIST (32x32) for the same budget: ``--steps`` steps, or ``--minutes`` of wall clock
@@ -23,7 +23,9 @@ The peer is what a user would pick instead: diffusers' ``UNet2DModel`` with ``DD
 betas, 1000 steps, eps prediction), its size searched so its parameter count is within 5% of the first
 mtdiff arm's, sampled with diffusers' own DDIM scheduler for the same number of steps. ``demo-recipe``
 trains it with the recipe mtdiff's demo used before this benchmark existed (AdamW lr 2e-3, warm-up
-100, EMA 0.999, clipping 1, batch 32, uniform t, eps MSE, fp32); ``example`` with the defaults of
+100, EMA 0.999, clipping 1, batch 32, uniform t, eps MSE, fp32); ``mtdiff-recipe`` with mtdiff's default
+recipe on top of it (cosine decay to 0, min-SNR-5 weighting by diffusers' ``compute_snr``, bf16 autocast on
+a CPU with native bf16), which separates what the recipe gives from what the network gives; ``example`` with the defaults of
 diffusers' unconditional training example (lr 1e-4, cosine decay after 500 warm-up steps, AdamW betas
 (0.95, 0.999), weight decay 1e-6, batch 16, EMA with inv_gamma 1, power 3/4, max 0.9999).
 
@@ -52,6 +54,7 @@ CONFIDENT = 0.9
 # name -> (preset, overrides, what it is). The demo arm is `mtdiff demo`'s preset as it is now.
 ARMS = {
     "demo": ("mnist-demo", [], "mnist-demo as shipped (what `mtdiff demo` trains)"),
+    "ddpm": ("mnist-ddpm", [], "single-task DDPM on the demo's backbone with mtdiff's recipe: the like-for-like arm against the peers"),
     "demo-before": ("mnist-demo", ["diffusion.prediction=eps", "diffusion.loss_weighting=uniform",
                                    "train.lr_schedule=constant", "train.precision=fp32", "train.ema_decay=0.999"],
                     "the demo's recipe before this benchmark: the paper's objective (eps, Eq. 6 uniform), constant lr, fp32"),
@@ -60,6 +63,8 @@ ARMS = {
 PEERS = {
     "demo-recipe": {"lr": 2e-3, "warmup": 100, "schedule": "constant", "betas": (0.9, 0.999), "weight_decay": 0.0,
                     "eps": 1e-8, "batch": 32, "clip": 1.0, "ema": {"decay": 0.999}},
+    "mtdiff-recipe": {"lr": 2e-3, "warmup": 100, "schedule": "cosine", "betas": (0.9, 0.999), "weight_decay": 0.0,
+                      "eps": 1e-8, "batch": 32, "clip": 1.0, "ema": {"decay": 0.999}, "snr_gamma": 5.0, "bf16": True},
     "example": {"lr": 1e-4, "warmup": 500, "schedule": "cosine", "betas": (0.95, 0.999), "weight_decay": 1e-6,
                 "eps": 1e-8, "batch": 16, "clip": 1.0,
                 "ema": {"decay": 0.9999, "use_ema_warmup": True, "inv_gamma": 1.0, "power": 0.75}},
@@ -138,7 +143,10 @@ def train_mtdiff(name: str, preset: str, overrides: list[str], args, data) -> di
     run_dir = Path(args.runs) / name
     shutil.rmtree(run_dir, ignore_errors=True)            # scratch space of this benchmark
     steps, sec = args.steps, None
-    if args.minutes:
+    own = [o for o in overrides if o.startswith("train.steps=")]    # an arm's own steps: equal minutes set by hand
+    if own:
+        steps, overrides = int(own[-1].split("=", 1)[1]), [o for o in overrides if o not in own]
+    elif args.minutes:
         probe = Trainer(mtdiff_config(preset, overrides, 10**6, 0, args.seed), run_dir / "calibrate", data=data, progress=False)
         sec = timed(probe.train_step, args.calibrate)
         steps = max(1, int(args.minutes * 60 / sec))
@@ -185,7 +193,9 @@ def train_peer(name: str, target_params: int, args, data) -> tuple[dict, list]:
     """Train the diffusers peer with recipe ``name``; returns its record and [(step, EMA state)] snapshots."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
+    from diffusers.training_utils import EMAModel, compute_snr
+
+    from mtdiff.train.trainer import cpu_has_native_bf16
 
     from mtdiff.data.loader import BatchStream
 
@@ -197,11 +207,19 @@ def train_peer(name: str, target_params: int, args, data) -> tuple[dict, list]:
     stream = BatchStream(data, r["batch"], seed=args.seed)
     g = torch.Generator().manual_seed(args.seed)
 
+    bf16 = r.get("bf16", False) and cpu_has_native_bf16()
+
     def step():
         x0 = stream.next()["image"]
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
-        loss = torch.nn.functional.mse_loss(model(sched.add_noise(x0, noise, t), t).sample, noise)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(sched.add_noise(x0, noise, t), t).sample
+        err = (out.float() - noise).pow(2).mean((1, 2, 3))
+        if "snr_gamma" in r:                                      # min-SNR-gamma on the eps error
+            snr = compute_snr(sched, t)
+            err = err * snr.clamp(max=r["snr_gamma"]) / snr
+        loss = err.mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r["clip"])
         opt.step()
@@ -232,7 +250,7 @@ def train_peer(name: str, target_params: int, args, data) -> tuple[dict, list]:
             snaps.append((i, {k: v.clone() for k, v in model.state_dict().items()}))
             ema.restore(model.parameters())
     seconds = time.perf_counter() - t0
-    rec = {"name": f"diffusers-{name}", "kind": "diffusers", "recipe": r, "steps": steps, "batch": r["batch"],
+    rec = {"name": f"diffusers-{name}", "kind": "diffusers", "recipe": r, "bf16": bf16, "steps": steps, "batch": r["batch"],
            "params": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
            "calibrated_s_per_step": sec, "block_out_channels": list(model.config.block_out_channels),
            "layers_per_block": model.config.layers_per_block}
@@ -333,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     budget.add_argument("--steps", type=int, help="training steps per arm")
     ap.add_argument("--arms", default="demo", help=f"comma-separated names of {sorted(ARMS)} ('' for none)")
     ap.add_argument("--arm", action="append", default=[], metavar="NAME=PRESET:KEY=V;...", help="an extra mtdiff arm")
-    ap.add_argument("--peers", default="demo-recipe,example", help=f"comma-separated of {sorted(PEERS)} ('' for none)")
+    ap.add_argument("--peers", default="demo-recipe,mtdiff-recipe,example", help=f"comma-separated of {sorted(PEERS)} ('' for none)")
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--sampler", default="ddim")
     ap.add_argument("--sample-steps", type=int, default=50)

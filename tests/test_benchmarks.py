@@ -50,20 +50,22 @@ def test_sampling_table_has_the_ratio_to_the_reference(tmp_path, monkeypatch):
 
 
 def test_quality_scores_mtdiff_and_the_diffusers_peer_of_the_same_size(tmp_path):
-    """benchmarks/quality.py end to end at a smoke size: one mtdiff arm, both diffusers peers within 5% of
-    its parameters, a curve point per arm, the JSON, the table and the curve plot."""
+    """benchmarks/quality.py end to end at a smoke size: two mtdiff arms (one with its own steps), the three
+    diffusers peers within 5% of the first arm's parameters, a curve point per arm, the JSON, the table and
+    the curve plot."""
     pytest.importorskip("diffusers")
     pytest.importorskip("ccexam")
     pytest.importorskip("mnist")
     quality = _load("quality")
-    r = quality.main(["--steps", "2", "--num", "20", "--curve", "1", "--curve-num", "10", "--sample-steps", "2",
+    r = quality.main(["--steps", "3", "--arm", "own=mnist-ddpm:train.steps=2", "--num", "20", "--curve", "1", "--curve-num", "10", "--sample-steps", "2",
                       "--train-limit", "256", "--calibrate", "1", "--runs", str(tmp_path / "runs"),
                       "--out-dir", str(tmp_path), "--tag", "smoke", "--quiet"])
     names = [a["name"] for a in r["arms"]]
-    assert names == ["demo", "diffusers-demo-recipe", "diffusers-example"] and r["params_within_5pct"]
+    assert names == ["demo", "own", "diffusers-demo-recipe", "diffusers-mtdiff-recipe", "diffusers-example"]
+    assert r["params_within_5pct"] and [a["steps"] for a in r["arms"][:3]] == [3, 2, 3]
     for a in r["arms"]:
         assert [c["n"] for c in a["curve"]] == [10, 20] and 0 <= a["final"]["recognised"] <= 1
-    assert r["arms"][1]["fid_ratio_to_peer"] == 1.0
+    assert r["arms"][2]["fid_ratio_to_peer"] == 1.0
     assert r["reference"]["recognised"] > 0.9          # real digits are recognised: the classifiers work
     if importlib.util.find_spec("digit_recognizer"):
         assert r["reference"]["recognised_strict"] > 0.8 and "recognised_both" in r["arms"][0]["final"]

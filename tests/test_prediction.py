@@ -184,3 +184,35 @@ def test_resuming_with_more_steps_warns_that_a_decaying_lr_changes(tmp_path):
     Trainer(tiny("mnist-ddpm", *common, "train.steps=2"), tmp_path, data=data, progress=False).run()
     with pytest.warns(UserWarning, match="was 2 when this run started"):
         Trainer(tiny("mnist-ddpm", *common, "train.steps=4"), tmp_path, data=data, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32])
+def test_stratified_timesteps_cover_every_stratum_once_and_each_row_is_uniform(batch):
+    pred = Prediction(_process(), timestep_sampling="stratified")
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([pred.timesteps(batch, g) for _ in range(4000)])     # [4000, batch]
+    assert draws.min() >= 0 and draws.max() <= T - 1
+    # the batch covers the noise levels evenly: its sorted times sit one per stratum of width T / batch
+    u = (draws.sort(1).values.double() + 0.5) / T
+    assert ((u * batch).floor() == torch.arange(batch)).double().mean() > 0.99
+    # each row, on its own, is uniform on {0..T-1}: a chi-square test over 10 bins for every row position
+    for row in draws.T:
+        counts = torch.bincount(row // (T // 10), minlength=10).double()
+        chi2 = float(((counts - len(row) / 10) ** 2 / (len(row) / 10)).sum())
+        assert chi2 < 30, chi2                               # 9 degrees of freedom: p < 0.001 above 27.9
+    # a stratified batch has a smaller spread of its mean time than an independent one
+    plain = Prediction(pred.process)
+    uniform = torch.stack([plain.timesteps(batch, g) for _ in range(4000)])
+    if batch > 1:
+        assert draws.double().mean(1).std() < 0.5 * uniform.double().mean(1).std()
+
+
+def test_stratified_timesteps_reach_the_trainer(tmp_path):
+    from mtdiff.data.sources import ImageSet
+    from mtdiff.train import Trainer
+
+    cfg = tiny("mnist-ddpm", "diffusion.timestep_sampling=stratified", "train.batch_size=8")
+    tr = Trainer(cfg, tmp_path, data=ImageSet(torch.zeros(16, 1, 32, 32, dtype=torch.uint8), None, [], "zeros"), progress=False)
+    assert tr.model.prediction.timestep_sampling == "stratified"
+    t = tr.model.prediction.timesteps(8, torch.Generator().manual_seed(1))
+    assert sorted((t * 8 // T).tolist()) == list(range(8))

@@ -42,6 +42,7 @@ class DiffusionConfig:
     prediction: Literal["eps", "v", "x0"] = "eps"   # what the network outputs on the y-chain (eps: the paper's)
     loss_weighting: Literal["uniform", "min-snr"] = "min-snr"   # min-snr: Hang et al. 2023; uniform: Eq. 6 as printed (the paper's)
     snr_gamma: float = 5.0                      # min-snr: the truncation gamma of min(SNR_t, gamma)
+    timestep_sampling: Literal["uniform", "stratified"] = "uniform"   # t per batch row; uniform: Algorithm 2 (the paper's)
 
 
 @dataclass

@@ -12,6 +12,11 @@ squared error in the parameterisation's own space, times a weight per sample. Wr
 the eps error, the three spaces differ: ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 / SNR_t and
 ||v - v_hat||^2 = ||eps - eps_hat||^2 (1 + SNR_t) / SNR_t, SNR_t = ab_t / (1 - ab_t). ``min-snr``
 (Hang et al., 2023) weights every parameterisation so that the eps error counts min(SNR_t, gamma) / SNR_t.
+
+The time indices of a batch are drawn uniformly (Algorithm 2) or ``stratified``: one shared uniform
+offset u and t_i = floor(T ((u + i / B) mod 1)), shuffled, so every row is still uniform on {0..T-1}
+(the loss keeps its expectation) while the batch covers the noise levels evenly (the low-discrepancy
+sampler of Kingma et al., 2021), which lowers the variance of the gradient.
 """
 from __future__ import annotations
 
@@ -23,10 +28,11 @@ from torch import Tensor
 
 from .mt import MTProcess
 
-__all__ = ["Prediction", "PREDICTIONS", "WEIGHTINGS"]
+__all__ = ["Prediction", "PREDICTIONS", "WEIGHTINGS", "TIMESTEP_SAMPLINGS"]
 
 PREDICTIONS = ("eps", "v", "x0")
 WEIGHTINGS = ("uniform", "min-snr")
+TIMESTEP_SAMPLINGS = ("uniform", "stratified")
 
 
 @dataclass(frozen=True)
@@ -36,12 +42,25 @@ class Prediction:
     kind: str = "eps"
     weighting: str = "uniform"
     snr_gamma: float = 5.0
+    timestep_sampling: str = "uniform"
 
     def __post_init__(self):
         if self.kind not in PREDICTIONS:
             raise ValueError(f"unknown prediction {self.kind!r}; valid: {list(PREDICTIONS)}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown loss weighting {self.weighting!r}; valid: {list(WEIGHTINGS)}")
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"unknown timestep sampling {self.timestep_sampling!r}; valid: {list(TIMESTEP_SAMPLINGS)}")
+
+    def timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        """Time indices [batch] for one training batch, each uniform on {0, ..., T-1}."""
+        T = self.process.num_timesteps
+        if self.timestep_sampling == "uniform":
+            return torch.randint(0, T, (batch,), generator=generator, device=device)
+        u = torch.rand(1, generator=generator, device=device, dtype=torch.float64)
+        u = (u + torch.arange(batch, device=device, dtype=torch.float64) / batch) % 1
+        order = torch.randperm(batch, generator=generator, device=device)
+        return (u[order] * T).long().clamp_(max=T - 1)
 
     def _ab(self, t: Tensor, like: Tensor) -> Tensor:
         return self.process._at(self.process.alphas_cumprod, t, like)

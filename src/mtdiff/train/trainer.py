@@ -32,6 +32,7 @@ from ..data.loader import BatchStream
 from ..data.sources import ImageSet, load_source
 from ..loss import mt_loss
 from ..memory import estimate_training_memory
+from ..process import Prediction
 from ..runs import CONFIG_FILE
 from ..sampling import generate_joint
 from ..viz import save_grid
@@ -247,7 +248,7 @@ class Trainer:
         batch = self.stream.next()                                               # the global batch
         data = model.derive(batch, self.gen)
         B = batch["image"].shape[0]
-        tt = torch.randint(0, self.process.num_timesteps, (B,), generator=self.gen, device=self.device)
+        tt = (model.prediction or Prediction(self.process)).timesteps(B, self.gen, self.device)
         noise = torch.randn((B, *model.z_shape), generator=self.gen, device=self.device)
         cond_drop = self._drop_masks(data, t.cond_drop_prob, model.conditioned)     # classifier-free guidance
         enc_drop = self._drop_masks(data, t.enc_drop_prob, tuple(model.modalities))  # heads learn image -> x
