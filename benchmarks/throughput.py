@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import shlex
 import statistics
@@ -45,9 +46,10 @@ SIZES = {
     "adm64": {"image_size": 64, "channels": 192, "channel_mult": (1, 2, 3, 4), "num_res_blocks": 3,
               "attention_resolutions": (32, 16, 8), "batch": 128, "cpu_batch": 2},
 }
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against the device name.
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against the device name
+# by gpu_key (whole words, the longest key wins).
 GPU_PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12, "A100": 312.0e12, "L40S": 362.05e12,
-                 "L4": 121.0e12, "A10G": 70.0e12, "RTX 4090": 165.2e12}
+                 "L40": 181.05e12, "L4": 121.0e12, "A10G": 70.0e12, "RTX 4090": 165.2e12}
 # The issue's anchor: one H100, bf16, diffusers UNet2DModel (img/s).
 ANCHOR = {"cifar32": {"eager": 2154, "compiled": 4371}, "adm64": {"eager": 240}}
 
@@ -181,13 +183,18 @@ def run_case(case: dict) -> dict:
 
 # ---------------------------------------------------------------------------- the driver
 
+def gpu_key(name: str) -> str | None:
+    """The longest GPU_PEAK_BF16 key found in ``name`` as whole words ("NVIDIA L40" is an L40, not an L4)."""
+    found = [k for k in GPU_PEAK_BF16 if re.search(rf"(?<!\w){re.escape(k)}(?!\w)", name)]
+    return max(found, key=len, default=None)
+
+
 def peak_flops(device: str) -> tuple[float | None, str]:
     """The data-sheet peak MFU is measured against (None for CPUs and unknown GPUs: achieved FLOP/s only)."""
     if torch.device(device).type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, v in GPU_PEAK_BF16.items():
-            if key in name:
-                return v, f"{key} dense bf16 data-sheet peak"
+        if key := gpu_key(name):
+            return GPU_PEAK_BF16[key], f"{key} dense bf16 data-sheet peak"
         return None, f"unknown GPU {name!r} (no entry in GPU_PEAK_BF16)"
     return None, "no data-sheet peak for a CPU"
 

@@ -72,3 +72,20 @@ def test_quality_scores_mtdiff_and_the_diffusers_peer_of_the_same_size(tmp_path)
     assert json.loads((tmp_path / "quality-smoke.json").read_text())["num"] == 20
     assert "| diffusers-example |" in (tmp_path / "quality-smoke.md").read_text()
     assert (tmp_path / "quality-smoke-curve.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name,key,peak", [("NVIDIA L40", "L40", 181.05e12), ("NVIDIA L4", "L4", 121.0e12),
+                                           ("NVIDIA L40S", "L40S", 362.05e12),
+                                           ("NVIDIA H100 PCIe", "H100 PCIe", 756.0e12),
+                                           ("NVIDIA H100 80GB HBM3", "H100", 989.4e12),
+                                           ("NVIDIA A100-SXM4-80GB", "A100", 312.0e12), ("NVIDIA B300", None, None)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_throughput_peak_matches_the_longest_whole_word_gpu_name(monkeypatch, name, key, peak, reverse):
+    """Whole words, longest key first, whatever the table's order: an L40 is not an L4."""
+    tp = _load("throughput")
+    if reverse:
+        monkeypatch.setattr(tp, "GPU_PEAK_BF16", dict(reversed(tp.GPU_PEAK_BF16.items())))
+    monkeypatch.setattr(tp.torch.cuda, "get_device_name", lambda device=None: name)
+    got, label = tp.peak_flops("cuda")
+    assert got == peak
+    assert (label.startswith(f"{key} dense bf16") if key else "unknown GPU" in label), label

@@ -161,3 +161,29 @@ def test_derive_dispatch():
         derive("depth", x, labels)
     with pytest.raises(ValueError, match="labels"):
         derive("class_mask", x)
+
+
+# ------------------------------------------------------------ no host syncs
+
+
+def test_steady_calls_make_no_host_sync_or_host_tensor():
+    """After a first call, class_mask and edge_map read no value back to the host (a device sync on a
+    GPU) and build no tensor from Python data (a blocking host-to-device copy on a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    images, labels = _blobs(3, seed=5), torch.tensor([0, 4, 9])
+    first = derive("class_mask", images, labels), derive("edges", images)
+    with Ops() as mode:
+        again = derive("class_mask", images, labels), derive("edges", images)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    bad = {"aten._local_scalar_dense", "aten.item", "aten.lift_fresh"} & set(mode.ops)
+    assert not bad, mode.ops

@@ -210,3 +210,25 @@ def test_prior_kl_is_zero_for_standard_normal_and_large_for_paper_ratio():
     ddpm = MTProcess(betas)
     assert float(ddpm.prior_kl(z0, {}).max()) < 1e-4
     assert float(_procs()["paper"].prior_kl(z0, {"a": e}).mean()) > 1e3
+
+
+def test_at_caches_one_table_per_name_and_device_and_matches_float64():
+    """Repeated calls reuse one cached copy per (table, device, dtype), also for noise_std's 1 - ab_t
+    (a temporary before, cached under its id: a new entry per call), and return the float64 values."""
+    w = {"x": torch.full((50,), 0.01, dtype=torch.float64)}
+    p = MTProcess(beta_schedule("linear", 50), w)
+    t = torch.tensor([0, 7, 49])
+    like, enc = torch.zeros(3, 2, dtype=torch.float64), {"x": torch.ones(3, 2, dtype=torch.float64)}
+    first = p.noise_std(t, like), p.q_mean_std(like, t, enc)[0]
+    size = len(p._tables)
+    for _ in range(5):
+        again = p.noise_std(t, like), p.q_mean_std(like, t, enc)[0]
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert len(p._tables) == size <= 3
+    ab = torch.cumprod(1 - beta_schedule("linear", 50), 0)
+    assert torch.equal(first[0].flatten(), (1 - ab[t]).sqrt())
+    assert torch.equal(first[1][:, 0], p.alpha_tilde["x"][t])
+    p.noise_std(t, like.float())                                   # float32 gathers from the same float64 table
+    assert len(p._tables) == size
+    assert torch.equal(p._at(p.alphas.clone(), t, like).flatten(), p.alphas[t])   # a foreign tensor: not cached
+    assert len(p._tables) == size

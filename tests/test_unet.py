@@ -225,3 +225,40 @@ def test_output_block():
     block = output_block(16, 3)
     assert [type(m) for m in block] == [torch.nn.GroupNorm, torch.nn.SiLU, torch.nn.Conv2d]
     assert block[-1].kernel_size == (3, 3) and block(torch.randn(2, 16, 4, 4)).abs().sum() == 0
+
+
+def test_attention_hands_sdpa_unit_stride_qkv(monkeypatch):
+    """Fused CUDA SDPA kernels need q/k/v with last-dim stride 1, else the quadratic math kernel runs."""
+    strides, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        strides.append(tuple(a.stride(-1) for a in (q, k, v)))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(unet.F, "scaled_dot_product_attention", spy)
+    model = make(context_dim=6).eval()
+    z, t, kw = inputs(model)
+    with torch.no_grad():
+        model(z, t, **kw)
+    n_blocks = sum(isinstance(m, AttentionBlock) for m in model.modules())
+    assert len(strides) == 2 * n_blocks                            # self- and cross-attention in each block
+    assert all(s == (1, 1, 1) for s in strides), strides
+
+
+def test_attention_block_matches_reference_float64():
+    """Self-attention equals softmax(q^T k / sqrt(d)) v written out by hand; the parameters are unchanged."""
+    torch.manual_seed(0)
+    C, n, B, H, W = 16, 4, 2, 3, 5
+    block = perturb(AttentionBlock(C, heads=n)).double().eval()
+    assert {k: tuple(v.shape) for k, v in block.state_dict().items()} == {
+        "norm.weight": (C,), "norm.bias": (C,), "qkv.weight": (3 * C, C, 1, 1), "qkv.bias": (3 * C,),
+        "proj.weight": (C, C, 1, 1), "proj.bias": (C,)}
+    x = torch.randn(B, C, H, W, dtype=torch.float64)
+    h = block.norm(x).flatten(2)                                   # [B, C, HW]
+    qkv = torch.einsum("oc,bcl->bol", block.qkv.weight[..., 0, 0], h) + block.qkv.bias[:, None]
+    q, k, v = qkv.reshape(B, 3, n, C // n, H * W).unbind(1)        # [B, n, d, HW] each
+    attn = torch.softmax(torch.einsum("bndi,bndj->bnij", q, k) / (C // n) ** 0.5, dim=-1)
+    a = torch.einsum("bnij,bndj->bndi", attn, v).reshape(B, C, H * W)
+    ref = x + (torch.einsum("oc,bcl->bol", block.proj.weight[..., 0, 0], a) + block.proj.bias[:, None]).reshape(B, C, H, W)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), ref, atol=1e-12, rtol=1e-12)

@@ -88,6 +88,11 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
         pid, k = key.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for group in opt.param_groups:           # moments in their parameter's memory layout (fused AdamW needs it)
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    opt.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def save_checkpoint(ckpt_root: Path, *, step: int, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],

@@ -7,13 +7,14 @@ GPU processes, gloo CPU ones.
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "init_world", "close_world", "shard"]
+__all__ = ["World", "init_world", "close_world", "shard", "wrap_ddp"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,13 @@ def shard(n: int, world: World) -> range:
     per, extra = divmod(n, world.size)
     start = world.rank * per + min(world.rank, extra)
     return range(start, start + per + (world.rank < extra))
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, ddp=None) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel without the per-forward buffer broadcast (mtdiff's buffers are
+    constants): ``forward_sync_buffers=False`` where torch has it (2.13 on), ``broadcast_buffers=False`` before."""
+    if ddp is None:
+        from torch.nn.parallel import DistributedDataParallel as ddp
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters \
+        else "broadcast_buffers"
+    return ddp(model, device_ids=[device] if device.type == "cuda" else None, **{no_sync: False})

@@ -25,6 +25,19 @@ __all__ = ["DERIVED", "DERIVED_NAMES", "class_mask", "derive", "edge_map"]
 # constant image gives exactly or almost exactly 0, never a spurious edge.
 _FLAT_EPS = 1e-6
 
+# Sobel d/dx and d/dy kernels [2, 1, 3, 3], one copy per (device, dtype): no host-to-device copy per call.
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=torch.float64)
+_SOBEL: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _sobel(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    kernels = _SOBEL.get((device, dtype))
+    if kernels is None:
+        with torch.inference_mode(False):  # an inference tensor could not be saved for a later backward
+            kernels = torch.stack([_SOBEL_X, _SOBEL_X.t()])[:, None].to(device, dtype)
+        _SOBEL[(device, dtype)] = kernels
+    return kernels
+
 
 def _check_images(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
@@ -49,8 +62,11 @@ def class_mask(images: torch.Tensor, labels: torch.Tensor, *, threshold: float =
     ):
         got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"labels must be an integer tensor [B] with B = {images.shape[0]}, got {got}")
-    if labels.numel() and int(labels.min()) < 0:
-        raise ValueError(f"labels must be >= 0, got min {int(labels.min())}")
+    # checked on the labels' device without a host sync: raises here on the CPU, asynchronously on a GPU
+    try:
+        torch._assert_async((labels >= 0).all(), "class_mask: labels must be >= 0")
+    except RuntimeError:
+        raise ValueError(f"labels must be >= 0, got min {int(labels.min())}") from None
     if not -1.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [-1, 1), got {threshold!r}")
     foreground = images.mean(dim=1) > threshold  # [B, H, W]
@@ -69,9 +85,7 @@ def edge_map(images: torch.Tensor, *, threshold: float = 0.2) -> torch.Tensor:
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
     grey = (images.mean(dim=1, keepdim=True) + 1.0) / 2.0
-    gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
-                      dtype=grey.dtype, device=grey.device)
-    kernels = torch.stack([gx, gx.t()])[:, None]  # [2, 1, 3, 3]: d/dx, d/dy
+    kernels = _sobel(grey.device, grey.dtype)  # [2, 1, 3, 3]: d/dx, d/dy
     grad = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernels)  # [B, 2, H, W]
     mag = grad.pow(2).sum(dim=1, keepdim=True).sqrt()  # [B, 1, H, W]
     peak = mag.amax(dim=(2, 3), keepdim=True)

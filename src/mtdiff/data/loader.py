@@ -44,7 +44,8 @@ class BatchStream:
     def _permutation(self) -> Tensor:
         if self._perm_epoch != self.epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._perm, self._perm_epoch = torch.randperm(len(self.data.images), generator=g), self.epoch
+            perm = torch.randperm(len(self.data.images), generator=g, device="cpu")   # the same order on any device
+            self._perm, self._perm_epoch = perm.to(self.data.images.device), self.epoch   # one copy per epoch
         return self._perm
 
     def next(self) -> dict[str, Tensor]:

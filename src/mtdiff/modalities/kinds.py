@@ -22,6 +22,24 @@ def _per_sample_mean(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).mean(1)
 
 
+def _check_classes(x: Tensor, num_classes: int, name: str) -> None:
+    """Class indices must lie in [0, num_classes). On the CPU a clear error; on a GPU the check runs on the
+    device and fails at the next synchronisation, so a training step never waits for the host."""
+    if not x.numel():
+        return
+    if x.device.type != "cpu":
+        torch._assert_async(((x >= 0) & (x < num_classes)).all(),
+                            f"modality {name!r}: class indices must be in [0, {num_classes})")
+    elif int(x.min()) < 0 or int(x.max()) >= num_classes:
+        raise ValueError(f"modality {name!r}: class indices must be in [0, {num_classes}), "
+                         f"got range [{int(x.min())}, {int(x.max())}]")
+
+
+def _generator_device(generator: torch.Generator | None, device) -> torch.device:
+    """Where a draw from ``generator`` must happen (its own device; ``device`` for the global RNG)."""
+    return generator.device if generator is not None else torch.device(device)
+
+
 def _fixed_normal(seed: int, *shape: int) -> Tensor:
     """A fixed random map, reproducible from its seed and saved with the model as a buffer."""
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -42,7 +60,8 @@ class ImageModality(Modality):
         self.decoder = self._build_head(self.z_shape[0])
 
     def init_unknown(self, batch, *, generator, device):
-        return torch.randn(batch, *self.z_shape, generator=generator, device=device)
+        return torch.randn(batch, *self.z_shape, generator=generator,
+                           device=_generator_device(generator, device)).to(device)
 
     def encode(self, x, backbone_encode=None):
         return x
@@ -74,10 +93,11 @@ class MaskedImageModality(ImageModality):
         """Training masks [B, 1, H, W] (1 = pixel kept)."""
         size = self.z_shape[-1]
         kw = {"max_patches": self.max_patches, "patch_frac": self.patch_frac} if self.mask == "random" else {}
-        keep = make_mask(self.mask, batch, size, generator=generator, **kw).to(device)
-        if self.full_mask_prob > 0:
-            full = torch.rand(batch, generator=generator) < self.full_mask_prob
-            keep = keep * (~full).to(keep).reshape(-1, 1, 1, 1).to(device)
+        keep = make_mask(self.mask, batch, size, generator=generator, device=device, **kw)
+        if self.full_mask_prob > 0:                     # drawn on the generator's device, then moved
+            full = torch.rand(batch, generator=generator, device=_generator_device(generator, device)).to(device)
+            full = full < self.full_mask_prob
+            keep = keep * (~full).to(keep).reshape(-1, 1, 1, 1)
         return keep
 
     def derive(self, batch, generator):
@@ -95,10 +115,8 @@ class _Discrete(Modality):
     def probs(self, x: Tensor) -> Tensor:
         """Indices [B, ...] or probabilities [B, K, ...] -> probabilities [B, K, ...] (float)."""
         if x.dtype in (torch.int64, torch.int32, torch.uint8, torch.int16):
-            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_classes):
-                raise ValueError(f"modality {self.name!r}: class indices must be in [0, {self.num_classes}), "
-                                 f"got range [{int(x.min())}, {int(x.max())}]")
-            oh = F.one_hot(x.long(), self.num_classes).float()
+            _check_classes(x, self.num_classes, self.name)
+            oh = (x.long()[..., None] == torch.arange(self.num_classes, device=x.device)).float()  # one-hot, no range read
             return oh.movedim(-1, 1) if oh.ndim > 2 else oh
         return x.float()
 
@@ -282,6 +300,7 @@ class TextModality(Modality):
         self.dim, self.class_names, self.templates, self.text_encoder = dim, tuple(class_names), tuple(templates), text_encoder
         self.register_buffer("captions", torch.zeros(len(self.class_names), len(self.templates), dim))
         self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
+        self._ready = False
         self.token = nn.Linear(dim, context_dim)
 
     def caption(self, label: int, template: int = 0) -> str:
@@ -297,15 +316,22 @@ class TextModality(Modality):
         return out
 
     def prepare(self) -> None:
-        if not bool(self.ready) and self.class_names:
+        if not self._is_ready() and self.class_names:
             texts = [self.caption(k, j) for k in range(len(self.class_names)) for j in range(len(self.templates))]
             table = self.embed(texts).reshape(self.captions.shape)
             self.captions.copy_(table.to(self.captions))
             self.ready.fill_(True)
+            self._ready = True
+
+    def _is_ready(self) -> bool:
+        """Whether the caption table is filled; the buffer (saved with the model) is read once, not per step."""
+        if not self._ready:
+            self._ready = bool(self.ready)
+        return self._ready
 
     def from_labels(self, labels: Tensor, template: Tensor | None = None) -> Tensor:
         """Embeddings [B, D] of the captions of class ``labels`` [B] (template 0 unless given)."""
-        if not bool(self.ready):
+        if not self._is_ready():
             raise RuntimeError(f"modality {self.name!r}: captions are not encoded yet; call prepare()")
         template = torch.zeros_like(labels) if template is None else template
         return self.captions[labels.long(), template.long()]
@@ -314,7 +340,8 @@ class TextModality(Modality):
         if self.source in batch:
             return batch[self.source]
         labels = batch["label"]
-        template = torch.randint(0, len(self.templates), labels.shape, generator=generator, device=labels.device)
+        template = torch.randint(0, len(self.templates), labels.shape, generator=generator,
+                                 device=_generator_device(generator, labels.device)).to(labels.device)
         return self.from_labels(labels, template)
 
     def init_unknown(self, batch, *, generator, device):

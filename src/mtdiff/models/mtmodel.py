@@ -35,6 +35,12 @@ class MTModel(nn.Module):
         if unknown:
             raise ValueError(f"conditioned modalities {unknown} are not among {list(self.modalities)}")
         self.conditioned = tuple(conditioned)
+        for name, m in self.modalities.items():
+            token = getattr(m, "token", None)
+            if token is not None and m.aggregates and name not in self.conditioned:
+                # reached only through the backbone encoder's stop-gradient (Appendix E.3): a fixed random
+                # map, frozen so that no optimizer or DDP waits for a gradient it never gets
+                token.requires_grad_(False)
 
     @property
     def z_shape(self) -> tuple[int, ...]:

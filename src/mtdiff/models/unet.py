@@ -169,7 +169,8 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor, emb: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)                      # [B, n, HW, d] each
+        # fused SDPA kernels need a last-dim stride of 1: lay the tokens out as [3, B, n, HW, d]
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)    # [B, n, HW, d] each
         h = F.scaled_dot_product_attention(q, k, v)                    # [B, n, HW, d]
         x = x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))     # [B, C, H, W]
         if self.cross is not None and context is not None:

@@ -28,7 +28,6 @@ class MTProcess:
         if betas.ndim != 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must be a 1-D tensor with values in (0, 1)")
         self.num_timesteps = T = betas.shape[0]
-        self._tables: dict[tuple[int, torch.device], Tensor] = {}
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, 0)
@@ -46,6 +45,14 @@ class MTProcess:
             self.weights[name] = w
             self.alpha_tilde[name] = at
             self.alpha_tilde_prev[name] = torch.cat([torch.zeros(1, dtype=torch.float64), at[:-1]])
+        self.one_minus_alphas_cumprod = 1 - self.alphas_cumprod
+        # the host tables _at caches on devices, by name; the cache holds at most one copy per (name, device, dtype)
+        self._host: dict[tuple[str, ...], Tensor] = {
+            (k,): getattr(self, k) for k in ("betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev",
+                                             "one_minus_alphas_cumprod", "posterior_variance")}
+        for kind in ("weights", "alpha_tilde", "alpha_tilde_prev"):
+            self._host.update({(kind, m): v for m, v in getattr(self, kind).items()})
+        self._tables: dict[tuple[tuple[str, ...], torch.device, torch.dtype], Tensor] = {}
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -53,11 +60,20 @@ class MTProcess:
 
     # -- helpers -------------------------------------------------------------------------
     def _at(self, arr: Tensor, t: Tensor, like: Tensor) -> Tensor:
-        """arr[t] as [B, 1, ..., 1] in like's dtype and device, gathered on that device (no host sync)."""
-        key = (id(arr), like.device)
-        table = self._tables.get(key)
-        if table is None:   # one copy per table and device (float32 where the device has no float64)
-            table = self._tables[key] = arr.to(like.device, torch.float32 if like.device.type == "mps" else arr.dtype)
+        """arr[t] as [B, 1, ..., 1] in like's dtype and device, gathered on that device (no host sync).
+
+        A table of this process is copied to a device once and cached by (name, device, dtype); any other
+        tensor is copied on every call.
+        """
+        dtype = torch.float32 if like.device.type == "mps" else arr.dtype   # mps has no float64
+        name = next((k for k, v in self._host.items() if v is arr), None)   # identity, not id(): copies too
+        if name is None:
+            table = arr.to(like.device, dtype)
+        else:
+            key = (name, like.device, dtype)
+            table = self._tables.get(key)
+            if table is None:
+                table = self._tables[key] = arr.to(like.device, dtype)
         out = table[t.to(like.device).long()].to(like.dtype)
         return out.reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -81,7 +97,7 @@ class MTProcess:
 
     def noise_std(self, t: Tensor, like: Tensor) -> Tensor:
         """sqrt(1 - ab_t) as [B, 1, ..., 1]: the standard deviation of z_t given z_0 and X."""
-        return self._at(1 - self.alphas_cumprod, t, like).sqrt()
+        return self._at(self.one_minus_alphas_cumprod, t, like).sqrt()
 
     # -- forward process -----------------------------------------------------------------
     def q_step(self, z_prev: Tensor, t: Tensor, enc: Mapping[str, Tensor], noise: Tensor) -> Tensor:
@@ -136,7 +152,7 @@ class MTProcess:
     def prior_mean_std(self, enc: Mapping[str, Tensor], like: Tensor) -> tuple[Tensor, Tensor]:
         """q(z_T | X) without z_0's contribution: N(sum_i alpha~_T E_i, (1 - ab_T) I) (DESIGN.md, paper error 3)."""
         tT = torch.full((like.shape[0],), self.num_timesteps - 1, dtype=torch.long)
-        return self._sum(self.alpha_tilde, tT, enc, like), self._at(1 - self.alphas_cumprod, tT, like).sqrt()
+        return self._sum(self.alpha_tilde, tT, enc, like), self._at(self.one_minus_alphas_cumprod, tT, like).sqrt()
 
     def prior_kl(self, z0: Tensor, enc: Mapping[str, Tensor]) -> Tensor:
         """L0 = KL(q(z_T | z_0, X) || N(0, I)) per sample, in nats per dimension (Theorem 1).

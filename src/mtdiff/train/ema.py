@@ -21,8 +21,13 @@ class EMA:
     def update(self, model: nn.Module, weight: torch.Tensor | float = 1.0) -> None:
         """One averaging step; ``weight`` (a device scalar, 0 for a skipped step) scales 1 - d without a host sync."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        step = weight * (1 - d) if isinstance(weight, torch.Tensor) else float(weight) * (1 - d)
-        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], step)
+        ema = list(self.model.parameters())
+        if isinstance(weight, torch.Tensor):    # lerp with a tensor weight would read it on the host: add w (p - ema)
+            diff = torch._foreach_sub([p.detach() for p in model.parameters()], ema)
+            torch._foreach_mul_(diff, weight * (1 - d))
+            torch._foreach_add_(ema, diff)
+        else:
+            torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], float(weight) * (1 - d))
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
         self.updates += 1

@@ -36,7 +36,7 @@ from ..process import Prediction
 from ..runs import CONFIG_FILE
 from ..sampling import generate_joint
 from ..viz import save_grid
-from ..distributed import init_world
+from ..distributed import init_world, wrap_ddp
 from .ema import EMA
 
 __all__ = ["Trainer", "TrainingError", "autocast_dtype", "resolve_device"]
@@ -159,9 +159,7 @@ class Trainer:
             self.model.backbone.compile(dynamic=False)
         self.net = self.model                                # what the loss calls: the model, or its DDP wrapper
         if self.world.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                                               forward_sync_buffers=False)   # buffers are constants
+            self.net = wrap_ddp(self.model, self.device)
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
