@@ -1,3 +1,9 @@
+"""Shared test helpers. The tests run on the CPU on every machine (a GPU is hidden from them and from the
+processes they start); the GPU paths are exercised by benchmarks/gpu_check.py."""
+import os
+
+os.environ["CUDA_VISIBLE_DEVICES"] = ""          # before anything initialises CUDA
+
 import pytest
 import torch
 
@@ -10,10 +16,10 @@ def _threads():
 
 
 def tiny(preset: str = "mnist-masked-x", *extra: str):
-    """A preset shrunk to a test-sized model (8 channels, two resolutions), in fp32 on every machine
+    """A preset shrunk to a test-sized model (8 channels, two resolutions), on the CPU in fp32 on every machine
     (``precision: auto`` is bf16 on CPUs with native bf16; tests that want it say so)."""
     return load_config(preset, ["model.channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
-                                "model.attention_resolutions=[16]", "model.num_heads=2", "train.precision=fp32", *extra])
+                                "model.attention_resolutions=[16]", "model.num_heads=2", "train.precision=fp32", "train.device=cpu", *extra])
 
 
 def paired_folder(root, splits=("train", "test"), n: int = 4, size: int = 16, seed: int = 0):

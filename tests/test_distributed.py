@@ -14,7 +14,7 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 SETTINGS = ["train.log_every=1", "train.sample_every=0", "train.warmup_steps=1", "train.lr=1e-3",
             "train.batch_size=8", "model.dropout=0.0", "modalities.label.kind=label", "train.cond_drop_prob=0.3",
             "train.enc_drop_prob=0.3", "train.precision=fp32",
-            "train.lr_schedule=constant"]   # a decaying lr depends on train.steps, which the resume test extends
+            "train.lr_schedule=constant", "train.device=cpu"]   # a decaying lr depends on train.steps, which the resume test extends
 
 
 def _launch(tmp_path, nproc: int, out: str, steps: int, *extra: str, resume: bool = False) -> list[dict]:

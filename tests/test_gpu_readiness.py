@@ -51,16 +51,6 @@ class _GeneratorDevices(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_every_draw_happens_on_its_generators_device(preset, tmp_path, data):
-    """On a GPU the trainer's generator lives on the GPU, and a draw from it on the CPU (no ``device``) fails:
-    every draw in a training step names the generator's device."""
-    trainer = _trainer(preset, tmp_path, data)
-    with _GeneratorDevices() as mode:
-        trainer.train_step()
-    assert not mode.bad, mode.bad
-
-
 class _HostSyncs(TorchDispatchMode):
     """Counts reads of a device value on the host (``.item()``, ``int()``, ``bool()`` of a tensor)."""
     CPU_ONLY = ("_check_classes",)          # validation that reads values on the CPU only (a device check elsewhere)
@@ -78,23 +68,25 @@ class _HostSyncs(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_a_steady_training_step_never_waits_for_the_device(preset, tmp_path, data):
+def test_a_training_step_is_ready_for_a_gpu(preset, tmp_path, data):
+    """Three things a GPU run needs from every modality kind, checked on one trainer:
+
+    - every draw names its generator's device (on a GPU the generator lives there, and a draw without
+      ``device`` would happen on the CPU and fail);
+    - every parameter that requires a gradient gets one (DDP without find_unused_parameters waits for
+      each and fails at the second step; a parameter that never learns must be frozen);
+    - a steady step reads no device value on the host (no ``.item()``, ``int()``, ``bool()`` of a tensor).
+    """
     trainer = _trainer(preset, tmp_path, data)
-    for _ in range(2):
-        trainer.train_step()                  # warm: lazy tables, caption encodings
-    with _HostSyncs() as mode:
+    with _GeneratorDevices() as draws:
         trainer.train_step()
-    assert not mode.syncs, "\n".join(mode.syncs)
-
-
-@pytest.mark.parametrize("preset", PRESETS)
-def test_every_trainable_parameter_gets_a_gradient(preset, tmp_path, data):
-    """DDP (without find_unused_parameters) waits for a gradient of every parameter that requires one and
-    fails at the second step otherwise; a parameter that never learns must say so by being frozen."""
-    trainer = _trainer(preset, tmp_path, data)
-    trainer.train_step()
+    assert not draws.bad, draws.bad
     missing = [n for n, p in trainer.model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
+    trainer.train_step()                      # warm: lazy tables, caption encodings
+    with _HostSyncs() as syncs:
+        trainer.train_step()
+    assert not syncs.syncs, "\n".join(syncs.syncs)
 
 
 @pytest.mark.parametrize("newer", [True, False])
@@ -133,3 +125,56 @@ def test_a_channels_last_resume_keeps_the_moments_in_the_parameters_layout(tmp_p
     resumed.run()
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("name", ["imagenet64-masked-x", "imagenet64-label-m", "imagenet64-label-e", "imagenet64-text-rep",
+                                  "cityscapes256-latent-x", "night2day256-latent-x"])
+def test_gpu_presets_split_evenly_over_8_gpus(name):
+    from mtdiff.config import load_config
+
+    assert load_config(name).train.batch_size % 8 == 0
+
+
+# modules whose CUDA backward has no deterministic kernel (torch.use_deterministic_algorithms raises on them)
+NONDETERMINISTIC_ON_CUDA = (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d, torch.nn.AdaptiveAvgPool3d,
+                            torch.nn.ReflectionPad2d, torch.nn.ReplicationPad2d, torch.nn.EmbeddingBag)
+
+
+@pytest.mark.parametrize("preset", [p.partition(":")[0] for p in PRESETS[:-1]])
+def test_no_model_holds_a_module_without_a_deterministic_cuda_backward(preset):
+    from mtdiff.build import build_model
+
+    bad = [n for n, m in build_model(tiny(preset)).named_modules() if isinstance(m, NONDETERMINISTIC_ON_CUDA)]
+    assert not bad, bad
+
+
+def test_the_deterministic_switch_turns_on_deterministic_kernels(tmp_path, data):
+    try:
+        trainer = _trainer("mnist-label-e", tmp_path, data, "train.deterministic=true")
+        assert torch.are_deterministic_algorithms_enabled()
+        trainer.train_step()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_a_checkpoint_from_another_device_type_resumes_with_a_warning(tmp_path, data, monkeypatch):
+    """A CUDA generator's state (16 bytes) cannot be set on a CPU generator (and back): the run goes on
+    from a generator reseeded by seed and step, and says so."""
+    import mtdiff.train.trainer as trainer_module
+
+    common = ["train.ckpt_every=2", "train.steps=2", "train.lr_schedule=constant", *STEP[:3]]
+    Trainer(tiny("mnist-ddpm", *common), tmp_path, data=data, progress=False).run()
+    load = trainer_module.load_checkpoint
+
+    def from_a_gpu(run_dir, *a, **kw):
+        ckpt = load(run_dir, *a, **kw)
+        ckpt["state"]["rng.gen"] = torch.zeros(16, dtype=torch.uint8)       # the form of a CUDA generator state
+        ckpt["state"]["rng.cuda"] = torch.zeros(16, dtype=torch.uint8)
+        return ckpt
+    monkeypatch.setattr(trainer_module, "load_checkpoint", from_a_gpu)
+    with pytest.warns(UserWarning, match="written on a GPU"):
+        resumed = Trainer(tiny("mnist-ddpm", *common, "train.steps=3"), tmp_path, data=data,
+                          resume=True, progress=False)
+    assert resumed.step == 2
+    resumed.run()
+    assert resumed.step == 3

@@ -100,6 +100,7 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # autocast dtype; auto: bf16 on a GPU or a CPU with native bf16, else fp32
     compile: bool = False                       # torch.compile the backbone (minutes of compiling first)
     channels_last: bool = False                 # NHWC memory layout
+    deterministic: bool = False                 # deterministic kernels only (GPU: bit-identical resume, slower)
     log_every: int = 50
     ckpt_every: int = 1000
     sample_every: int = 1000

@@ -110,14 +110,15 @@ class Peak:
         return self.fixed + self.per_sample * self.batch
 
 
-def peak_at(batch: int, work: Callable[[int], object]) -> Peak:
+def peak_at(batch: int, work: Callable[[int], object], device: torch.device | str = "cpu") -> Peak:
     """The peak of ``work(batch)``, predicted from :class:`LiveTensors` timelines of ``work(2)`` and
     ``work(4)``: each moment is a line in the batch, and the highest line at ``batch`` wins. (Batch 1
     can take a few ops of its own, so it is not used; should 2 and 4 differ, their peaks alone make the
-    line.) A batch under 4 is measured as it is."""
+    line.) A batch under 4 is measured as it is. The random state of ``device`` (and the CPU's) is restored after."""
     sizes = (2, 4) if batch >= 4 else (batch,)
     lines = []
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for b in sizes:
             with LiveTensors() as live:
                 work(b)
@@ -180,7 +181,7 @@ def estimate_training_memory(trainer) -> MemoryEstimate:
     was_training = model.training
     model.train()
     try:
-        peak = peak_at(trainer.micro_batch, forward_backward)
+        peak = peak_at(trainer.micro_batch, forward_backward, device)
     finally:
         model.train(was_training)
     held = {"weights": module_bytes(model), "AdamW": 2 * _nbytes(params), "EMA": _nbytes(ema)}
@@ -199,4 +200,4 @@ def estimate_sampling_memory(sample: Callable[[int], object], *, weights: int, b
     model, guidance, sampler and device) for b samples and 3 steps. ``weights``: bytes of the model
     held meanwhile (:func:`module_bytes`)."""
     return MemoryEstimate(f"sampling {batch} at once", torch.device(device).type, {"weights": weights},
-                          peak_at(batch, sample), "sampling")
+                          peak_at(batch, sample, device), "sampling")

@@ -8,6 +8,14 @@ from ..models.unet import group_norm, output_block
 __all__ = ["OutputHead", "MLPHead", "ClassifierHead", "HEADS"]
 
 
+class SpatialMean(nn.Module):
+    """Global average pooling [B, C, H, W] -> [B, C, 1, 1] as a mean, whose CUDA backward is deterministic
+    (``AdaptiveAvgPool2d``'s is not, and stops a run under ``train.deterministic``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
 class OutputHead(nn.Module):
     """A replica of the U-Net's output block (GroupNorm, SiLU, Conv3x3) on the ``output`` features."""
     feature = "output"
@@ -26,7 +34,7 @@ class MLPHead(nn.Module):
 
     def __init__(self, in_channels: int, out_features: int, *, hidden: int = 0, **_):
         super().__init__()
-        layers: list[nn.Module] = [group_norm(in_channels), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers: list[nn.Module] = [group_norm(in_channels), nn.SiLU(), SpatialMean(), nn.Flatten()]
         if hidden:
             layers += [nn.Linear(in_channels, hidden), nn.SiLU()]
         layers.append(nn.Linear(hidden or in_channels, out_features))
@@ -52,7 +60,7 @@ class ClassifierHead(nn.Module):
         while size > 4:
             layers += [group_norm(ch), nn.SiLU(), nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1)]
             ch, size = 2 * ch, (size + 1) // 2
-        layers += [group_norm(ch), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, out_features)]
+        layers += [group_norm(ch), nn.SiLU(), SpatialMean(), nn.Flatten(), nn.Linear(ch, out_features)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -52,6 +53,13 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but no CUDA device is available; use 'cpu' or 'auto'")
     return torch.device(name)
+
+
+def use_deterministic_kernels() -> None:
+    """Deterministic kernels only (an op without one raises), so that a resumed GPU run is bit-identical."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")     # cuBLAS needs it before its first call
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def cpu_has_native_bf16() -> bool:
@@ -132,9 +140,12 @@ class Trainer:
         self.latent = build_space_map(cfg, self.device)              # frozen, outside the model and checkpoints
         if cfg.data.autoencoder and cfg.data.latent_scale is None:   # record the VAE's scale in the run config
             cfg.data.latent_scale = self.latent.scale
-        torch.manual_seed(t.seed)                                    # initial weights, then dropout
+        if t.deterministic:
+            use_deterministic_kernels()
+        torch.manual_seed(t.seed)                                    # initial weights: the same on every process
         self.process = build_process(cfg)
         self.model = build_model(cfg)
+        torch.manual_seed(t.seed + 1_000_003 * self.world.rank)       # dropout: each process its own masks
         if not resume:
             self.model.prepare()                                     # frozen encoders; restored otherwise
         self.model.to(self.device)
@@ -208,7 +219,14 @@ class Trainer:
                             meta["optimizer"])
         self.stream.load_state_dict(meta["data"])
         torch.set_rng_state(state["rng.cpu"])
-        self.gen.set_state(state["rng.gen"])
+        if state["rng.gen"].numel() == self.gen.get_state().numel():
+            self.gen.set_state(state["rng.gen"])
+        else:                  # saved on another device type, whose generator state has another form
+            saved_on = "a GPU" if "rng.cuda" in state else "the CPU"
+            warnings.warn(f"the checkpoint was written on {saved_on} and this run is on {self.device}: the random "
+                          f"stream (t, noise, masks) restarts from train.seed and the step, so the run continues "
+                          f"but not bit-identically", stacklevel=3)
+            self.gen.manual_seed(self.cfg.train.seed + 1_000_003 * int(meta["step"]))
         if self.device.type == "cuda" and "rng.cuda" in state:
             torch.cuda.set_rng_state(state["rng.cuda"], self.device)
         if meta.get("scaler"):
