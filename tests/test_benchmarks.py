@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py and benchmarks/sampling.py run end to end at toy sizes and write their
+"""The benchmarks (throughput, sampling, quality, gpu_check) run end to end at toy sizes and write their
 JSON and tables (the numbers mean nothing here)."""
 import importlib.util
 import json
@@ -89,3 +89,24 @@ def test_throughput_peak_matches_the_longest_whole_word_gpu_name(monkeypatch, na
     got, label = tp.peak_flops("cuda")
     assert got == peak
     assert (label.startswith(f"{key} dense bf16") if key else "unknown GPU" in label), label
+
+
+def test_gpu_check_smoke_runs_every_section_on_the_cpu(tmp_path):
+    """gpu_check.py as CI runs it (--device cpu --smoke), so that it cannot rot: every section reports, none
+    fails, and the JSON summary is written."""
+    gpu_check = _load("gpu_check")
+    r = gpu_check.main(["--device", "cpu", "--smoke", "--out", str(tmp_path)])
+    names = [s["name"] for s in r["sections"]]
+    assert names == ["kinds", "sync_debug", "memory", "resume", "resume_deterministic", "fp16", "channels_last", "sdpa",
+                     "nccl", "compile", "cli", "throughput"]
+    status = {s["name"]: s["status"] for s in r["sections"]}
+    failed = {n for n, st in status.items() if st == "FAIL"}
+    assert not failed, {s["name"]: s["reason"] for s in r["sections"] if s["status"] == "FAIL"}
+    assert all(s["reason"] for s in r["sections"])                     # every PASS, FAIL and SKIP says why
+    # what a CPU cannot do is skipped; the rest runs here
+    assert status["sync_debug"] == "SKIP" and status["compile"] == "SKIP"
+    for name in ("kinds", "resume", "resume_deterministic", "fp16", "channels_last", "sdpa", "nccl", "cli"):
+        assert status[name] == "PASS", name
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [s["name"] for s in saved["sections"]] == names and saved["machine"]["device"] == "cpu"
+    assert saved["failed"] == sorted(failed, key=names.index)
