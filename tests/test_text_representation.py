@@ -8,7 +8,7 @@ import torch
 from conftest import tiny
 from mtdiff.build import build_model, build_process
 from mtdiff.config import ConfigError, load_config
-from mtdiff.data.sources import ImageSet
+from mtdiff.data import ImageSet
 from mtdiff.sampling import ClassifierFreeGuidance
 
 pytest.importorskip("sentence_transformers")

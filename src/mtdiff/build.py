@@ -1,18 +1,20 @@
 """Build the process and the model from a Config (the one place that maps config to objects)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .config import Config, ConfigError
+from .data import load_source
+from .data.imageset import ImageSet
 from .modalities import MODALITY_KINDS
 from .models import MTModel, UNet
 from .models.autoencoder import LatentMap, PixelMap, SpaceMap, latent_shape, read_vae_config
 from .process import MTProcess, Prediction, aggregation_schedule, beta_schedule
 
-__all__ = ["build_process", "build_model", "build_prediction", "build_space_map", "context_dim", "diffusion_shape"]
-
-_TOKEN_KINDS = ("label", "vector", "text")
-
+__all__ = ["build_process", "build_model", "build_prediction", "build_space_map", "context_dim", "diffusion_shape",
+           "load_data", "resolve_class_names"]
 
 def build_process(cfg: Config) -> MTProcess:
     """beta schedule + one aggregation schedule per modality -> MTProcess (float64 tables on the CPU,
@@ -34,12 +36,13 @@ def _build_process(cfg: Config) -> MTProcess:
 
 def conditioned(cfg: Config) -> tuple[str, ...]:
     """Modalities fed to the backbone: all of them in the -X variant; pure conditions (text) always."""
-    return tuple(n for n, mc in cfg.modalities.items() if cfg.model.variant == "X" or mc.kind == "text")
+    return tuple(n for n, mc in cfg.modalities.items()
+                 if cfg.model.variant == "X" or MODALITY_KINDS[mc.kind].is_pure_condition())
 
 
 def context_dim(cfg: Config) -> int:
     """Cross-attention width, or 0 when no modality enters as tokens."""
-    needs = any(mc.encoder == "backbone" or (mc.kind in _TOKEN_KINDS and name in conditioned(cfg))
+    needs = any(mc.encoder == "backbone" or (MODALITY_KINDS[mc.kind].token_input and name in conditioned(cfg))
                 for name, mc in cfg.modalities.items())
     return (cfg.model.context_dim or 4 * cfg.model.channels) if needs else 0
 
@@ -76,23 +79,10 @@ def build_model(cfg: Config) -> MTModel:
     tokens = lambda name, mc: ctx if mc.encoder == "backbone" or name in cond_names else 0  # noqa: E731
     modalities = []
     for name, mc in cfg.modalities.items():
-        kw = dict(z_shape=z_shape, features=features, head=mc.head, encoder=mc.encoder, source=mc.source)
-        if mc.kind in ("image", "masked_image"):
-            kw.update(clip=not d.autoencoder)                    # latents are not bounded to [-1, 1]
-        if mc.kind == "masked_image":
-            kw.update(mask=mc.mask, max_patches=mc.max_patches, patch_frac=mc.patch_frac, full_mask_prob=mc.full_mask_prob)
-        elif mc.kind == "label":
-            kw.update(num_classes=mc.num_classes, hidden=mc.hidden, seed=mc.seed, context_dim=tokens(name, mc))
-        elif mc.kind == "segmentation":
-            kw.update(num_classes=mc.num_classes, seed=mc.seed)
-        elif mc.kind == "vector":
-            kw.update(dim=mc.dim, hidden=mc.hidden or 256, seed=mc.seed, context_dim=tokens(name, mc),
-                      extractor=mc.extractor)
-        elif mc.kind == "text":
-            kw.update(dim=mc.dim, class_names=mc.class_names, templates=mc.templates, text_encoder=mc.text_encoder,
-                      context_dim=ctx)
-        try:
-            modalities.append(MODALITY_KINDS[mc.kind](name, **kw))
+        try:                                                     # each kind reads its own fields of mc
+            kind = MODALITY_KINDS[mc.kind]
+            modalities.append(kind.from_config(name, mc, z_shape=z_shape, features=features,
+                                               context_dim=tokens(name, mc), latent=bool(d.autoencoder)))
         except ValueError as e:
             raise ConfigError(f"modalities.{name}: {e}") from None
     cond_channels = sum(mod.cond_channels for mod in modalities if mod.name in cond_names and not mod.uses_context)
@@ -107,3 +97,38 @@ def build_model(cfg: Config) -> MTModel:
     except ValueError as e:            # the U-Net's own checks name the model.* setting at fault
         raise ConfigError(f"model: {e}") from None
     return MTModel(backbone, modalities, conditioned=cond_names, prediction=build_prediction(cfg))
+
+
+def load_data(cfg: Config, split: str = "train") -> ImageSet:
+    """The ``split`` of ``cfg.data``, checked against the config (channels, size, label classes)."""
+    d = cfg.data
+    kw: dict[str, Any] = {}
+    if d.source in ("folder", "paired"):
+        kw = {"root": d.root, "image_size": d.image_size, "channels": d.channels, "on_bad": d.on_bad}
+        if d.source == "paired":
+            kw["direction"] = d.direction
+    elif d.root:
+        kw = {"root": d.root}
+    data = load_source(d.source, split, **kw)
+    if data.channels != d.channels or data.image_size != d.image_size:
+        raise ConfigError(f"data {data.name!r} has {data.channels} channels at {data.image_size}px but the config says "
+                          f"data.channels={d.channels}, data.image_size={d.image_size}")
+    for name, mc in cfg.modalities.items():
+        if mc.kind == "label":
+            if data.labels is None:
+                raise ConfigError(f"modalities.{name} is a label modality but {data.name!r} has no labels")
+            if int(data.labels.max()) >= mc.num_classes:
+                raise ConfigError(f"modalities.{name}.num_classes={mc.num_classes} but {data.name!r} has labels up to "
+                                  f"{int(data.labels.max())}")
+    return data
+
+
+def resolve_class_names(cfg: Config, data: ImageSet) -> None:
+    """Text modalities caption classes by name: the config's names, else the data source's."""
+    for name, mc in cfg.modalities.items():
+        if mc.kind != "text" or mc.class_names:
+            continue
+        if data.labels is None or not data.class_names:
+            raise ConfigError(f"modalities.{name} makes captions from class names, but {data.name!r} has no labelled "
+                              f"classes; set modalities.{name}.class_names")
+        mc.class_names = tuple(data.class_names)

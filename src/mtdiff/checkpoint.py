@@ -25,6 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .errors import MtdiffError
+
 __all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_steps", "latest_checkpoint", "has_checkpoints", "CheckpointError", "optimizer_to_flat",
            "optimizer_from_flat"]
 
@@ -33,7 +35,7 @@ VERSION = 1
 FILES = ("model.safetensors", "ema.safetensors", "state.safetensors")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MtdiffError, RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or from another format version."""
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sources import IMAGE_EXTENSIONS, DataError, ImageSet
+from .imageset import IMAGE_EXTENSIONS, DataError, ImageSet
 
 __all__ = ["load_image_folder", "ALPHA_BACKGROUND", "ON_BAD_CHOICES"]
 

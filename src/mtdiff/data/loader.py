@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .sources import ImageSet
+from .imageset import ImageSet
 
 __all__ = ["BatchStream"]
 

@@ -50,13 +50,14 @@ def random_patch_mask(
     *,
     generator: torch.Generator,
     max_patches: int = 10,
+    min_patches: int = 0,
     num_patches: Optional[int] = None,
     patch_frac: float = 0.25,
     device=None,
 ) -> torch.Tensor:
     """Random square-patch keep mask, float32 [batch, 1, size, size].
 
-    Per sample, m ~ Uniform{0, ..., max_patches} (inclusive) patches are masked, or
+    Per sample, m ~ Uniform{min_patches, ..., max_patches} (inclusive) patches are masked, or
     exactly ``num_patches`` when given. Each patch is a square of side
     ``round(patch_frac * size)`` whose top-left corner (x, y) is uniform over the whole
     image; it is clipped at the border (rows y:min(y+p, size)), and patches may overlap.
@@ -73,6 +74,8 @@ def random_patch_mask(
     _check_dims(batch, size)
     if isinstance(max_patches, bool) or not isinstance(max_patches, int) or max_patches < 0:
         raise ValueError(f"max_patches must be an int >= 0, got {max_patches!r}")
+    if isinstance(min_patches, bool) or not isinstance(min_patches, int) or not 0 <= min_patches <= max_patches:
+        raise ValueError(f"min_patches must be an int in [0, max_patches={max_patches}], got {min_patches!r}")
     if num_patches is not None and (
         isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 0
     ):
@@ -83,7 +86,7 @@ def random_patch_mask(
 
     if num_patches is None:
         k_max = max_patches
-        m = torch.randint(0, max_patches + 1, (batch,), generator=generator, device=gdev)
+        m = torch.randint(min_patches, max_patches + 1, (batch,), generator=generator, device=gdev)
     else:
         k_max = num_patches
         m = torch.full((batch,), num_patches, dtype=torch.long, device=gdev)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .folder import _center_crop_resize, _to_mode, check_decode_args
-from .sources import IMAGE_EXTENSIONS, DataError, ImageSet
+from .imageset import IMAGE_EXTENSIONS, DataError, ImageSet
 
 __all__ = ["DIRECTIONS", "PAIRED_SPLITS", "SOURCE_KEY", "load_paired_folder"]
 

