@@ -1,13 +1,13 @@
 """Run by tests/test_distributed.py under torchrun: train a tiny model, save this rank's parameters.
 
-usage: ddp_worker.py OUT_DIR DUMP_PREFIX [--resume] [KEY=VALUE ...]
+usage: ddp_worker.py OUT_DIR DUMP_PREFIX [--resume] [--preset=NAME] [KEY=VALUE ...]   (preset: mnist-masked-x)
 """
 import sys
 
 import torch
 
 from conftest import tiny
-from mtdiff.data.sources import ImageSet
+from mtdiff.data import ImageSet
 from mtdiff.distributed import close_world
 from mtdiff.train import Trainer
 
@@ -21,9 +21,10 @@ def toy_data() -> ImageSet:
 def main(argv: list[str]) -> None:
     out, prefix, *rest = argv
     resume = "--resume" in rest
-    overrides = [a for a in rest if a != "--resume"]
+    preset = next((a.split("=", 1)[1] for a in rest if a.startswith("--preset=")), "mnist-masked-x")
+    overrides = [a for a in rest if a != "--resume" and not a.startswith("--preset=")]
     torch.set_num_threads(1)
-    trainer = Trainer(tiny("mnist-masked-x", *overrides), out, data=toy_data(), resume=resume, progress=False)
+    trainer = Trainer(tiny(preset, *overrides), out, data=toy_data(), resume=resume, progress=False)
     trainer.run()
     close_world()
     torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},

@@ -17,10 +17,11 @@ SETTINGS = ["train.log_every=1", "train.sample_every=0", "train.warmup_steps=1",
             "train.lr_schedule=constant", "train.device=cpu"]   # a decaying lr depends on train.steps, which the resume test extends
 
 
-def _launch(tmp_path, nproc: int, out: str, steps: int, *extra: str, resume: bool = False) -> list[dict]:
-    """Train in ``nproc`` processes; returns each rank's final parameters."""
+def _launch(tmp_path, nproc: int, out: str, steps: int, *extra: str, resume: bool = False,
+            preset: str = "mnist-masked-x") -> list[dict]:
+    """Train ``preset`` in ``nproc`` processes; returns each rank's final parameters."""
     prefix = tmp_path / f"{out}-{nproc}p-{steps}"
-    args = [str(tmp_path / out), str(prefix), *(["--resume"] if resume else []), *SETTINGS,
+    args = [str(tmp_path / out), str(prefix), *(["--resume"] if resume else []), f"--preset={preset}", *SETTINGS,
             f"train.steps={steps}", f"train.ckpt_every={steps}", *extra]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=WORKER.parent,
@@ -49,6 +50,16 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
         torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)   # ranks agree exactly
     _assert_close(two[0], one[0])
     torch.testing.assert_close(load_checkpoint(tmp_path / "two")["model"], two[0])   # rank 0 saved them
+
+
+def test_two_processes_equal_one_with_an_image_backbone_input(tmp_path):
+    """The same with an image modality as the -X backbone input (edges -> image), dropped with cond_drop_prob:
+    its "nothing known" value is fixed, not drawn per process, so 2 processes still take 1 process's steps."""
+    two = _launch(tmp_path, 2, "two", 2, "train.micro_batch=2", preset="fashion-edges2img")
+    one = _launch(tmp_path, 1, "one", 2, preset="fashion-edges2img")
+    for k in two[0]:
+        torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)
+    _assert_close(two[0], one[0])
 
 
 def test_resume_on_another_number_of_processes(tmp_path):

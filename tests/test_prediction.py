@@ -147,7 +147,7 @@ def test_classifier_free_guidance_of_a_v_model_is_guidance_in_eps():
     data = {"masked": model.modalities["masked"].derive({"image": x}, g)}
     z, t = torch.randn(2, 1, 32, 32, generator=g), torch.tensor([100, 700])
     enc = model.encode(data)
-    null = model.init_data(["masked"], 2, generator=None, device="cpu")
+    null = model.null_data(["masked"], 2, device="cpu")
     with torch.no_grad():
         v_c, v_u = model(z, t, data)[0], model(z, t, null)[0]
     expected = model.prediction.eps(v_u + 3.0 * (v_c - v_u), z, t, enc)
@@ -158,7 +158,7 @@ def test_classifier_free_guidance_of_a_v_model_is_guidance_in_eps():
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
 def test_learning_rate_schedules_warm_up_alike_and_decay_to_zero(schedule, tmp_path):
-    from mtdiff.data.sources import ImageSet
+    from mtdiff.data import ImageSet
     from mtdiff.train import Trainer
 
     images = torch.zeros(16, 1, 32, 32, dtype=torch.uint8)
@@ -176,7 +176,7 @@ def test_learning_rate_schedules_warm_up_alike_and_decay_to_zero(schedule, tmp_p
 
 
 def test_resuming_with_more_steps_warns_that_a_decaying_lr_changes(tmp_path):
-    from mtdiff.data.sources import ImageSet
+    from mtdiff.data import ImageSet
     from mtdiff.train import Trainer
 
     data = ImageSet(torch.zeros(16, 1, 32, 32, dtype=torch.uint8), None, [], "zeros")
@@ -208,7 +208,7 @@ def test_stratified_timesteps_cover_every_stratum_once_and_each_row_is_uniform(b
 
 
 def test_stratified_timesteps_reach_the_trainer(tmp_path):
-    from mtdiff.data.sources import ImageSet
+    from mtdiff.data import ImageSet
     from mtdiff.train import Trainer
 
     cfg = tiny("mnist-ddpm", "diffusion.timestep_sampling=stratified", "train.batch_size=8")

@@ -5,6 +5,7 @@ Every error names the key, the value and what was expected, and happens before a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,11 +15,13 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .errors import MtdiffError
+
 __all__ = ["Config", "DataConfig", "DiffusionConfig", "ModalityConfig", "ModelConfig", "TrainConfig",
            "SampleConfig", "ConfigError", "load_config", "from_dict", "to_dict", "presets", "apply_overrides"]
 
 
-class ConfigError(ValueError):
+class ConfigError(MtdiffError, ValueError):
     """A configuration problem, raised before any work starts."""
 
 
@@ -47,7 +50,7 @@ class DiffusionConfig:
 
 @dataclass
 class ModalityConfig:
-    kind: Literal["image", "masked_image", "label", "segmentation", "vector", "text"] = "masked_image"
+    kind: str = "masked_image"                  # image | masked_image | label | segmentation | vector | text (MODALITY_KINDS)
     source: str | None = None                   # batch key the data comes from (default: image for masks, label for labels)
     head: str = "auto"                          # output | middle | classifier; auto picks by kind and model.variant
     encoder: str = "auto"                       # identity | fixed | backbone; auto picks the kind's first
@@ -272,40 +275,23 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
 
 # ---------------------------------------------------------------------------- cross-field rules
 
-_KIND_HEADS = {"image": ("output",), "masked_image": ("output",), "label": ("middle", "classifier"),
-               "segmentation": ("output",), "vector": ("middle",), "text": ("none",)}
-_KIND_ENCODERS = {"image": ("identity",), "masked_image": ("identity",), "label": ("fixed", "backbone"),
-                  "segmentation": ("fixed",), "vector": ("fixed", "backbone"), "text": ("none",)}
-_KIND_SOURCE = {"image": "image", "masked_image": "image", "label": "label", "segmentation": "segmentation",
-                "vector": "vector", "text": "caption"}
+def _kinds(cfg: Config) -> dict[str, type]:
+    """Modality name -> its kind's class, from the registry ``mtdiff.modalities.MODALITY_KINDS``."""
+    # imported here, not at the top: reading a config (the CLI's parser) needs no torch; the modalities
+    # never import this module, so the registry is the one place that knows the kinds
+    from .modalities import MODALITY_KINDS
 
-
-def _resolve_dim(mc: ModalityConfig, key: str) -> None:
-    """Vector and text widths: given, or known from the extractor / text encoder (which must agree)."""
-    if mc.kind not in ("vector", "text"):
-        return
-    from .pretrained.images import IMAGE_FEATURE_DIMS
-    from .pretrained.text import TEXT_ENCODERS
-
-    what, name, known = (("extractor", mc.extractor, IMAGE_FEATURE_DIMS) if mc.kind == "vector"
-                         else ("text_encoder", mc.text_encoder, TEXT_ENCODERS))
-    if mc.kind == "vector" and mc.extractor is not None and mc.extractor not in known:
-        raise ConfigError(f"{key}.extractor: {mc.extractor!r} is not valid; choose one of {sorted(known)}")
-    if name in known:
-        if mc.dim not in (0, known[name]):
-            raise ConfigError(f"{key}.dim={mc.dim} but {what} {name!r} gives {known[name]}-d vectors")
-        mc.dim = known[name]
-    if mc.dim <= 0:
-        raise ConfigError(f"{key}.dim must be > 0 for a {mc.kind} modality (or name a known {what}), got {mc.dim}")
-    if mc.kind == "text":
-        for tpl in mc.templates:
-            if tpl.count("{}") != 1:
-                raise ConfigError(f"{key}.templates: {tpl!r} must contain exactly one '{{}}' for the class name")
+    for name, mc in cfg.modalities.items():
+        if mc.kind not in MODALITY_KINDS:
+            raise ConfigError(f"modalities.{name}.kind: {mc.kind!r} is not valid; choose one of {list(MODALITY_KINDS)}")
+    return {name: MODALITY_KINDS[mc.kind] for name, mc in cfg.modalities.items()}
 
 
 def validate(cfg: Config) -> Config:
-    """Resolve ``auto`` choices and check combinations; returns the same object, resolved."""
+    """Resolve ``auto`` choices and check combinations; returns the same object, resolved. Each modality's
+    own fields are its kind's to resolve and check (``Modality.configure``)."""
     m = cfg.model
+    kinds = _kinds(cfg)
     labels = [n for n, mc in cfg.modalities.items() if mc.kind == "label"]
     if m.variant in ("M", "E") and not labels:
         raise ConfigError(f"model.variant={m.variant!r} (MT-Diffusion-{m.variant}) needs a modality of kind 'label'; "
@@ -313,33 +299,19 @@ def validate(cfg: Config) -> Config:
     if m.variant == "X" and not cfg.modalities:
         raise ConfigError("model.variant='X' feeds modality data to the backbone but no modalities are configured; "
                           "use variant 'U' for single-task DDPM")
-    texts = [n for n, mc in cfg.modalities.items() if mc.kind == "text"]
+    texts = [n for n, kind in kinds.items() if kind.is_pure_condition()]      # captions: inputs in every variant
     for name, mc in cfg.modalities.items():
         key = f"modalities.{name}"
-        heads, encoders = _KIND_HEADS[mc.kind], _KIND_ENCODERS[mc.kind]
-        if mc.head == "auto":
-            mc.head = {"M": "middle", "E": "classifier"}.get(m.variant, heads[0]) if mc.kind == "label" else heads[0]
-        if mc.head not in heads:
-            raise ConfigError(f"{key}.head: {mc.head!r} is not valid for kind {mc.kind!r}; choose one of {list(heads)}")
-        if mc.kind == "label" and m.variant in ("M", "E") and mc.head != {"M": "middle", "E": "classifier"}[m.variant]:
-            raise ConfigError(f"{key}.head={mc.head!r} contradicts model.variant={m.variant!r} "
-                              f"(M: head 'middle', E: head 'classifier')")
-        if mc.encoder == "auto":
-            mc.encoder = encoders[0]
-        if mc.encoder not in encoders:
-            raise ConfigError(f"{key}.encoder: {mc.encoder!r} is not valid for kind {mc.kind!r}; choose one of {list(encoders)}")
-        mc.source = mc.source or _KIND_SOURCE[mc.kind]
+        try:
+            kinds[name].configure(mc, key=key, variant=m.variant)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if mc.encoder == "backbone" and m.variant != "X" and not texts:
             raise ConfigError(
                 f"{key}.encoder='backbone' runs the U-Net on this modality's cross-attention token, but with "
                 f"model.variant={m.variant!r} the backbone never sees that token in training, so its zero-initialised "
                 f"cross-attention stays zero and E would be the same for every input. Use model.variant='X' "
                 f"(optionally with train.cond_drop_prob for guidance) or encoder 'fixed'")
-        _resolve_dim(mc, key)
-        if mc.kind in ("label", "segmentation") and mc.num_classes < 2:
-            raise ConfigError(f"{key}.num_classes must be >= 2, got {mc.num_classes}")
-        if not 0 <= mc.full_mask_prob <= 1:
-            raise ConfigError(f"{key}.full_mask_prob must be in [0, 1], got {mc.full_mask_prob}")
     if not m.channel_mult:
         raise ConfigError("model.channel_mult must list at least one multiplier, e.g. [1, 2, 2]")
     positive = {"train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
@@ -347,9 +319,26 @@ def validate(cfg: Config) -> Config:
                 "data.channels": cfg.data.channels, "model.channels": m.channels,
                 "train.log_every": cfg.train.log_every, "train.ckpt_every": cfg.train.ckpt_every,
                 "train.keep_checkpoints": cfg.train.keep_checkpoints, "sample.num": cfg.sample.num}
+    positive.update({"train.lr": cfg.train.lr, "diffusion.snr_gamma": cfg.diffusion.snr_gamma,
+                     "train.max_nonfinite": cfg.train.max_nonfinite, "model.num_heads": m.num_heads,
+                     "model.num_res_blocks": m.num_res_blocks})
+    nonnegative = {"train.weight_decay": cfg.train.weight_decay, "train.grad_clip": cfg.train.grad_clip,
+                   "diffusion.lam": cfg.diffusion.lam, "sample.eta": cfg.sample.eta,
+                   "train.sample_every": cfg.train.sample_every, "train.micro_batch": cfg.train.micro_batch,
+                   "train.warmup_steps": cfg.train.warmup_steps}
+    for section in (cfg.data, cfg.diffusion, cfg.model, cfg.train, cfg.sample, *cfg.modalities.values()):
+        for f in dataclasses.fields(section):
+            v = getattr(section, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{_section_name(cfg, section)}.{f.name} must be a finite number, got {v}")
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key} must be > 0, got {v}")
+    for key, v in nonnegative.items():
+        if v < 0:
+            raise ConfigError(f"{key} must be >= 0, got {v}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
     if not 1 <= cfg.sample.steps <= cfg.diffusion.timesteps:
         raise ConfigError(f"sample.steps must be in [1, diffusion.timesteps={cfg.diffusion.timesteps}], got {cfg.sample.steps}")
     if cfg.data.channels not in (1, 3):
@@ -359,7 +348,7 @@ def validate(cfg: Config) -> Config:
     if cfg.data.source == "paired" and not cfg.data.root:
         raise ConfigError("data.source='paired' needs data.root (a folder with train/ and test/ or val/ of A|B images)")
     if cfg.data.autoencoder:
-        _validate_latent(cfg)
+        _validate_latent(cfg, kinds)
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
         raise ConfigError(f"train.device: {cfg.train.device!r} is not valid; choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if not 0 <= cfg.train.cond_drop_prob <= 1:
@@ -369,33 +358,25 @@ def validate(cfg: Config) -> Config:
     if cfg.train.cond_drop_prob > 0 and m.variant != "X" and not texts:
         raise ConfigError(f"train.cond_drop_prob={cfg.train.cond_drop_prob} drops backbone inputs, which only "
                           f"model.variant='X' or a text modality provides (got variant {m.variant!r}, no text)")
-    if cfg.train.micro_batch < 0:
-        raise ConfigError(f"train.micro_batch must be >= 0 (0: no gradient accumulation), got {cfg.train.micro_batch}")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
-    if cfg.train.warmup_steps < 0:
-        raise ConfigError(f"train.warmup_steps must be >= 0, got {cfg.train.warmup_steps}")
-    if cfg.diffusion.snr_gamma <= 0:
-        raise ConfigError(f"diffusion.snr_gamma must be > 0, got {cfg.diffusion.snr_gamma}")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
     return cfg
 
 
-_LATENT_REFUSED = {
-    "segmentation": "its class maps and head live at pixel resolution; in latent space they would need masks at "
-                    "the latent resolution, which mtdiff does not make",
-    "masked_image": "its patch masks, its complete mask (all zeros) and mtdiff restore's pasting of known pixels "
-                    "all live in pixel space and have no counterpart in the VAE's latent space",
-}
+def _section_name(cfg: Config, section) -> str:
+    """The config key of a section object (``train``, ``modalities.mask``)."""
+    for f in dataclasses.fields(cfg):
+        if getattr(cfg, f.name) is section:
+            return f.name
+    return next(f"modalities.{n}" for n, mc in cfg.modalities.items() if mc is section)
 
 
-def _validate_latent(cfg: Config) -> None:
+def _validate_latent(cfg: Config, kinds: dict[str, type]) -> None:
     """Rules for diffusing in a frozen autoencoder's latent space (data.autoencoder)."""
     for name, mc in cfg.modalities.items():
-        if mc.kind in _LATENT_REFUSED:
+        if kinds[name].latent_refusal:
             raise ConfigError(f"modalities.{name} (kind {mc.kind!r}) cannot be used with data.autoencoder: "
-                              f"{_LATENT_REFUSED[mc.kind]}. Use kind 'image' (encoded by the VAE), 'label' or "
+                              f"{kinds[name].latent_refusal}. Use kind 'image' (encoded by the VAE), 'label' or "
                               f"'vector', or unset data.autoencoder")
     if cfg.data.latent_scale is not None and cfg.data.latent_scale <= 0:
         raise ConfigError(f"data.latent_scale must be > 0 (or null for the VAE's scaling_factor), got {cfg.data.latent_scale}")

@@ -1,13 +1,24 @@
 """The Modality type: one object per modality says how its data enters the diffusion space
 (encoder E_i), how it is read back out (head D_i) and how the head is scored (the KL term of Eq. 6).
 
-A new modality is one subclass. Data of a modality is one tensor; discrete modalities accept
-either class indices or probability vectors (what their head estimates during sampling).
+A new modality is one subclass: setting ``kind`` registers it in :data:`MODALITY_KINDS`, which config
+validation (``configure``) and the builder (``from_config``) ask, so a config may name it at once.
+Data of a modality is one tensor; discrete modalities accept either class indices or probability
+vectors (what their head estimates during sampling).
+
+Two initial values, not to be confused:
+
+- ``null``: "nothing known" about the modality, a fixed value (no random draw). Condition dropout
+  (``train.cond_drop_prob``), encoding dropout (``train.enc_drop_prob``), the unconditional branch of
+  classifier-free guidance, inverse mode and the -X backbone inputs of joint generation all use it,
+  so training and sampling agree, on every process and whatever the global RNG did.
+- ``init_unknown``: where the sampler starts a modality it generates (Algorithm 1, line 3); random
+  draws come from the sampler's generator only.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -15,25 +26,83 @@ from torch import Tensor, nn
 from ..data.derived import DERIVED, derive
 from .heads import HEADS
 
-__all__ = ["Modality", "BackboneEncode"]
+if TYPE_CHECKING:
+    from ..config import ModalityConfig
+
+__all__ = ["Modality", "BackboneEncode", "MODALITY_KINDS"]
 
 # (context tokens [B, L, D]) -> backbone eps output at z = 0, t = 0 (the "U-Net as encoder" option)
 BackboneEncode = Callable[[Tensor], Tensor]
+
+MODALITY_KINDS: dict[str, type[Modality]] = {}
+"""Kind name (``modalities.<name>.kind``) -> class; a subclass that sets ``kind`` enters it when defined."""
 
 
 class Modality(nn.Module):
     """Base class. ``z_shape`` is the diffusion space [C, H, W]; ``features`` maps backbone feature
     names ("middle", "output") to channel counts, so the head can be built on them.
 
-    Subclasses set ``kind``, ``head_choices`` and ``encoder_choices`` and implement the methods below.
+    Subclasses set ``kind``, ``head_choices`` and ``encoder_choices`` (the first of each is the ``auto``
+    choice) and ``default_source``, and implement the methods below; ``configure`` and ``config_options``
+    when the kind reads more of its config than head, encoder and source.
     """
     kind: ClassVar[str] = ""
     head_choices: ClassVar[tuple[str, ...]] = ()
     encoder_choices: ClassVar[tuple[str, ...]] = ()
+    default_source: ClassVar[str] = ""   # the batch key (or derived modality) of its data unless the config names one
     aggregates: ClassVar[bool] = True  # whether E_i(x_i) enters the forward process (Eq. 3); False: a pure condition
     has_head: ClassVar[bool] = True    # whether a head D_i reads it back (a term of Eq. 6)
+    token_input: ClassVar[bool] = False  # as a backbone input (-X): a cross-attention token (else input channels)
+    image_data: ClassVar[bool] = False   # its data are images: they go through data.autoencoder's map with z_0
+    latent_refusal: ClassVar[str] = ""   # why the kind cannot be used with data.autoencoder ("": it can)
     cond_channels: int = 0       # channels this modality adds to the backbone input in the -X variant
     uses_context: bool = False   # whether it enters the backbone as cross-attention tokens
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        kind = cls.__dict__.get("kind")
+        if not kind:
+            return
+        known = MODALITY_KINDS.get(kind)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"modality kind {kind!r} is defined twice: by {known.__module__}.{known.__qualname__} "
+                            f"and by {cls.__module__}.{cls.__qualname__}")
+        MODALITY_KINDS[kind] = cls
+
+    # -- from a config ---------------------------------------------------------------------
+    @classmethod
+    def is_pure_condition(cls) -> bool:
+        """No forward-process term and no head (a caption): only ever a backbone input, in every variant."""
+        return not cls.aggregates and not cls.has_head
+
+    @classmethod
+    def configure(cls, mc: ModalityConfig, *, key: str, variant: str) -> None:
+        """Resolve the ``auto`` choices of this kind's config ``mc`` in place and check its kind's fields.
+        Config validation calls it before any work; a problem is a ValueError whose message names the key
+        (``key`` is "modalities.<name>"), which validation raises as a ConfigError."""
+        if mc.head == "auto":
+            mc.head = cls.head_choices[0]
+        if mc.encoder == "auto":
+            mc.encoder = cls.encoder_choices[0]
+        for what, value, choices in (("head", mc.head, cls.head_choices), ("encoder", mc.encoder, cls.encoder_choices)):
+            if value not in choices:
+                raise ValueError(f"{key}.{what}: {value!r} is not valid for kind {cls.kind!r}; "
+                                 f"choose one of {list(choices)}")
+        mc.source = mc.source or cls.default_source or None
+
+    @classmethod
+    def config_options(cls, mc: ModalityConfig, *, context_dim: int, latent: bool) -> dict[str, Any]:
+        """The kind's own constructor arguments from its (configured) config; none in the base."""
+        return {}
+
+    @classmethod
+    def from_config(cls, name: str, mc: ModalityConfig, *, z_shape: tuple[int, int, int], features: Mapping[str, int],
+                    context_dim: int = 0, latent: bool = False) -> Modality:
+        """The modality ``name`` of a configured ``mc``. ``context_dim``: the cross-attention width when it
+        enters the backbone as tokens (a -X input, or through the backbone encoder), else 0; ``latent``:
+        the diffusion space is an autoencoder's latent space."""
+        return cls(name, z_shape=z_shape, features=features, head=mc.head, encoder=mc.encoder, source=mc.source,
+                   **cls.config_options(mc, context_dim=context_dim, latent=latent))
 
     def __init__(self, name: str, *, z_shape: tuple[int, int, int], features: Mapping[str, int],
                  head: str, encoder: str, source: str | None = None):
@@ -64,19 +133,26 @@ class Modality(nn.Module):
         raise KeyError(f"modality {self.name!r} reads batch[{self.source!r}], but the batch has {sorted(batch)} "
                        f"and the derived modalities are {sorted(DERIVED)}")
 
-    def init_unknown(self, batch: int, *, generator: torch.Generator | None, device) -> Tensor:
-        """Initial data for Algorithm 1, line 3: random, or the value that says "nothing known"."""
+    def null(self, batch: int, *, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """"Nothing known" about this modality: [batch, ...] in the canonical (float) form, the same every
+        call, from no random draw. What condition and encoding dropout put in training, and what the
+        unconditional branch of guidance, inverse mode and -X joint generation feed the model."""
         raise NotImplementedError
+
+    def init_unknown(self, batch: int, *, generator: torch.Generator | None, device) -> Tensor:
+        """The sampler's start for a modality it generates (Algorithm 1, line 3): ``null`` unless the kind
+        starts from noise, which is then drawn from ``generator`` (on its device) and moved to ``device``."""
+        return self.null(batch, device=device)
 
     def canonical(self, x: Tensor) -> Tensor:
         """The float form of the data (class indices become probability vectors)."""
         return x.float()
 
     def drop(self, x: Tensor, dropped: Tensor) -> Tensor:
-        """x with the samples where ``dropped`` [B] is True replaced by the "nothing known" value of
-        ``init_unknown`` (condition dropout for classifier-free guidance)."""
+        """x with the samples where ``dropped`` [B] is True replaced by :meth:`null` (condition dropout for
+        classifier-free guidance, encoding dropout for inverse mode)."""
         x = self.canonical(x)
-        null = self.init_unknown(x.shape[0], generator=None, device=x.device).to(x.dtype)
+        null = self.null(x.shape[0], device=x.device, dtype=x.dtype)
         return torch.where(dropped.reshape(-1, *([1] * (x.ndim - 1))), null, x)
 
     # -- encoder E_i, head D_i, likelihood -------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,11 @@ from torch import Tensor, nn
 from ..data.masking import apply_mask, make_mask
 from .base import BackboneEncode, Modality
 
+if TYPE_CHECKING:
+    from ..config import ModalityConfig
+
 __all__ = ["ImageModality", "MaskedImageModality", "LabelModality", "SegmentationModality",
-           "VectorModality", "TextModality", "MODALITY_KINDS"]
+           "VectorModality", "TextModality"]
 
 
 def _per_sample_mean(x: Tensor) -> Tensor:
@@ -45,6 +49,21 @@ def _fixed_normal(seed: int, *shape: int) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+def _check_num_classes(mc: ModalityConfig, key: str) -> None:
+    if mc.num_classes < 2:
+        raise ValueError(f"{key}.num_classes must be >= 2, got {mc.num_classes}")
+
+
+def _resolve_dim(mc: ModalityConfig, key: str, what: str, name: str | None, known: Mapping[str, int]) -> None:
+    """Vector and text widths: ``dim`` given, or known from the extractor / text encoder ``name`` (which must agree)."""
+    if name in known:
+        if mc.dim not in (0, known[name]):
+            raise ValueError(f"{key}.dim={mc.dim} but {what} {name!r} gives {known[name]}-d vectors")
+        mc.dim = known[name]
+    if mc.dim <= 0:
+        raise ValueError(f"{key}.dim must be > 0 for a {mc.kind} modality (or name a known {what}), got {mc.dim}")
+
+
 class ImageModality(Modality):
     """A continuous image in the diffusion space's shape. E = identity; head = output-block replica;
     Gaussian likelihood, so the KL term is an MSE (Section 2.2.3). ``clip``: estimates are clamped to
@@ -52,12 +71,24 @@ class ImageModality(Modality):
     kind = "image"
     head_choices = ("output",)
     encoder_choices = ("identity",)
+    default_source = "image"
+    image_data = True
 
     def __init__(self, name: str, *, head: str = "output", encoder: str = "identity", clip: bool = True, **kw):
         super().__init__(name, head=head, encoder=encoder, **kw)
         self.clip = clip
         self.cond_channels = self.z_shape[0]
         self.decoder = self._build_head(self.z_shape[0])
+
+    @classmethod
+    def config_options(cls, mc, *, context_dim, latent):
+        options = super().config_options(mc, context_dim=context_dim, latent=latent)
+        return {**options, "clip": not latent}                  # latents are not bounded to [-1, 1]
+
+    def null(self, batch, *, device=None, dtype=torch.float32):
+        # The zero image: mid-grey in pixels, the middle of the data in a latent space, and E(0) = 0, so a dropped
+        # encoding does not shift z_t (a random null would add noise to z_t that eps cannot predict; see vectors).
+        return torch.zeros(batch, *self.z_shape, device=device, dtype=dtype)
 
     def init_unknown(self, batch, *, generator, device):
         return torch.randn(batch, *self.z_shape, generator=generator,
@@ -81,6 +112,19 @@ class MaskedImageModality(ImageModality):
     zeroed; ``full_mask_prob`` of training samples are fully masked, the input that the -X
     variant receives when it generates from scratch."""
     kind = "masked_image"
+    latent_refusal = ("its patch masks, its complete mask (all zeros) and mtdiff restore's pasting of known pixels "
+                      "all live in pixel space and have no counterpart in the VAE's latent space")
+
+    @classmethod
+    def configure(cls, mc, *, key, variant):
+        super().configure(mc, key=key, variant=variant)
+        if not 0 <= mc.full_mask_prob <= 1:
+            raise ValueError(f"{key}.full_mask_prob must be in [0, 1], got {mc.full_mask_prob}")
+
+    @classmethod
+    def config_options(cls, mc, *, context_dim, latent):
+        return {**super().config_options(mc, context_dim=context_dim, latent=latent), "mask": mc.mask,
+                "max_patches": mc.max_patches, "patch_frac": mc.patch_frac, "full_mask_prob": mc.full_mask_prob}
 
     def __init__(self, name: str, *, mask: str = "random", max_patches: int = 10, patch_frac: float = 0.25,
                  full_mask_prob: float = 0.0, **kw):
@@ -105,7 +149,8 @@ class MaskedImageModality(ImageModality):
         return apply_mask(image, self.keep_mask(image.shape[0], generator=generator, device=image.device))
 
     def init_unknown(self, batch, *, generator, device):
-        return torch.zeros(batch, *self.z_shape, device=device)  # the "complete mask" (Section 4.1)
+        # generated from the "complete mask" (Section 4.1), not from noise: all zeros, the image's null
+        return self.null(batch, device=device)
 
 
 class _Discrete(Modality):
@@ -140,6 +185,23 @@ class LabelModality(_Discrete):
     kind = "label"
     head_choices = ("middle", "classifier")
     encoder_choices = ("fixed", "backbone")
+    default_source = "label"
+    token_input = True
+
+    @classmethod
+    def configure(cls, mc, *, key, variant):
+        by_variant = {"M": "middle", "E": "classifier"}.get(variant)   # MT-Diffusion-M / -E: the variant is the head
+        if mc.head == "auto" and by_variant:
+            mc.head = by_variant
+        super().configure(mc, key=key, variant=variant)
+        if by_variant and mc.head != by_variant:
+            raise ValueError(f"{key}.head={mc.head!r} contradicts model.variant={variant!r} "
+                             f"(M: head 'middle', E: head 'classifier')")
+        _check_num_classes(mc, key)
+
+    @classmethod
+    def config_options(cls, mc, *, context_dim, latent):
+        return {"num_classes": mc.num_classes, "hidden": mc.hidden, "seed": mc.seed, "context_dim": context_dim}
 
     def __init__(self, name: str, *, num_classes: int, head: str = "middle", encoder: str = "fixed",
                  context_dim: int = 0, hidden: int = 0, seed: int = 0, **kw):
@@ -155,8 +217,8 @@ class LabelModality(_Discrete):
                 raise ValueError(f"modality {name!r}: the backbone encoder needs model.context_dim > 0")
             self.token = nn.Linear(num_classes, context_dim, bias=False)
 
-    def init_unknown(self, batch, *, generator, device):
-        return torch.full((batch, self.num_classes), 1.0 / self.num_classes, device=device)  # uniform
+    def null(self, batch, *, device=None, dtype=torch.float32):
+        return torch.full((batch, self.num_classes), 1.0 / self.num_classes, device=device, dtype=dtype)  # uniform
 
     def encode(self, x, backbone_encode: BackboneEncode | None = None):
         p = self.probs(x)                                                          # [B, K]
@@ -177,6 +239,18 @@ class SegmentationModality(_Discrete):
     kind = "segmentation"
     head_choices = ("output",)
     encoder_choices = ("fixed",)
+    default_source = "segmentation"
+    latent_refusal = ("its class maps and head live at pixel resolution; in latent space they would need masks at "
+                      "the latent resolution, which mtdiff does not make")
+
+    @classmethod
+    def configure(cls, mc, *, key, variant):
+        super().configure(mc, key=key, variant=variant)
+        _check_num_classes(mc, key)
+
+    @classmethod
+    def config_options(cls, mc, *, context_dim, latent):
+        return {"num_classes": mc.num_classes, "seed": mc.seed}
 
     def __init__(self, name: str, *, num_classes: int, head: str = "output", encoder: str = "fixed",
                  seed: int = 0, **kw):
@@ -186,8 +260,9 @@ class SegmentationModality(_Discrete):
         self.decoder = self._build_head(num_classes)
         self.register_buffer("class_values", _fixed_normal(seed, num_classes, self.z_shape[0]))
 
-    def init_unknown(self, batch, *, generator, device):
-        return torch.full((batch, self.num_classes, *self.z_shape[1:]), 1.0 / self.num_classes, device=device)
+    def null(self, batch, *, device=None, dtype=torch.float32):
+        return torch.full((batch, self.num_classes, *self.z_shape[1:]), 1.0 / self.num_classes, device=device,
+                          dtype=dtype)                                             # uniform per pixel
 
     def encode(self, x, backbone_encode=None):
         return torch.einsum("bkhw,kc->bchw", self.probs(x), self.class_values.to(torch.float32))
@@ -208,6 +283,22 @@ class VectorModality(Modality):
     kind = "vector"
     head_choices = ("middle",)
     encoder_choices = ("fixed", "backbone")
+    default_source = "vector"
+    token_input = True
+
+    @classmethod
+    def configure(cls, mc, *, key, variant):
+        super().configure(mc, key=key, variant=variant)
+        from ..pretrained.images import IMAGE_FEATURE_DIMS
+        if mc.extractor is not None and mc.extractor not in IMAGE_FEATURE_DIMS:
+            raise ValueError(f"{key}.extractor: {mc.extractor!r} is not valid; "
+                             f"choose one of {sorted(IMAGE_FEATURE_DIMS)}")
+        _resolve_dim(mc, key, "extractor", mc.extractor, IMAGE_FEATURE_DIMS)
+
+    @classmethod
+    def config_options(cls, mc, *, context_dim, latent):
+        return {"dim": mc.dim, "hidden": mc.hidden or 256, "seed": mc.seed, "context_dim": context_dim,
+                "extractor": mc.extractor}
 
     def __init__(self, name: str, *, dim: int, head: str = "middle", encoder: str = "fixed",
                  context_dim: int = 0, hidden: int = 256, seed: int = 0, extractor: str | None = None, **kw):
@@ -253,11 +344,11 @@ class VectorModality(Modality):
             return self.represent(batch["image"])
         return super().derive(batch, generator)
 
-    def init_unknown(self, batch, *, generator, device):
+    def null(self, batch, *, device=None, dtype=torch.float32):
         # "Nothing known" is the zero vector (E(0) = 0 for the fixed encoder), not a random one: a random
         # vector as the dropped encoding (train.enc_drop_prob) adds noise to z_t that eps cannot predict
         # (measured on mnist-text2img: test eps MSE 0.17 with random, 0.065 with the true vector).
-        return torch.zeros(batch, self.dim, device=device)
+        return torch.zeros(batch, self.dim, device=device, dtype=dtype)
 
     def encode(self, x, backbone_encode=None):
         if self.encoder_name == "fixed":
@@ -291,6 +382,22 @@ class TextModality(Modality):
     uses_context = True
     head_choices = ("none",)
     encoder_choices = ("none",)
+    default_source = "caption"
+    token_input = True
+
+    @classmethod
+    def configure(cls, mc, *, key, variant):
+        super().configure(mc, key=key, variant=variant)
+        from ..pretrained.text import TEXT_ENCODERS
+        _resolve_dim(mc, key, "text_encoder", mc.text_encoder, TEXT_ENCODERS)
+        for tpl in mc.templates:
+            if tpl.count("{}") != 1:
+                raise ValueError(f"{key}.templates: {tpl!r} must contain exactly one '{{}}' for the class name")
+
+    @classmethod
+    def config_options(cls, mc, *, context_dim, latent):
+        return {"dim": mc.dim, "class_names": mc.class_names, "templates": mc.templates,
+                "text_encoder": mc.text_encoder, "context_dim": context_dim}
 
     def __init__(self, name: str, *, dim: int, class_names: tuple[str, ...], templates: tuple[str, ...],
                  text_encoder: str, context_dim: int, head: str = "none", encoder: str = "none", **kw):
@@ -344,14 +451,8 @@ class TextModality(Modality):
                                  device=_generator_device(generator, labels.device)).to(labels.device)
         return self.from_labels(labels, template)
 
-    def init_unknown(self, batch, *, generator, device):
-        return torch.zeros(batch, self.dim, device=device)
+    def null(self, batch, *, device=None, dtype=torch.float32):
+        return torch.zeros(batch, self.dim, device=device, dtype=dtype)           # no caption
 
     def condition(self, x):
         return self.token(x.float())[:, None]                                      # [B, 1, D]
-
-
-MODALITY_KINDS: Mapping[str, type[Modality]] = {
-    cls.kind: cls for cls in (ImageModality, MaskedImageModality, LabelModality, SegmentationModality, VectorModality,
-                               TextModality)
-}

@@ -6,7 +6,7 @@ encoder, and generated latents are decoded back to pixels. :class:`LatentMap` wr
 ``AutoencoderKL`` saved with ``save_pretrained``; :class:`PixelMap` is the identity used when no
 autoencoder is configured, so the trainer and the commands have one code path.
 
-Only the data of image modalities pass through the map (:data:`IMAGE_KINDS`); label and vector
+Only the data of image modalities pass through the map (kinds with ``image_data``); label and vector
 modalities keep their own encoders E_i into the (latent) diffusion space. A segmentation modality
 in latent space would need its class maps at the latent resolution, so the config refuses it (and
 masked images, whose masks and restoration live in pixel space).
@@ -25,7 +25,6 @@ from ..config import ConfigError
 
 __all__ = [
     "DEFAULT_LATENT_SCALE",
-    "IMAGE_KINDS",
     "AutoencoderError",
     "LatentMap",
     "PixelMap",
@@ -35,7 +34,6 @@ __all__ = [
 ]
 
 DEFAULT_LATENT_SCALE = 0.18215           # LDM KL-f8 / Stable Diffusion: latents of about unit variance
-IMAGE_KINDS: tuple[str, ...] = ("image", "masked_image")   # modality kinds whose data are pixel images
 _INSTALL = "pip install diffusers (or pip install 'mtdiff[latent]')"
 
 
@@ -58,7 +56,7 @@ class SpaceMap:
 
     def encode_data(self, data: Mapping[str, Tensor], modalities: Mapping[str, Any]) -> dict[str, Tensor]:
         """Modality data with every image-kind modality's images mapped into the diffusion space."""
-        return {n: self.encode(x) if n in modalities and modalities[n].kind in IMAGE_KINDS else x
+        return {n: self.encode(x) if n in modalities and modalities[n].image_data else x
                 for n, x in data.items()}
 
 

@@ -112,5 +112,11 @@ class MTModel(nn.Module):
         return self.prediction.eps(out.float(), z.float(), t, self.encode(data or {}) if enc is None else enc)
 
     def init_data(self, names: Sequence[str], batch: int, *, generator: torch.Generator | None, device) -> dict[str, Tensor]:
-        """Random initial data for the unknown modalities (Algorithm 1 line 3)."""
+        """The sampler's start for the modalities it generates (Algorithm 1 line 3; ``Modality.init_unknown``):
+        random draws from ``generator``. Not "nothing known": that is :meth:`null_data`."""
         return {n: self.modalities[n].init_unknown(batch, generator=generator, device=device) for n in names}
+
+    def null_data(self, names: Sequence[str], batch: int, *, device=None) -> dict[str, Tensor]:
+        """"Nothing known" for ``names`` (``Modality.null``): fixed values, no random draw, as in condition
+        and encoding dropout. The unconditional branch of guidance, inverse mode and joint generation use it."""
+        return {n: self.modalities[n].null(batch, device=device) for n in names}

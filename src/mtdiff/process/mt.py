@@ -150,7 +150,7 @@ class MTProcess:
 
     # -- prior ---------------------------------------------------------------------------
     def prior_mean_std(self, enc: Mapping[str, Tensor], like: Tensor) -> tuple[Tensor, Tensor]:
-        """q(z_T | X) without z_0's contribution: N(sum_i alpha~_T E_i, (1 - ab_T) I) (DESIGN.md, paper error 3)."""
+        """q(z_T | X) without z_0's contribution: N(sum_i alpha~_T E_i, (1 - ab_T) I) (docs/DESIGN.md, paper error 3)."""
         tT = torch.full((like.shape[0],), self.num_timesteps - 1, dtype=torch.long)
         return self._sum(self.alpha_tilde, tT, enc, like), self._at(self.one_minus_alphas_cumprod, tT, like).sqrt()
 

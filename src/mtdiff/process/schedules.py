@@ -63,7 +63,7 @@ class Constant:
 class PaperRatio:
     """Appendix E's w_t = t / (T - t), made finite at t = T by using w_{T-1} there.
 
-    Kept for fidelity only: alpha~ grows to the thousands (DESIGN.md, paper error 2), so
+    Kept for fidelity only: alpha~ grows to the thousands (docs/DESIGN.md, paper error 2), so
     z_t ends as mostly E(x) and the prior N(0, I) is never reached.
     """
 

@@ -1,8 +1,9 @@
 """Guidance as Denoiser wrappers, so every sampler gets it for free.
 
 - ``ClassifierFreeGuidance`` (Ho & Salimans, 2022): the -X model run with and without its
-  backbone inputs (replaced by their "nothing known" values, as in training with
-  ``train.cond_drop_prob``), eps = eps_u + scale (eps_c - eps_u).
+  backbone inputs (replaced by their fixed "nothing known" values, ``Modality.null``, as in training
+  with ``train.cond_drop_prob``; no random draw, so a guided sample depends on its seed only),
+  eps = eps_u + scale (eps_c - eps_u).
 - ``HeadGuidance``: classifier guidance (Dhariwal & Nichol, 2021) by the model's own label head,
   no separate noisy classifier: eps = eps - scale sqrt(1 - ab_t) grad_z log p_head(y | z_t).
 """
@@ -22,7 +23,7 @@ class _Wrapper:
     def __init__(self, model):
         self.model = model
 
-    def __getattr__(self, name):  # modalities, conditioned, z_shape, encode, init_data ...
+    def __getattr__(self, name):  # modalities, conditioned, z_shape, encode, init_data, null_data ...
         return getattr(self.model, name)
 
 
@@ -41,7 +42,7 @@ class ClassifierFreeGuidance(_Wrapper):
                 enc: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         enc = self.model.encode(data) if enc is None else enc      # z_t was formed with the conditions' encodings
         eps_c, est = self.model.predict(z, t, data, enc)
-        null = self.model.init_data(self.names, z.shape[0], generator=None, device=z.device)
+        null = self.model.null_data(self.names, z.shape[0], device=z.device)
         eps_u, _ = self.model.predict(z, t, {**data, **null}, enc)
         return eps_u + self.scale * (eps_c - eps_u), est
 
