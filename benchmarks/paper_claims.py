@@ -35,17 +35,16 @@ import torch
 import torch.nn.functional as F
 
 from common import machine
-from mtdiff.build import build_model
+from mtdiff.build import build_model, load_data
 from mtdiff.checkpoint import has_checkpoints, latest_checkpoint
 from mtdiff.config import Config, load_config, to_dict
 from mtdiff.data.masking import apply_mask, make_mask
 from mtdiff.evaluate import joint_images, translate
 from mtdiff.metrics.quality import sample_quality
 from mtdiff.metrics.task import calibration, masked_errors, perceptual_distance
-from mtdiff.runs import Run, load_run, read_run_config
-from mtdiff.sampling import inverse, restore, timesteps
+from mtdiff.runs import Run, load_run, read_run_config, resolve_device
+from mtdiff.sampling import timesteps
 from mtdiff.train import Trainer
-from mtdiff.train.trainer import load_data, resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -246,10 +245,9 @@ def estimate(scale: Scale, remaining: dict[str, int], speed: dict, num_test: int
 
 # ---------------------------------------------------------------------------- evaluation: one function per table
 
-def sample_kw(run: Run, scale: Scale, seed: int, device) -> dict:
-    """The sampler of every arm: DDIM (eta 0) with the scale's steps, the run's start and clipping, one seed."""
-    return {**run.config.sample.kwargs(sampler="ddim", steps=scale.sample_steps, eta=0.0),
-            "generator": torch.Generator(device).manual_seed(seed), "device": device}
+def sample_kw(scale: Scale, seed: int) -> dict:
+    """The sampler of every arm (the run's start and clipping): DDIM (eta 0) with the scale's steps, one seed."""
+    return {"sampler": "ddim", "steps": scale.sample_steps, "eta": 0.0, "seed": seed}
 
 
 def table2_generation(runs: Path, scale: Scale, test, extractor, seed: int, device) -> dict:
@@ -258,7 +256,7 @@ def table2_generation(runs: Path, scale: Scale, test, extractor, seed: int, devi
     rows = {}
     for arm in PAPER_TABLE2:
         run = load_run(runs / arm, device=device)
-        images = joint_images(run, scale.num_samples, batch=scale.batch, **sample_kw(run, scale, seed, device))
+        images = joint_images(run, scale.num_samples, batch=scale.batch, **sample_kw(scale, seed))
         rows[arm] = sample_quality(images, test, extractor, seed=seed, cache_dir=runs / "eval")
     return {"rows": rows, "paper": {a: dict(zip(TABLE2_METRICS, v)) for a, (_, v) in PAPER_TABLE2.items()},
             "paper_rows": {a: name for a, (name, _) in PAPER_TABLE2.items()}}
@@ -302,10 +300,7 @@ def _restorations(ddpm: Run, mtx: Run, x, masked, keep, scale: Scale, seed: int,
     g = torch.Generator(device).manual_seed(seed)
     repaint = ddim_single_task(ddpm, torch.randn(x.shape, generator=g, device=device), timesteps(T, s),
                                generator=g, known=masked, keep=keep)
-    name = next(n for n, m in mtx.model.modalities.items() if m.kind == "masked_image")
-    unknown = [n for n in mtx.model.modalities if n != name and n not in mtx.model.conditioned]
-    mt_x = restore(mtx.model, mtx.process, masked, keep, modality=name, unknown=unknown, project=True,
-                   **sample_kw(mtx, scale, seed, device)).restored
+    mt_x = mtx.restore(x, keep, **sample_kw(scale, seed)).restored
     return {"clean_masked": masked, "sdedit": paste(sdedit), "repaint": paste(repaint), "mt_x": mt_x}
 
 
@@ -336,8 +331,7 @@ def table4_translation(runs: Path, scale: Scale, test, seed: int, device) -> dic
     rows = {}
     for arm in PAPER_TABLE4:
         run = load_run(runs / arm, device=device)
-        kw = {k: v for k, v in sample_kw(run, scale, seed, device).items() if k not in ("generator", "device")}
-        _, scores = translate(run, test, modality="mask", num=scale.num_translate, seed=seed, device=device, **kw)
+        _, scores = translate(run, test, modality="mask", num=scale.num_translate, **sample_kw(scale, seed))
         scores.pop("columns")
         rows[arm] = {**{m: scores[SEG_PREFIX + m] for m in SEG_METRICS}, "all": scores,
                      "alpha_tilde_max": float(run.process.alpha_tilde["mask"].abs().max()),   # 0: single task
@@ -350,9 +344,9 @@ def table4_translation(runs: Path, scale: Scale, test, seed: int, device) -> dic
 def head_probs(run: Run, test, num: int | None, seed: int, device, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """Label-head probabilities in inverse mode at t = 0, batched and seeded as ``mtdiff.evaluate.classify``."""
     n = len(test) if num is None else min(num, len(test))
-    g = torch.Generator(device).manual_seed(seed)
-    probs = [inverse(run.model, run.process, run.latent.encode(test.to_float(torch.arange(i, min(i + batch, n))).to(device)),
-                     "label", t=0, generator=g).double().cpu() for i in range(0, n, batch)]
+    g = run.generator(seed)
+    probs = [run.classify(test.to_float(torch.arange(i, min(i + batch, n))), generator=g).double().cpu()
+             for i in range(0, n, batch)]
     return torch.cat(probs), test.labels[:n]
 
 

@@ -176,9 +176,8 @@ def mtdiff_samples(arm: dict, step: int, num: int, args) -> torch.Tensor:
     from mtdiff.runs import load_run
 
     run = load_run(arm["dir"], step=step)
-    kw = run.config.sample.kwargs(sampler=args.sampler, steps=args.sample_steps, eta=args.eta)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    return joint_images(run, num, batch=250, generator=g, device="cpu", **kw)
+    return joint_images(run, num, batch=250, sampler=args.sampler, steps=args.sample_steps, eta=args.eta,
+                        seed=args.seed + 1)
 
 
 # ---------------------------------------------------------------------------- the diffusers peer
@@ -395,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mtdiff.config import load_config
     from mtdiff.metrics.quality import reference_stats
     from mtdiff.pretrained.images import load_image_features
-    from mtdiff.train.trainer import load_data
+    from mtdiff.build import load_data
 
     arms = {n: ARMS[n] for n in filter(None, args.arms.split(","))}
     arms.update(parse_arm(a) for a in args.arm)

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from common import machine
+from mtdiff.build import load_data
 from mtdiff.cli.evaluate import default_extractor
 from mtdiff.evaluate import joint_images
 from mtdiff.metrics.quality import reference_stats, sample_quality
 from mtdiff.pretrained.images import load_image_features
 from mtdiff.runs import load_run
-from mtdiff.train.trainer import load_data
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE = ("ddim", 1000)
@@ -37,9 +37,8 @@ REFERENCE = ("ddim", 1000)
 def sample(run, sampler: str, steps: int, num: int, batch: int, seed: int, device) -> tuple[torch.Tensor, float]:
     """``num`` joint samples in pixels and the seconds they took (every sampler starts from the same z_T)."""
     g = torch.Generator(device).manual_seed(seed)
-    kw = run.config.sample.kwargs(sampler=sampler, steps=steps, eta=0.0)
     t0 = time.perf_counter()
-    images = joint_images(run, num, batch=batch, generator=g, device=device, **kw)   # ends on the CPU: synchronised
+    images = joint_images(run, num, batch=batch, generator=g, sampler=sampler, steps=steps, eta=0.0)  # ends on the CPU
     return images, time.perf_counter() - t0
 
 

@@ -80,7 +80,7 @@ def diffusers_unet(size: dict):
 def mt_trainer(size: dict, arm: str, batch: int, device: str, compile_: bool, tmp: str):
     """A Trainer for single-task DDPM (``ddpm``) or MT-Diffusion-X with a masked image (``mt-x``) on synthetic data."""
     from mtdiff.config import load_config
-    from mtdiff.data.sources import ImageSet
+    from mtdiff.data import ImageSet
     from mtdiff.train import Trainer
 
     s = size["image_size"]

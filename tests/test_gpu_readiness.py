@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import tiny
-from mtdiff.data.sources import ImageSet
+from mtdiff.data import ImageSet
 from mtdiff.train import Trainer
 
 PRESETS = ["mnist-ddpm", "mnist-masked-x", "mnist-label-m", "mnist-label-e", "mnist-seg2img", "fashion-edges2img",

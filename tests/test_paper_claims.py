@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtdiff.data.sources import ImageSet
+from mtdiff.data import ImageSet
 from mtdiff.train import Trainer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ccexam") is None or importlib.util.find_spec("mnist") is None,
@@ -79,11 +79,11 @@ def test_markdown_names_the_machine_the_command_and_the_paper(smoke):
 def test_figure6_accuracy_is_that_of_mtdiff_classify(smoke):
     from mtdiff.evaluate import classify
     from mtdiff.runs import load_run
-    from mtdiff.train.trainer import load_data
+    from mtdiff.build import load_data
 
     tmp, r, _ = smoke
     run = load_run(tmp / "runs" / "label-m-classifier-only")
-    got = classify(run, load_data(run.config, "test"), modality="label", method="head", num=64)
+    got = classify(run, load_data(run.config, "test"), method="head", num=64)
     assert got["accuracy"] == r["figure6"]["rows"]["label-m-classifier-only"]["accuracy"]
     assert got["nll"] == pytest.approx(r["figure6"]["rows"]["label-m-classifier-only"]["nll"], rel=1e-5)
 

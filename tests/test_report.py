@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import tiny
 from mtdiff.cli.main import main
-from mtdiff.data.sources import ImageSet
+from mtdiff.data import ImageSet
 from mtdiff.train import Trainer
 
 pytest.importorskip("matplotlib")

@@ -181,14 +181,14 @@ def test_restore_keeps_known_pixels_exactly_and_reports_drift():
     keep = (torch.rand(2, 1, 4, 4, generator=g) > 0.5).float()
     masked = x * keep
     res = restore(model, proc, masked, keep, steps=10, generator=g)
-    assert bool(((res.restored - x) * keep).abs().max() == 0)
     expected = ((res.raw - masked).abs() * keep).flatten(1).sum(1) / keep.flatten(1).sum(1)
     torch.testing.assert_close(res.drift, expected)
-    # with projection the chain itself ends on the known pixels; without it only the paste keeps them
-    projected = restore(model, proc, masked, keep, steps=10, generator=g, sampler="ancestral")
-    assert bool(((projected.restored - masked) * keep).abs().max() == 0)
-    free = restore(model, proc, masked, keep, steps=10, generator=g, project=False)
-    assert bool(((free.restored - x) * keep).abs().max() == 0) and float(free.drift.max()) > 0
+    torch.testing.assert_close(res.restored, keep * masked + (1 - keep) * res.raw)   # the raw chain, known pixels pasted
+    # projection keeps the raw chain itself near the known pixels; left alone, this crude model drifts off them
+    for sampler in ("ddim", "ancestral"):
+        projected = restore(model, proc, masked, keep, steps=10, generator=g, sampler=sampler)
+        free = restore(model, proc, masked, keep, steps=10, generator=g, sampler=sampler, project=False)
+        assert float(projected.drift.max()) < 0.2 * float(free.drift.min()), (sampler, projected.drift, free.drift)
     with pytest.raises(ValueError, match="does not match"):
         restore(model, proc, masked, keep[:, :, :2], steps=2, generator=g)
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny
 from mtdiff.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from mtdiff.data.sources import ImageSet
+from mtdiff.data import ImageSet
 from mtdiff.train import Trainer, TrainingError
 
 FAST = ["train.log_every=2", "train.sample_every=0", "train.warmup_steps=3", "train.lr=1e-3", "train.batch_size=8",

@@ -121,31 +121,25 @@ def _fmt(v: Any) -> str:
 
 def _generated_sections(run: Run, test, num: int, steps: int, seed: int) -> list[tuple[str, str]]:
     """(title, html) for each kind of generation the run's modalities allow."""
-    from .evaluate import class_conditions, num_classes, representation_cosine, restoration_grid, translate
-    from .sampling import generate_conditional, generate_joint
+    from .evaluate import representation_cosine, restoration_grid, translate
+    from .runs import num_classes
 
-    m, kw = run.model, run.config.sample.kwargs(steps=steps, device="cpu")
-    g = torch.Generator().manual_seed(seed)
-    state = generate_joint(m, run.process, batch=num, generator=g, **kw)
-    images = run.latent.decode(state.z)
-    out = [("Joint samples", _img(_grid_png(images), "joint samples") + _kv(representation_cosine(m, state, images)))]
+    m, kw = run.model, {"steps": steps, "seed": seed}
+    s = run.sample(num, **kw)
+    out = [("Joint samples", _img(_grid_png(s.images, captions=s.captions), "joint samples")
+            + _kv(representation_cosine(m, s, s.images)))]
     kinds = {mod.kind: name for name, mod in m.modalities.items()}
-    k = num_classes(m)
-    if k is not None:
-        known, captions = class_conditions(m, torch.arange(num) % k)
-        st = generate_conditional(m, run.process, known=known, batch=num, generator=torch.Generator().manual_seed(seed),
-                                  **kw)
+    if num_classes(m) is not None:
+        c = run.sample(num, labels="each", **kw)
         out.append(("Class-conditional samples (printed: the given class)",
-                    _img(_grid_png(run.latent.decode(st.z), captions=captions), "class-conditional samples")))
+                    _img(_grid_png(c.images, captions=c.captions), "class-conditional samples")))
     if test is not None and "masked_image" in kinds:
-        grid, ncol, stats = restoration_grid(run, test, num=min(num, 8), mask="random", per_input=2,
-                                             generator=torch.Generator().manual_seed(seed), **kw)
+        grid, ncol, stats = restoration_grid(run, test, num=min(num, 8), per_input=2, **kw)
         out.append(("Restorations (rows: image, masked, two restorations)",
                     _img(_grid_png(grid, nrow=ncol * 2), "restorations") + _kv(stats)))
     sources = [n for n, mod in m.modalities.items() if mod.kind == "segmentation" or (mod.kind == "image" and n in m.conditioned)]
     if test is not None and sources:
-        grid, scores = translate(run, test, modality=sources[0], num=min(num, 8), seed=seed,
-                                 **{k: v for k, v in kw.items() if k != "device"})
+        grid, scores = translate(run, test, modality=sources[0], num=min(num, 8), **kw)
         cols = int(scores.pop("columns"))
         out.append(("Translations (source, ground truth, generated)", _img(_grid_png(grid, nrow=2 * cols), "translations")
                     + _kv(scores)))
@@ -174,7 +168,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, num: int
     run = load_run(run_dir)
     if test is None:
         try:
-            from .train.trainer import load_data
+            from .build import load_data
             test = load_data(run.config, "test")
         except Exception as e:  # no local copy of the data: the report says so and goes on
             test, missing = None, f"{type(e).__name__}: {e}"

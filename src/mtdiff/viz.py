@@ -8,12 +8,18 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "load_image", "load_class_map"]
+__all__ = ["to_uint8", "to_pil", "make_grid", "save_grid", "load_image", "load_class_map"]
 
 
 def to_uint8(x: Tensor) -> Tensor:
     """[-1, 1] float -> uint8 with the same shape."""
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def to_pil(images: Tensor) -> list[Image.Image]:
+    """[N, C, H, W] in [-1, 1] -> N PIL images (greyscale for one channel, RGB for three)."""
+    arr = to_uint8(images).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
 
 
 def make_grid(images: Tensor, nrow: int | None = None, pad: int = 2, pad_value: int = 128) -> Tensor:
@@ -47,11 +53,20 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: 
         for i, text in enumerate(captions[:n]):
             r, c = divmod(i, ncol)
             x, y = (pad + c * (w + pad)) * scale + 2, (pad + r * (h + pad)) * scale + 1
-            draw.text((x, y), str(text), fill=(255, 64, 64))
+            draw.text((x, y), _fit(draw, str(text), w * scale - 3), fill=(255, 64, 64))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def _fit(draw, text: str, width: float) -> str:
+    """``text``, cut and ended with ".." where it is wider than ``width`` pixels (a caption stays in its tile)."""
+    if draw.textlength(text) <= width:
+        return text
+    while len(text) > 1 and draw.textlength(text + "..") > width:
+        text = text[:-1]
+    return text + ".."
 
 
 def load_image(path: str | Path, *, size: int, channels: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Samplers on the y-chain (DESIGN.md section 1, key identity).
+"""Samplers on the y-chain (docs/DESIGN.md, section "The y-chain").
 
 With m_t = sum_i alpha~_t^(i) E_i and y_t = z_t - m_t, y is an ordinary DDPM chain, so every
 step below is a standard DDPM/DDIM step on y: subtract the shift that formed z_t, step, add
@@ -30,6 +30,7 @@ class Denoiser(Protocol):
                 enc: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]: ...
     def encode(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]: ...
     def init_data(self, names: Sequence[str], batch: int, *, generator, device) -> dict[str, Tensor]: ...
+    def null_data(self, names: Sequence[str], batch: int, *, device=None) -> dict[str, Tensor]: ...
 
 
 @dataclass
@@ -47,7 +48,7 @@ def init_state(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequ
                known: Mapping[str, Tensor] | None = None, unknown: Sequence[str] = (),
                start: str = "marginal", generator: torch.Generator | None = None, device=None) -> SampleState:
     """z_T and the initial data. ``start="marginal"``: z_T ~ N(m_T(E), (1 - ab_T) I), the forward
-    process's end given the current encodings (DESIGN.md, paper error 3); ``"standard"``: N(0, I),
+    process's end given the current encodings (docs/DESIGN.md, paper error 3); ``"standard"``: N(0, I),
     Algorithm 1 as printed."""
     if start not in ("marginal", "standard"):
         raise ValueError(f"start must be 'marginal' or 'standard', got {start!r}")

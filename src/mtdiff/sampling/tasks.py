@@ -1,4 +1,4 @@
-"""The three inference modes of one model (DESIGN.md section 2): joint, conditional, inverse."""
+"""The three inference modes of one model (docs/DESIGN.md, section "Inference modes"): joint, conditional, inverse."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -10,7 +10,8 @@ from torch import Tensor
 from ..process import MTProcess
 from .samplers import SAMPLERS, Denoiser, SampleState, init_state
 
-__all__ = ["generate", "generate_joint", "generate_conditional", "restore", "inverse", "Restoration"]
+__all__ = ["generate", "generate_joint", "generate_conditional", "restore", "inverse", "Restoration", "elbo_logits",
+           "elbo_timesteps"]
 
 
 def generate(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequence[int],
@@ -31,8 +32,9 @@ def generate(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequen
 def generate_joint(model, process: MTProcess, *, batch: int, generator: torch.Generator | None = None,
                    device=None, **kw) -> SampleState:
     """Joint generation from nothing: every modality is generated from its head, except those the
-    backbone takes as input (-X), which get their "nothing known" value (the complete mask)."""
-    known = {n: model.modalities[n].init_unknown(batch, generator=generator, device=device) for n in model.conditioned}
+    backbone takes as input (-X), which get their "nothing known" value (``Modality.null``: the complete
+    mask, the zero image, the uniform label ...), as in training with ``train.cond_drop_prob``."""
+    known = model.null_data(model.conditioned, batch, device=device)
     unknown = [n for n in model.modalities if n not in known]
     return generate(model, process, batch=batch, z_shape=model.z_shape, known=known, unknown=unknown,
                     generator=generator, device=device, **kw)
@@ -47,10 +49,12 @@ def generate_conditional(model, process: MTProcess, *, known: Mapping[str, Tenso
 @dataclass
 class Restoration:
     """``restored`` keeps the known pixels exactly; ``raw`` is the model's own last z_0 estimate;
-    ``drift`` is the mean absolute difference between ``raw`` and the input on the known pixels, per sample."""
+    ``drift`` is the mean absolute difference between ``raw`` and the input on the known pixels, per sample;
+    ``keep`` the known-pixel mask [N, 1, H, W] (1 = known)."""
     restored: Tensor
     raw: Tensor
     drift: Tensor
+    keep: Tensor | None = None
 
 
 def restore(model: Denoiser, process: MTProcess, masked: Tensor, keep: Tensor, *, modality: str = "masked",
@@ -70,7 +74,7 @@ def restore(model: Denoiser, process: MTProcess, masked: Tensor, keep: Tensor, *
     restored = keep * masked + (1 - keep) * raw
     denom = (keep.expand_as(raw).flatten(1).sum(1)).clamp(min=1)
     drift = ((raw - masked).abs() * keep).flatten(1).sum(1) / denom
-    return Restoration(restored, raw, drift)
+    return Restoration(restored, raw, drift, keep)
 
 
 @torch.no_grad()
@@ -78,11 +82,36 @@ def inverse(model: Denoiser, process: MTProcess, z0: Tensor, name: str, *, t: in
             known: Mapping[str, Tensor] | None = None, generator: torch.Generator | None = None) -> Tensor:
     """Inverse mode: z_0 known, modality ``name`` read from its head at time index t
     (image -> label is classification, photo -> mask is segmentation). The forward process and the
-    -X backbone see ``name`` as "nothing known", as in training with ``train.enc_drop_prob``."""
+    -X backbone see ``name`` as "nothing known" (``Modality.null``), as in training with ``train.enc_drop_prob``;
+    ``generator`` draws the forward process's noise."""
     known = dict(known or {})
     tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
-    data = {**model.init_data([name], z0.shape[0], generator=generator, device=z0.device), **known}
+    data = {**model.null_data([name], z0.shape[0], device=z0.device), **known}
     noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
     zt = process.q_sample(z0, tt, model.encode(data), noise)  # the unknown modality as "nothing known"
     _, est = model.predict(zt, tt, data)
     return est[name]
+
+
+def elbo_timesteps(num_timesteps: int, steps: int = 10) -> list[int]:
+    """``steps`` time indices evenly spaced strictly inside [0, T - 1], where :func:`elbo_logits` scores classes."""
+    return torch.linspace(0, num_timesteps - 1, steps + 2)[1:-1].round().long().tolist()
+
+
+@torch.no_grad()
+def elbo_logits(model: Denoiser, process: MTProcess, z0: Tensor, name: str, *, timesteps: Sequence[int],
+                generator: torch.Generator | None = None) -> Tensor:
+    """Classify by the diffusion loss: logit_c = -mean_t ||eps_theta(z_t(c), t) - eps||^2 with
+    z_t(c) = q_sample(z_0, t, E(c), eps) and the same eps for every class c of label modality ``name``
+    (a Monte-Carlo estimate of the eps term of the ELBO with the label set to c)."""
+    b, k = z0.shape[0], model.modalities[name].num_classes
+    err = torch.zeros(b, k, device=z0.device)
+    classes = [{name: torch.full((b,), c, dtype=torch.long, device=z0.device)} for c in range(k)]
+    encoded = [model.encode(data) for data in classes]  # E(c) does not depend on t: encode once
+    for t in timesteps:
+        tt = torch.full((b,), t, dtype=torch.long, device=z0.device)
+        noise = torch.randn(z0.shape, generator=generator, device=z0.device)
+        for c, (data, enc) in enumerate(zip(classes, encoded)):
+            eps, _ = model.predict(process.q_sample(z0, tt, enc, noise), tt, data, enc)
+            err[:, c] += ((eps - noise) ** 2).flatten(1).mean(1)
+    return -err / len(timesteps)

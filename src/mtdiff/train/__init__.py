@@ -1,5 +1,5 @@
 """Training: the loop, EMA, checkpoints with exact resume."""
 from .ema import EMA
-from .trainer import Trainer, TrainingError, autocast_dtype, resolve_device
+from .trainer import Trainer, TrainingError, TrainingInterrupted, autocast_dtype
 
-__all__ = ["Trainer", "TrainingError", "EMA", "autocast_dtype", "resolve_device"]
+__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "EMA", "autocast_dtype"]

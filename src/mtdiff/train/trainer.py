@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +28,51 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..build import build_model, build_process, build_space_map
+from ..build import build_model, build_process, build_space_map, load_data, resolve_class_names
 from ..checkpoint import has_checkpoints, latest_checkpoint, load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from ..config import Config, ConfigError, to_dict
+from ..data.imageset import ImageSet
 from ..data.loader import BatchStream
-from ..data.sources import ImageSet, load_source
 from ..loss import mt_loss
 from ..memory import estimate_training_memory
 from ..process import Prediction
-from ..runs import CONFIG_FILE
+from ..runs import CONFIG_FILE, resolve_device
 from ..sampling import generate_joint
 from ..viz import save_grid
 from ..distributed import init_world, wrap_ddp
+from ..errors import MtdiffError
 from .ema import EMA
 
-__all__ = ["Trainer", "TrainingError", "autocast_dtype", "resolve_device"]
+__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "autocast_dtype"]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(MtdiffError, RuntimeError):
     """Training cannot go on (e.g. the loss kept being NaN); the last good checkpoint is saved."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but no CUDA device is available; use 'cpu' or 'auto'")
-    return torch.device(name)
+class TrainingInterrupted(MtdiffError):
+    """Ctrl-C (SIGINT) stopped training at a step boundary; a checkpoint of that step is saved."""
+
+
+@contextmanager
+def _stop_requests():
+    """Ctrl-C asks the loop to stop at the next step boundary (``flag["stop"]``); a second Ctrl-C
+    interrupts at once. Outside the main thread, where no handler can be set, nothing changes."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def use_deterministic_kernels() -> None:
@@ -83,40 +103,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def load_data(cfg: Config, split: str = "train") -> ImageSet:
-    d = cfg.data
-    kw: dict[str, Any] = {}
-    if d.source in ("folder", "paired"):
-        kw = {"root": d.root, "image_size": d.image_size, "channels": d.channels, "on_bad": d.on_bad}
-        if d.source == "paired":
-            kw["direction"] = d.direction
-    elif d.root:
-        kw = {"root": d.root}
-    data = load_source(d.source, split, **kw)
-    if data.channels != d.channels or data.image_size != d.image_size:
-        raise ConfigError(f"data {data.name!r} has {data.channels} channels at {data.image_size}px but the config says "
-                          f"data.channels={d.channels}, data.image_size={d.image_size}")
-    for name, mc in cfg.modalities.items():
-        if mc.kind == "label":
-            if data.labels is None:
-                raise ConfigError(f"modalities.{name} is a label modality but {data.name!r} has no labels")
-            if int(data.labels.max()) >= mc.num_classes:
-                raise ConfigError(f"modalities.{name}.num_classes={mc.num_classes} but {data.name!r} has labels up to "
-                                  f"{int(data.labels.max())}")
-    return data
-
-
-def _resolve_class_names(cfg: Config, data: ImageSet) -> None:
-    """Text modalities caption classes by name: the config's names, else the data source's."""
-    for name, mc in cfg.modalities.items():
-        if mc.kind != "text" or mc.class_names:
-            continue
-        if data.labels is None or not data.class_names:
-            raise ConfigError(f"modalities.{name} makes captions from class names, but {data.name!r} has no labelled "
-                              f"classes; set modalities.{name}.class_names")
-        mc.class_names = tuple(data.class_names)
-
-
 class Trainer:
     """Train ``cfg`` into ``run_dir``. ``resume=True`` continues the latest checkpoint exactly."""
 
@@ -129,14 +115,14 @@ class Trainer:
         if resume and not has_ckpt:
             raise ConfigError(f"--resume: {self.run_dir} holds no checkpoint to resume")
         self.world, device = init_world(cfg.train.device)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, what="train.device")
         t = cfg.train
         self.local_batch, self.micro_batch = _shares(t.batch_size, t.micro_batch, self.world.size)
         self.amp_dtype = autocast_dtype(t.precision, self.device)
         self.data = data if data is not None else load_data(cfg)
         if t.batch_size > len(self.data):
             raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(self.data)} images of {self.data.name!r}")
-        _resolve_class_names(cfg, self.data)
+        resolve_class_names(cfg, self.data)
         self.latent = build_space_map(cfg, self.device)              # frozen, outside the model and checkpoints
         if cfg.data.autoencoder and cfg.data.latent_scale is None:   # record the VAE's scale in the run config
             cfg.data.latent_scale = self.latent.scale
@@ -342,11 +328,12 @@ class Trainer:
         that cannot be written (a full disk: logs, grids or checkpoints) stops the run with a
         :class:`TrainingError` naming it and the latest intact checkpoint."""
         try:
-            return self._run()
+            with _stop_requests() as stop:
+                return self._run(stop)
         except OSError as e:
             raise self._write_failed(e, e.filename or f"the run's files in {self.run_dir}") from e
 
-    def _run(self) -> dict[str, float]:
+    def _run(self, stop: dict[str, bool]) -> dict[str, float]:
         t, main = self.cfg.train, self.world.main
         log_path = self.run_dir / "log.jsonl"
         writer = _tensorboard(self.run_dir / "tb") if main else None
@@ -368,8 +355,12 @@ class Trainer:
             self.step += 1
             n_acc += 1
             bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.steps:
+            log_step = self.step % t.log_every == 0 or self.step == t.steps
+            if self.world.distributed and log_step:      # every process stops at the same step
+                acc["stop"] = torch.tensor(float(stop["stop"]), device=self.device)
+            if log_step:
                 acc = self.world.mean(acc)
+                stop["stop"] = bool(acc.pop("stop", stop["stop"]))
                 good_steps = float(acc.pop("good"))
                 dt = time.perf_counter() - t0
                 last = {k: float(v) / max(good_steps, 1e-12) for k, v in acc.items()}
@@ -388,11 +379,21 @@ class Trainer:
                 self.save()
             if main and t.sample_every > 0 and (self.step % t.sample_every == 0 or self.step == t.steps):
                 self.sample_grid(self.run_dir / "samples" / f"step-{self.step:07d}.png")
+            if stop["stop"] and (log_step or not self.world.distributed) and self.step < t.steps:
+                self._interrupted(bar)
         bar.close()
         if writer is not None:
             writer.close()
         self.world.barrier()                          # the last checkpoint is on disk for every process
         return last
+
+    def _interrupted(self, bar) -> None:
+        """Save this step (unless just saved) and stop with how to continue."""
+        bar.close()
+        path = latest_checkpoint(self.run_dir) if self.step % self.cfg.train.ckpt_every == 0 else self.save()
+        self.world.barrier()
+        raise TrainingInterrupted(f"interrupted at step {self.step}: the checkpoint {path} is saved; continue with: "
+                                  f"mtdiff train --out {self.run_dir} --resume")
 
     def _stop_if_diverged(self) -> None:
         """Stop with the last good weights saved once ``train.max_nonfinite`` steps in a row were skipped."""
