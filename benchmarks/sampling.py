@@ -11,6 +11,7 @@ ratio FID(steps) / FID(reference) is the figure of merit (goal: within 10% at 50
 img/s is the wall clock of the whole batch loop (batched, under ``torch.inference_mode``). Writes
 ``sampling.json`` and ``sampling.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import machine
+
 from mtdiff.build import load_data
 from mtdiff.cli.evaluate import default_extractor
 from mtdiff.evaluate import joint_images
@@ -45,19 +46,36 @@ def sample(run, sampler: str, steps: int, num: int, batch: int, seed: int, devic
 def markdown(r: dict) -> str:
     m = r["machine"]
     fid, kid = r["metric_names"]["FID"], r["metric_names"]["KID"]
-    lines = ["## Few-step sampling (`benchmarks/sampling.py`)", "", f"Command: `{r['command']}`", "",
-             (f"Run `{r['run']}` (step {r['run_step']}), {r['num']} joint samples per row against {r['n_reference']} "
-              f"test images, seed {r['seed']}. Machine: {m['cpu_count']} CPUs ({m['cpu']}), {m['torch_threads']} torch "
-              f"threads, torch {m['torch']}, device {m['device']} ({m['device_name']}). Reference: "
-              f"{REFERENCE[0]} with {REFERENCE[1]} steps. FID from {r['num']} samples is biased upwards (KID is not); "
-              "compare rows, not other papers' FIDs."), "",
-             f"| sampler | steps | {fid} | FID / reference | {kid} | sampling img/s |", "|---|---|---|---|---|---|"]
+    lines = [
+        "## Few-step sampling (`benchmarks/sampling.py`)",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        (
+            f"Run `{r['run']}` (step {r['run_step']}), {r['num']} joint samples per row against {r['n_reference']} "
+            f"test images, seed {r['seed']}. Machine: {m['cpu_count']} CPUs ({m['cpu']}), {m['torch_threads']} torch "
+            f"threads, torch {m['torch']}, device {m['device']} ({m['device_name']}). Reference: "
+            f"{REFERENCE[0]} with {REFERENCE[1]} steps. FID from {r['num']} samples is biased upwards (KID is not); "
+            "compare rows, not other papers' FIDs."
+        ),
+        "",
+        f"| sampler | steps | {fid} | FID / reference | {kid} | sampling img/s |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in r["rows"]:
-        lines.append(f"| {row['sampler']} | {row['steps']} | {row['fid']:.3f} | {row['fid_ratio']:.3f} | "
-                     f"{row['kid']:.5f} | {row['img_per_s']:.1f} |")
-    lines += ["", "Goal: at 50 steps within 10% of the reference FID. "
-              + "; ".join(f"{k}: {'met' if v['met'] else '**not met**'} (ratio {v['ratio']:.3f})"
-                          for k, v in r["goal_50_steps"].items()) + "."]
+        lines.append(
+            f"| {row['sampler']} | {row['steps']} | {row['fid']:.3f} | {row['fid_ratio']:.3f} | "
+            f"{row['kid']:.5f} | {row['img_per_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "Goal: at 50 steps within 10% of the reference FID. "
+        + "; ".join(
+            f"{k}: {'met' if v['met'] else '**not met**'} (ratio {v['ratio']:.3f})"
+            for k, v in r["goal_50_steps"].items()
+        )
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -91,19 +109,43 @@ def main(argv: list[str] | None = None) -> dict:
         scores = sample_quality(images, ref, extractor, seed=args.seed)
         fid_key = next(key for key in scores if key.startswith("FID"))
         kid_key = next(key for key in scores if key.startswith("KID"))
-        rows.append({"sampler": sampler, "steps": k, "fid": scores[fid_key], "kid": scores[kid_key],
-                     "seconds": round(seconds, 2), "img_per_s": args.num / seconds, "scores": scores})
-        print(f"[sampling] {sampler} {k} steps: {fid_key} {scores[fid_key]:.3f}, {args.num / seconds:.1f} img/s", flush=True)
+        rows.append(
+            {
+                "sampler": sampler,
+                "steps": k,
+                "fid": scores[fid_key],
+                "kid": scores[kid_key],
+                "seconds": round(seconds, 2),
+                "img_per_s": args.num / seconds,
+                "scores": scores,
+            }
+        )
+        print(
+            f"[sampling] {sampler} {k} steps: {fid_key} {scores[fid_key]:.3f}, {args.num / seconds:.1f} img/s",
+            flush=True,
+        )
     ref_fid = rows[0]["fid"]
     for row in rows:
         row["fid_ratio"] = row["fid"] / ref_fid
-    goal = {row["sampler"]: {"ratio": row["fid_ratio"], "met": row["fid_ratio"] <= 1.10}
-            for row in rows if row["steps"] == 50}
-    result = {"benchmark": "sampling", "command": shlex.join(["python", "benchmarks/sampling.py",
-                                                             *(sys.argv[1:] if argv is None else argv)]),
-              "machine": machine(args.device), "run": str(args.run), "run_step": run.step, "num": args.num,
-              "n_reference": int(ref["n"]), "seed": args.seed, "reference": list(REFERENCE),
-              "metric_names": {"FID": fid_key, "KID": kid_key}, "rows": rows, "goal_50_steps": goal}
+    goal = {
+        row["sampler"]: {"ratio": row["fid_ratio"], "met": row["fid_ratio"] <= 1.10}
+        for row in rows
+        if row["steps"] == 50
+    }
+    result = {
+        "benchmark": "sampling",
+        "command": shlex.join(["python", "benchmarks/sampling.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine(args.device),
+        "run": str(args.run),
+        "run_step": run.step,
+        "num": args.num,
+        "n_reference": int(ref["n"]),
+        "seed": args.seed,
+        "reference": list(REFERENCE),
+        "metric_names": {"FID": fid_key, "KID": kid_key},
+        "rows": rows,
+        "goal_50_steps": goal,
+    }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "sampling.json").write_text(json.dumps(result, indent=1))
     (args.out_dir / "sampling.md").write_text(markdown(result))

@@ -19,6 +19,7 @@ dense bf16 peak (the table below); a CPU has no such figure, so there only the a
 On a CPU the default batch is cut to fit minutes, and the result says so. Writes
 ``throughput-<device>.json`` and ``.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,33 +36,64 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import machine, slug
 
 RESULTS = Path(__file__).parent / "results"
 
 SIZES = {
-    "cifar32": {"image_size": 32, "channels": 128, "channel_mult": (1, 2, 2, 2), "num_res_blocks": 2,
-                "attention_resolutions": (16,), "batch": 256, "cpu_batch": 8},
-    "adm64": {"image_size": 64, "channels": 192, "channel_mult": (1, 2, 3, 4), "num_res_blocks": 3,
-              "attention_resolutions": (32, 16, 8), "batch": 128, "cpu_batch": 2},
+    "cifar32": {
+        "image_size": 32,
+        "channels": 128,
+        "channel_mult": (1, 2, 2, 2),
+        "num_res_blocks": 2,
+        "attention_resolutions": (16,),
+        "batch": 256,
+        "cpu_batch": 8,
+    },
+    "adm64": {
+        "image_size": 64,
+        "channels": 192,
+        "channel_mult": (1, 2, 3, 4),
+        "num_res_blocks": 3,
+        "attention_resolutions": (32, 16, 8),
+        "batch": 128,
+        "cpu_batch": 2,
+    },
 }
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against the device name
 # by gpu_key (whole words, the longest key wins).
-GPU_PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12, "A100": 312.0e12, "L40S": 362.05e12,
-                 "L40": 181.05e12, "L4": 121.0e12, "A10G": 70.0e12, "RTX 4090": 165.2e12}
+GPU_PEAK_BF16 = {
+    "H200": 989.4e12,
+    "H100 PCIe": 756.0e12,
+    "H100": 989.4e12,
+    "A100": 312.0e12,
+    "L40S": 362.05e12,
+    "L40": 181.05e12,
+    "L4": 121.0e12,
+    "A10G": 70.0e12,
+    "RTX 4090": 165.2e12,
+}
 # The issue's anchor: one H100, bf16, diffusers UNet2DModel (img/s).
 ANCHOR = {"cifar32": {"eager": 2154, "compiled": 4371}, "adm64": {"eager": 240}}
 
 
 # ---------------------------------------------------------------------------- the networks
 
+
 def mtdiff_unet(size: dict):
     from mtdiff.models.unet import UNet
 
-    return UNet(image_size=size["image_size"], in_channels=3, out_channels=3, model_channels=size["channels"],
-                channel_mult=size["channel_mult"], num_res_blocks=size["num_res_blocks"],
-                attention_resolutions=size["attention_resolutions"], num_head_channels=64, dropout=0.0)
+    return UNet(
+        image_size=size["image_size"],
+        in_channels=3,
+        out_channels=3,
+        model_channels=size["channels"],
+        channel_mult=size["channel_mult"],
+        num_res_blocks=size["num_res_blocks"],
+        attention_resolutions=size["attention_resolutions"],
+        num_head_channels=64,
+        dropout=0.0,
+    )
 
 
 def diffusers_unet(size: dict):
@@ -69,12 +101,18 @@ def diffusers_unet(size: dict):
 
     res = [size["image_size"] // 2**i for i in range(len(size["channel_mult"]))]
     attn = [r in size["attention_resolutions"] for r in res]
-    return UNet2DModel(sample_size=size["image_size"], in_channels=3, out_channels=3,
-                       block_out_channels=tuple(size["channels"] * m for m in size["channel_mult"]),
-                       layers_per_block=size["num_res_blocks"], attention_head_dim=64, dropout=0.0,
-                       resnet_time_scale_shift="scale_shift",
-                       down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-                       up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)))
+    return UNet2DModel(
+        sample_size=size["image_size"],
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(size["channels"] * m for m in size["channel_mult"]),
+        layers_per_block=size["num_res_blocks"],
+        attention_head_dim=64,
+        dropout=0.0,
+        resnet_time_scale_shift="scale_shift",
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+    )
 
 
 def mt_trainer(size: dict, arm: str, batch: int, device: str, compile_: bool, tmp: str):
@@ -86,20 +124,36 @@ def mt_trainer(size: dict, arm: str, batch: int, device: str, compile_: bool, tm
     s = size["image_size"]
     g = torch.Generator().manual_seed(0)
     n = max(2 * batch, 64)
-    data = ImageSet((torch.rand(n, 3, s, s, generator=g) * 255).to(torch.uint8), torch.randint(0, 10, (n,), generator=g),
-                    [str(i) for i in range(10)], "synthetic")
+    data = ImageSet(
+        (torch.rand(n, 3, s, s, generator=g) * 255).to(torch.uint8),
+        torch.randint(0, 10, (n,), generator=g),
+        [str(i) for i in range(10)],
+        "synthetic",
+    )
     preset = {"ddpm": "mnist-ddpm", "mt-x": "mnist-masked-x"}[arm]
-    cfg = load_config(preset, [f"data.image_size={s}", "data.channels=3", f"model.channels={size['channels']}",
-                               f"model.channel_mult={list(size['channel_mult'])}",
-                               f"model.num_res_blocks={size['num_res_blocks']}",
-                               f"model.attention_resolutions={list(size['attention_resolutions'])}",
-                               "model.num_head_channels=64", "model.dropout=0.0", f"train.batch_size={batch}",
-                               f"train.device={device}", f"train.compile={str(compile_).lower()}",
-                               "train.sample_every=0", "train.log_every=1000000"])
+    cfg = load_config(
+        preset,
+        [
+            f"data.image_size={s}",
+            "data.channels=3",
+            f"model.channels={size['channels']}",
+            f"model.channel_mult={list(size['channel_mult'])}",
+            f"model.num_res_blocks={size['num_res_blocks']}",
+            f"model.attention_resolutions={list(size['attention_resolutions'])}",
+            "model.num_head_channels=64",
+            "model.dropout=0.0",
+            f"train.batch_size={batch}",
+            f"train.device={device}",
+            f"train.compile={str(compile_).lower()}",
+            "train.sample_every=0",
+            "train.log_every=1000000",
+        ],
+    )
     return Trainer(cfg, Path(tmp) / arm, data=data, progress=False)
 
 
 # ---------------------------------------------------------------------------- one case, in its own process
+
 
 def backbone_step(model, opt, batch: int, size: dict, device, amp, diffusers: bool):
     """x_t of random data, eps MSE, backward, fused AdamW: the same work for both networks."""
@@ -157,7 +211,7 @@ def run_case(case: dict) -> dict:
     t_first = time.perf_counter()
     step()
     sync()
-    first = time.perf_counter() - t_first                      # includes compiling when compiled
+    first = time.perf_counter() - t_first  # includes compiling when compiled
     for _ in range(case["warmup"] - 1):
         step()
     sync()
@@ -171,17 +225,26 @@ def run_case(case: dict) -> dict:
     sec = statistics.median(times)
     peak_mem = torch.cuda.max_memory_allocated(device) if cuda else peak_rss()
     if case["compile"] and case["arm"] in ("mtdiff", "diffusers"):
-        flops = None                                           # counted on the eager case of the same arm
+        flops = None  # counted on the eager case of the same arm
     else:
         with FlopCounterMode(display=False) as fc:
             count_step()
         flops = fc.get_total_flops()
-    return {**case, "params": params, "sec_per_step": sec, "img_per_s": batch / sec, "first_step_s": round(first, 2),
-            "peak_memory_gib": peak_mem / 2**30, "peak_memory_kind": "max allocated (CUDA)" if cuda else "peak RSS of the process",
-            "flops_per_step": flops, "step_times": times}
+    return {
+        **case,
+        "params": params,
+        "sec_per_step": sec,
+        "img_per_s": batch / sec,
+        "first_step_s": round(first, 2),
+        "peak_memory_gib": peak_mem / 2**30,
+        "peak_memory_kind": "max allocated (CUDA)" if cuda else "peak RSS of the process",
+        "flops_per_step": flops,
+        "step_times": times,
+    }
 
 
 # ---------------------------------------------------------------------------- the driver
+
 
 def gpu_key(name: str) -> str | None:
     """The longest GPU_PEAK_BF16 key found in ``name`` as whole words ("NVIDIA L40" is an L40, not an L4)."""
@@ -203,21 +266,39 @@ def spawn(case: dict, threads: int | None) -> dict:
     cmd = [sys.executable, __file__, "--case", json.dumps(case)] + (["--threads", str(threads)] if threads else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
-        return {**case, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        return {
+            **case,
+            "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = ["## Training throughput (`benchmarks/throughput.py`)", "", f"Command: `{r['command']}`", "",
-             f"Device: {m['device_name']} ({m['device']}), torch {m['torch']}, {m['torch_threads']} CPU threads. MFU: "
-             + (f"against the {r['peak_label']} ({r['peak_flops'] / 1e12:.1f} TFLOP/s)." if r["peak_flops"]
-                else f"none ({r['peak_label']}); achieved TFLOP/s only."), ""]
+    lines = [
+        "## Training throughput (`benchmarks/throughput.py`)",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        f"Device: {m['device_name']} ({m['device']}), torch {m['torch']}, {m['torch_threads']} CPU threads. MFU: "
+        + (
+            f"against the {r['peak_label']} ({r['peak_flops'] / 1e12:.1f} TFLOP/s)."
+            if r["peak_flops"]
+            else f"none ({r['peak_label']}); achieved TFLOP/s only."
+        ),
+        "",
+    ]
     if r["cpu_batches"]:
-        lines += ["**On a CPU, with batches cut to fit minutes:** the ratios compare the networks on the same "
-                  "machine; the GPU goals (img/s, MFU) need a GPU run.", ""]
-    lines += ["| size | arm | compiled | batch | params | img/s | ms/step | first step s | peak GiB | TFLOP/step | "
-              "TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "**On a CPU, with batches cut to fit minutes:** the ratios compare the networks on the same "
+            "machine; the GPU goals (img/s, MFU) need a GPU run.",
+            "",
+        ]
+    lines += [
+        "| size | arm | compiled | batch | params | img/s | ms/step | first step s | peak GiB | TFLOP/step | "
+        "TFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in r["cases"]:
         head = f"| {c['size']} | {c['arm']} | {'yes' if c['compile'] else 'no'} | {c['batch']} |"
         if "error" in c:
@@ -226,8 +307,10 @@ def markdown(r: dict) -> str:
         tflop = f"{c['flops_per_step'] / 1e12:.3f}" if c.get("flops_per_step") else "-"
         rate = f"{c['tflops_achieved']:.3f}" if c.get("tflops_achieved") else "-"
         mfu = f"{100 * c['mfu']:.1f}%" if c.get("mfu") is not None else "-"
-        lines.append(f"{head} {c['params'] / 1e6:.1f}M | {c['img_per_s']:.1f} | {1e3 * c['sec_per_step']:.0f} | "
-                     f"{c['first_step_s']} | {c['peak_memory_gib']:.2f} | {tflop} | {rate} | {mfu} |")
+        lines.append(
+            f"{head} {c['params'] / 1e6:.1f}M | {c['img_per_s']:.1f} | {1e3 * c['sec_per_step']:.0f} | "
+            f"{c['first_step_s']} | {c['peak_memory_gib']:.2f} | {tflop} | {rate} | {mfu} |"
+        )
     lines += ["", "| ratio | value | goal |", "|---|---|---|"]
     lines += [f"| {k} | {v['value']:.3f} | {v['goal']} |" for k, v in r["ratios"].items()]
     return "\n".join(lines) + "\n"
@@ -237,13 +320,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sizes", default="cifar32,adm64")
-    ap.add_argument("--mt-sizes", default=None, help="sizes for the MT overhead (default: all on a GPU, cifar32 on a CPU)")
+    ap.add_argument(
+        "--mt-sizes", default=None, help="sizes for the MT overhead (default: all on a GPU, cifar32 on a CPU)"
+    )
     ap.add_argument("--batch", type=int, default=None, help="one batch for every size (default: the issue's on a GPU)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 20 on a GPU, 2 on a CPU)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 on a GPU, 1 on a CPU)")
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                    help="also time torch.compile'd networks (default: on a GPU only)")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time torch.compile'd networks (default: on a GPU only)",
+    )
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -259,23 +348,41 @@ def main(argv: list[str] | None = None) -> dict:
     compile_ = cuda if args.compile is None else args.compile
     sizes = args.sizes.split(",")
     mt_sizes = (args.mt_sizes or (args.sizes if cuda else "cifar32")).split(",")
-    common = {"device": args.device, "steps": args.steps or (20 if cuda else 2), "repeats": args.repeats,
-              "warmup": args.warmup or (5 if cuda else 1), "channels_last": args.channels_last}
+    common = {
+        "device": args.device,
+        "steps": args.steps or (20 if cuda else 2),
+        "repeats": args.repeats,
+        "warmup": args.warmup or (5 if cuda else 1),
+        "channels_last": args.channels_last,
+    }
     batch = {s: args.batch or SIZES[s]["batch" if cuda else "cpu_batch"] for s in sizes}
     cases = []
     for s in sizes:
-        for compiled in ([False, True] if compile_ else [False]):
+        for compiled in [False, True] if compile_ else [False]:
             for arm in ("diffusers", "mtdiff"):
-                cases.append({**common, "size": s, "spec": SIZES[s], "arm": arm, "compile": compiled, "batch": batch[s]})
+                cases.append(
+                    {**common, "size": s, "spec": SIZES[s], "arm": arm, "compile": compiled, "batch": batch[s]}
+                )
     for s in mt_sizes:
         for arm in ("ddpm", "mt-x"):
-            cases.append({**common, "size": s, "spec": SIZES[s], "arm": arm, "compile": False,
-                          "batch": args.batch or SIZES[s]["batch" if cuda else "cpu_batch"]})
+            cases.append(
+                {
+                    **common,
+                    "size": s,
+                    "spec": SIZES[s],
+                    "arm": arm,
+                    "compile": False,
+                    "batch": args.batch or SIZES[s]["batch" if cuda else "cpu_batch"],
+                }
+            )
     peak, peak_label = peak_flops(args.device)
     results = []
     for case in cases:
-        print(f"[throughput] {case['size']} {case['arm']} {'compiled' if case['compile'] else 'eager'} "
-              f"batch {case['batch']} ...", flush=True)
+        print(
+            f"[throughput] {case['size']} {case['arm']} {'compiled' if case['compile'] else 'eager'} "
+            f"batch {case['batch']} ...",
+            flush=True,
+        )
         results.append(spawn(case, args.threads))
     eager_flops = {(c["size"], c["arm"]): c.get("flops_per_step") for c in results if not c["compile"]}
     for c in results:
@@ -286,26 +393,47 @@ def main(argv: list[str] | None = None) -> dict:
         c["mfu"] = c["tflops_achieved"] * 1e12 / peak if c["tflops_achieved"] and peak else None
 
     def ips(size, arm, compiled=False):
-        return next((c["img_per_s"] for c in results if c["size"] == size and c["arm"] == arm
-                     and c["compile"] == compiled and "error" not in c), float("nan"))
+        return next(
+            (
+                c["img_per_s"]
+                for c in results
+                if c["size"] == size and c["arm"] == arm and c["compile"] == compiled and "error" not in c
+            ),
+            float("nan"),
+        )
 
     ratios = {}
     for s in sizes:
-        ratios[f"{s}: mtdiff eager / diffusers eager"] = {"value": ips(s, "mtdiff") / ips(s, "diffusers"), "goal": ">= 2"}
+        ratios[f"{s}: mtdiff eager / diffusers eager"] = {
+            "value": ips(s, "mtdiff") / ips(s, "diffusers"),
+            "goal": ">= 2",
+        }
         if compile_:
             ratios[f"{s}: mtdiff compiled / diffusers compiled"] = {
-                "value": ips(s, "mtdiff", True) / ips(s, "diffusers", True), "goal": "> 1"}
+                "value": ips(s, "mtdiff", True) / ips(s, "diffusers", True),
+                "goal": "> 1",
+            }
             ratios[f"{s}: mtdiff compiled / diffusers eager"] = {
-                "value": ips(s, "mtdiff", True) / ips(s, "diffusers"), "goal": "-"}
+                "value": ips(s, "mtdiff", True) / ips(s, "diffusers"),
+                "goal": "-",
+            }
     for s in mt_sizes:
         ratios[f"{s}: MT-Diffusion-X (mask head) / single-task, img/s"] = {
-            "value": ips(s, "mt-x") / ips(s, "ddpm"), "goal": ">= 0.95"}
+            "value": ips(s, "mt-x") / ips(s, "ddpm"),
+            "goal": ">= 0.95",
+        }
     m = machine(args.device)
-    result = {"benchmark": "throughput", "command": shlex.join(["python", "benchmarks/throughput.py",
-                                                               *(sys.argv[1:] if argv is None else argv)]),
-              "machine": m, "peak_flops": peak, "peak_label": peak_label,
-              "cpu_batches": not cuda and args.batch is None, "anchor_h100_diffusers_img_per_s": ANCHOR,
-              "cases": results, "ratios": ratios}
+    result = {
+        "benchmark": "throughput",
+        "command": shlex.join(["python", "benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": m,
+        "peak_flops": peak,
+        "peak_label": peak_label,
+        "cpu_batches": not cuda and args.batch is None,
+        "anchor_h100_diffusers_img_per_s": ANCHOR,
+        "cases": results,
+        "ratios": ratios,
+    }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     tag = slug(m["device_name"]) if cuda else "cpu"
     (args.out_dir / f"throughput-{tag}.json").write_text(json.dumps(result, indent=1))

@@ -1,8 +1,9 @@
 """Shared test helpers. The tests run on the CPU on every machine (a GPU is hidden from them and from the
 processes they start); the GPU paths are exercised by benchmarks/gpu_check.py."""
+
 import os
 
-os.environ["CUDA_VISIBLE_DEVICES"] = ""          # before anything initialises CUDA
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA
 
 import pytest
 import torch
@@ -18,8 +19,19 @@ def _threads():
 def tiny(preset: str = "mnist-masked-x", *extra: str):
     """A preset shrunk to a test-sized model (8 channels, two resolutions), on the CPU in fp32 on every machine
     (``precision: auto`` is bf16 on CPUs with native bf16; tests that want it say so)."""
-    return load_config(preset, ["model.channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
-                                "model.attention_resolutions=[16]", "model.num_heads=2", "train.precision=fp32", "train.device=cpu", *extra])
+    return load_config(
+        preset,
+        [
+            "model.channels=8",
+            "model.channel_mult=[1,2]",
+            "model.num_res_blocks=1",
+            "model.attention_resolutions=[16]",
+            "model.num_heads=2",
+            "train.precision=fp32",
+            "train.device=cpu",
+            *extra,
+        ],
+    )
 
 
 def paired_folder(root, splits=("train", "test"), n: int = 4, size: int = 16, seed: int = 0):
@@ -40,8 +52,16 @@ def tiny_vae(path, channels: int = 3):
     """A random diffusers AutoencoderKL (two blocks: 32 -> 16 px, 4 latent channels) saved to ``path``."""
     diffusers = pytest.importorskip("diffusers", reason="the latent-space tests need diffusers (pip install diffusers)")
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=channels, out_channels=channels, latent_channels=4,
-                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                                  block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=32)
+    vae = diffusers.AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=32,
+    )
     vae.save_pretrained(path)
     return path

@@ -2,11 +2,12 @@
 
 usage: ddp_worker.py OUT_DIR DUMP_PREFIX [--resume] [--preset=NAME] [KEY=VALUE ...]   (preset: mnist-masked-x)
 """
+
 import sys
 
 import torch
-
 from conftest import tiny
+
 from mtdiff.data import ImageSet
 from mtdiff.distributed import close_world
 from mtdiff.train import Trainer
@@ -27,8 +28,9 @@ def main(argv: list[str]) -> None:
     trainer = Trainer(tiny(preset, *overrides), out, data=toy_data(), resume=resume, progress=False)
     trainer.run()
     close_world()
-    torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
-               f"{prefix}-rank{trainer.world.rank}.pt")
+    torch.save(
+        {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, f"{prefix}-rank{trainer.world.rank}.pt"
+    )
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """The Python API on a trained run (mtdiff.runs.Run): the README's "Python" section runs as written,
 each task answers with the right shapes, the same seed gives the same result on every path, and a
 caller's mistake is an MtdiffError that says what was expected."""
+
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny
 
 import mtdiff
-from conftest import tiny
 from mtdiff.data.sources import ImageSet
 from mtdiff.train import Trainer
 
@@ -17,10 +18,20 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _train(out, preset, steps=2):
     g = torch.Generator().manual_seed(0)
-    data = ImageSet((torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8),
-                    torch.randint(0, 10, (32,), generator=g), [str(i) for i in range(10)], "toy")
-    cfg = tiny(preset, f"train.steps={steps}", f"train.ckpt_every={steps}", "train.sample_every=0",
-               "train.batch_size=4", "sample.steps=4")
+    data = ImageSet(
+        (torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8),
+        torch.randint(0, 10, (32,), generator=g),
+        [str(i) for i in range(10)],
+        "toy",
+    )
+    cfg = tiny(
+        preset,
+        f"train.steps={steps}",
+        f"train.ckpt_every={steps}",
+        "train.sample_every=0",
+        "train.batch_size=4",
+        "sample.steps=4",
+    )
     Trainer(cfg, out, data=data, progress=False).run()
     return out
 
@@ -37,14 +48,14 @@ def test_readme_python_section_runs(runs, monkeypatch):
     """The README's code, executed in a directory holding the runs it names; what it promises holds."""
     section = README.read_text().split("## Python", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert max(len(code.split("\n\n")[i].splitlines()) for i in range(1, 3)) <= 4   # each task in a few lines
+    assert max(len(code.split("\n\n")[i].splitlines()) for i in range(1, 3)) <= 4  # each task in a few lines
     monkeypatch.chdir(runs)
     ns: dict = {}
     exec(compile(code, "README.md", "exec"), ns)
     assert ns["samples"].images.shape == (16, 1, 32, 32)
     r = ns["restored"]
     assert r.restored.shape == (4, 1, 32, 32) and r.keep.shape == (4, 1, 32, 32)
-    assert bool(((1 - r.keep).flatten(1).sum(1) > 0).all())                 # every input gets a mask
+    assert bool(((1 - r.keep).flatten(1).sum(1) > 0).all())  # every input gets a mask
     assert torch.allclose(ns["probs"].sum(1), torch.ones(16), atol=1e-4)
     assert ns["pairs"].labels.tolist() == list(range(10))
     assert ns["digits"].shape == (10, 1, 32, 32)
@@ -53,7 +64,7 @@ def test_readme_python_section_runs(runs, monkeypatch):
 def test_same_seed_same_result_and_masks_follow_the_seed(runs):
     run = mtdiff.load_run(runs / "runs" / "demo")
     a, b = run.sample(3, seed=7), run.sample(3, seed=7)
-    torch.manual_seed(123)                                   # the global RNG plays no part
+    torch.manual_seed(123)  # the global RNG plays no part
     c = run.sample(3, seed=7)
     assert torch.equal(a.images, b.images) and torch.equal(a.images, c.images)
     assert not torch.equal(a.images, run.sample(3, seed=8).images)
@@ -70,29 +81,32 @@ def test_pil_images_round_trip(runs):
     pil = s.pil()
     assert pil[0].size == (32, 32) and pil[0].mode == "L"
     back = run.pixels(pil)
-    assert (back - s.images.clamp(-1, 1)).abs().max() <= 1 / 127.5 + 1e-6     # 8-bit quantisation only
+    assert (back - s.images.clamp(-1, 1)).abs().max() <= 1 / 127.5 + 1e-6  # 8-bit quantisation only
     assert torch.equal(run.classify(pil, seed=0), run.classify(back, seed=0))
 
 
-@pytest.mark.parametrize("call, expected", [
-    (lambda r: r.sample(0), "n must be an integer >= 1"),
-    (lambda r: r.sample(2, steps=5000), "steps must be in [1, 1000]"),
-    (lambda r: r.sample(2, steps=0), "steps must be in [1, 1000]"),
-    (lambda r: r.sample(2, eta=-1), "eta must be >= 0"),
-    (lambda r: r.sample(2, sampler="euler"), "sampler must be one of"),
-    (lambda r: r.sample(2, labels=10), "class indices in [0, 10)"),
-    (lambda r: r.sample(2, labels=[1, 2, 3]), "one per sample (2)"),
-    (lambda r: r.sample(2, guidance=2.0), "train.cond_drop_prob > 0"),
-    (lambda r: r.sample(2, labels=1, head_guidance=-1), "head_guidance must be a number > 0"),
-    (lambda r: r.sample(2, prompts="a seven"), "needs a run with a text modality"),
-    (lambda r: r.classify(torch.zeros(2, 1, 32, 32), t=1000), "t must be a time index in [0, 999]"),
-    (lambda r: r.classify(torch.zeros(2, 1, 32, 32), t=-5), "t must be a time index in [0, 999]"),
-    (lambda r: r.classify(torch.zeros(2, 3, 32, 32)), "must be [N, 1, 32, 32]"),
-    (lambda r: r.classify(torch.zeros(0, 1, 32, 32)), "(N >= 1)"),
-    (lambda r: r.classify(torch.zeros(2, 1, 32, 32), method="knn"), "method must be 'head' or 'elbo'"),
-    (lambda r: r.restore(torch.zeros(2, 1, 32, 32)), "restore needs a run with a masked_image modality"),
-    (lambda r: r.represent(torch.zeros(2, 1, 32, 32)), "represent needs a run with a vector modality"),
-])
+@pytest.mark.parametrize(
+    "call, expected",
+    [
+        (lambda r: r.sample(0), "n must be an integer >= 1"),
+        (lambda r: r.sample(2, steps=5000), "steps must be in [1, 1000]"),
+        (lambda r: r.sample(2, steps=0), "steps must be in [1, 1000]"),
+        (lambda r: r.sample(2, eta=-1), "eta must be >= 0"),
+        (lambda r: r.sample(2, sampler="euler"), "sampler must be one of"),
+        (lambda r: r.sample(2, labels=10), "class indices in [0, 10)"),
+        (lambda r: r.sample(2, labels=[1, 2, 3]), "one per sample (2)"),
+        (lambda r: r.sample(2, guidance=2.0), "train.cond_drop_prob > 0"),
+        (lambda r: r.sample(2, labels=1, head_guidance=-1), "head_guidance must be a number > 0"),
+        (lambda r: r.sample(2, prompts="a seven"), "needs a run with a text modality"),
+        (lambda r: r.classify(torch.zeros(2, 1, 32, 32), t=1000), "t must be a time index in [0, 999]"),
+        (lambda r: r.classify(torch.zeros(2, 1, 32, 32), t=-5), "t must be a time index in [0, 999]"),
+        (lambda r: r.classify(torch.zeros(2, 3, 32, 32)), "must be [N, 1, 32, 32]"),
+        (lambda r: r.classify(torch.zeros(0, 1, 32, 32)), "(N >= 1)"),
+        (lambda r: r.classify(torch.zeros(2, 1, 32, 32), method="knn"), "method must be 'head' or 'elbo'"),
+        (lambda r: r.restore(torch.zeros(2, 1, 32, 32)), "restore needs a run with a masked_image modality"),
+        (lambda r: r.represent(torch.zeros(2, 1, 32, 32)), "represent needs a run with a vector modality"),
+    ],
+)
 def test_caller_errors_say_what_was_expected(runs, call, expected):
     run = mtdiff.load_run(runs / "runs" / "m")
     with pytest.raises(mtdiff.MtdiffError) as e:

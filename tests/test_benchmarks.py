@@ -1,5 +1,6 @@
 """The benchmarks (throughput, sampling, quality, gpu_check) run end to end at toy sizes and write their
 JSON and tables (the numbers mean nothing here)."""
+
 import importlib.util
 import json
 import sys
@@ -22,15 +23,45 @@ def _load(name: str):
 def test_throughput_compares_mtdiff_with_diffusers_and_mt_with_single_task(tmp_path, monkeypatch):
     pytest.importorskip("diffusers")
     tp = _load("throughput")
-    monkeypatch.setitem(tp.SIZES, "toy", {"image_size": 16, "channels": 32, "channel_mult": (1, 2), "num_res_blocks": 1,
-                                          "attention_resolutions": (8,), "batch": 2, "cpu_batch": 2})
-    r = tp.main(["--device", "cpu", "--sizes", "toy", "--mt-sizes", "toy", "--steps", "1", "--repeats", "1",
-                 "--threads", "1", "--out-dir", str(tmp_path)])
+    monkeypatch.setitem(
+        tp.SIZES,
+        "toy",
+        {
+            "image_size": 16,
+            "channels": 32,
+            "channel_mult": (1, 2),
+            "num_res_blocks": 1,
+            "attention_resolutions": (8,),
+            "batch": 2,
+            "cpu_batch": 2,
+        },
+    )
+    r = tp.main(
+        [
+            "--device",
+            "cpu",
+            "--sizes",
+            "toy",
+            "--mt-sizes",
+            "toy",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert [c.get("error") for c in r["cases"]] == [None] * 4
     arms = {c["arm"]: c for c in r["cases"]}
-    assert abs(arms["mtdiff"]["params"] / arms["diffusers"]["params"] - 1) < 0.01   # the same size, counted
+    assert abs(arms["mtdiff"]["params"] / arms["diffusers"]["params"] - 1) < 0.01  # the same size, counted
     assert all(c["flops_per_step"] > 0 and c["img_per_s"] > 0 for c in r["cases"])
-    assert set(r["ratios"]) == {"toy: mtdiff eager / diffusers eager", "toy: MT-Diffusion-X (mask head) / single-task, img/s"}
+    assert set(r["ratios"]) == {
+        "toy: mtdiff eager / diffusers eager",
+        "toy: MT-Diffusion-X (mask head) / single-task, img/s",
+    }
     assert json.loads((tmp_path / "throughput-cpu.json").read_text())["ratios"] == r["ratios"]
     assert "| toy | mtdiff | no | 2 |" in (tmp_path / "throughput-cpu.md").read_text()
 
@@ -40,7 +71,7 @@ def test_sampling_table_has_the_ratio_to_the_reference(tmp_path, monkeypatch):
     from test_cli import _tiny_run
 
     sampling = _load("sampling")
-    monkeypatch.setattr(sampling, "REFERENCE", ("ddim", 6))     # the reference at the longest step count
+    monkeypatch.setattr(sampling, "REFERENCE", ("ddim", 6))  # the reference at the longest step count
     run = _tiny_run(tmp_path / "run", "mnist-ddpm", labels=False, steps=1)
     r = sampling.main(["--run", str(run), "--num", "4", "--batch", "4", "--steps", "2,6", "--out-dir", str(tmp_path)])
     rows = {(row["sampler"], row["steps"]): row for row in r["rows"]}
@@ -57,16 +88,40 @@ def test_quality_scores_mtdiff_and_the_diffusers_peer_of_the_same_size(tmp_path)
     pytest.importorskip("ccexam")
     pytest.importorskip("mnist")
     quality = _load("quality")
-    r = quality.main(["--steps", "3", "--arm", "own=mnist-ddpm:train.steps=2", "--num", "20", "--curve", "1", "--curve-num", "10", "--sample-steps", "2",
-                      "--train-limit", "256", "--calibrate", "1", "--runs", str(tmp_path / "runs"),
-                      "--out-dir", str(tmp_path), "--tag", "smoke", "--quiet"])
+    r = quality.main(
+        [
+            "--steps",
+            "3",
+            "--arm",
+            "own=mnist-ddpm:train.steps=2",
+            "--num",
+            "20",
+            "--curve",
+            "1",
+            "--curve-num",
+            "10",
+            "--sample-steps",
+            "2",
+            "--train-limit",
+            "256",
+            "--calibrate",
+            "1",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--out-dir",
+            str(tmp_path),
+            "--tag",
+            "smoke",
+            "--quiet",
+        ]
+    )
     names = [a["name"] for a in r["arms"]]
     assert names == ["demo", "own", "diffusers-demo-recipe", "diffusers-mtdiff-recipe", "diffusers-example"]
     assert r["params_within_5pct"] and [a["steps"] for a in r["arms"][:3]] == [3, 2, 3]
     for a in r["arms"]:
         assert [c["n"] for c in a["curve"]] == [10, 20] and 0 <= a["final"]["recognised"] <= 1
     assert r["arms"][2]["fid_ratio_to_peer"] == 1.0
-    assert r["reference"]["recognised"] > 0.9          # real digits are recognised: the classifiers work
+    assert r["reference"]["recognised"] > 0.9  # real digits are recognised: the classifiers work
     if importlib.util.find_spec("digit_recognizer"):
         assert r["reference"]["recognised_strict"] > 0.8 and "recognised_both" in r["arms"][0]["final"]
     assert json.loads((tmp_path / "quality-smoke.json").read_text())["num"] == 20
@@ -74,11 +129,18 @@ def test_quality_scores_mtdiff_and_the_diffusers_peer_of_the_same_size(tmp_path)
     assert (tmp_path / "quality-smoke-curve.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("name,key,peak", [("NVIDIA L40", "L40", 181.05e12), ("NVIDIA L4", "L4", 121.0e12),
-                                           ("NVIDIA L40S", "L40S", 362.05e12),
-                                           ("NVIDIA H100 PCIe", "H100 PCIe", 756.0e12),
-                                           ("NVIDIA H100 80GB HBM3", "H100", 989.4e12),
-                                           ("NVIDIA A100-SXM4-80GB", "A100", 312.0e12), ("NVIDIA B300", None, None)])
+@pytest.mark.parametrize(
+    "name,key,peak",
+    [
+        ("NVIDIA L40", "L40", 181.05e12),
+        ("NVIDIA L4", "L4", 121.0e12),
+        ("NVIDIA L40S", "L40S", 362.05e12),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756.0e12),
+        ("NVIDIA H100 80GB HBM3", "H100", 989.4e12),
+        ("NVIDIA A100-SXM4-80GB", "A100", 312.0e12),
+        ("NVIDIA B300", None, None),
+    ],
+)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_throughput_peak_matches_the_longest_whole_word_gpu_name(monkeypatch, name, key, peak, reverse):
     """Whole words, longest key first, whatever the table's order: an L40 is not an L4."""
@@ -88,7 +150,7 @@ def test_throughput_peak_matches_the_longest_whole_word_gpu_name(monkeypatch, na
     monkeypatch.setattr(tp.torch.cuda, "get_device_name", lambda device=None: name)
     got, label = tp.peak_flops("cuda")
     assert got == peak
-    assert (label.startswith(f"{key} dense bf16") if key else "unknown GPU" in label), label
+    assert label.startswith(f"{key} dense bf16") if key else "unknown GPU" in label, label
 
 
 def test_gpu_check_smoke_runs_every_section_on_the_cpu(tmp_path):
@@ -97,12 +159,24 @@ def test_gpu_check_smoke_runs_every_section_on_the_cpu(tmp_path):
     gpu_check = _load("gpu_check")
     r = gpu_check.main(["--device", "cpu", "--smoke", "--out", str(tmp_path)])
     names = [s["name"] for s in r["sections"]]
-    assert names == ["kinds", "sync_debug", "memory", "resume", "resume_deterministic", "fp16", "channels_last", "sdpa",
-                     "nccl", "compile", "cli", "throughput"]
+    assert names == [
+        "kinds",
+        "sync_debug",
+        "memory",
+        "resume",
+        "resume_deterministic",
+        "fp16",
+        "channels_last",
+        "sdpa",
+        "nccl",
+        "compile",
+        "cli",
+        "throughput",
+    ]
     status = {s["name"]: s["status"] for s in r["sections"]}
     failed = {n for n, st in status.items() if st == "FAIL"}
     assert not failed, {s["name"]: s["reason"] for s in r["sections"] if s["status"] == "FAIL"}
-    assert all(s["reason"] for s in r["sections"])                     # every PASS, FAIL and SKIP says why
+    assert all(s["reason"] for s in r["sections"])  # every PASS, FAIL and SKIP says why
     # what a CPU cannot do is skipped; the rest runs here
     assert status["sync_debug"] == "SKIP" and status["compile"] == "SKIP"
     for name in ("kinds", "resume", "resume_deterministic", "fp16", "channels_last", "sdpa", "nccl", "cli"):

@@ -1,11 +1,12 @@
 """The mtdiff command end to end on a tiny run: sample and restore write PNGs; errors are clear."""
+
 import json
 
 import pytest
 import torch
+from conftest import tiny
 from PIL import Image
 
-from conftest import tiny
 from mtdiff.cli.main import main
 from mtdiff.data import ImageSet
 from mtdiff.train import Trainer
@@ -15,10 +16,20 @@ def _tiny_run(out, preset, *extra, labels=True, steps=2, data=None):
     """Train ``preset`` shrunk to a tiny model for a few steps on random images; returns the run dir."""
     g = torch.Generator().manual_seed(0)
     if data is None:
-        data = ImageSet((torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8),
-                        torch.randint(0, 10, (32,), generator=g) if labels else None, [str(i) for i in range(10)], "toy")
-    cfg = tiny(preset, f"train.steps={steps}", f"train.ckpt_every={steps}", "train.sample_every=0", "train.batch_size=4",
-               *extra)
+        data = ImageSet(
+            (torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8),
+            torch.randint(0, 10, (32,), generator=g) if labels else None,
+            [str(i) for i in range(10)],
+            "toy",
+        )
+    cfg = tiny(
+        preset,
+        f"train.steps={steps}",
+        f"train.ckpt_every={steps}",
+        "train.sample_every=0",
+        "train.batch_size=4",
+        *extra,
+    )
     Trainer(cfg, out, data=data, progress=False).run()
     return out
 
@@ -38,7 +49,9 @@ def test_sample_writes_a_grid(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize("mask", ["random", "half"])
 def test_restore_keeps_known_pixels(run_dir, tmp_path, capsys, mask):
     out = tmp_path / "r.png"
-    assert main(["restore", "--run", str(run_dir), "--num", "2", "--steps", "3", "--mask", mask, "--out", str(out)]) == 0
+    assert (
+        main(["restore", "--run", str(run_dir), "--num", "2", "--steps", "3", "--mask", mask, "--out", str(out)]) == 0
+    )
     stats = json.loads(capsys.readouterr().out)
     assert out.is_file() and stats["masked_fraction"] > 0 and stats["raw_drift_known_mean_abs"] >= 0
     assert stats["psnr_db"] > 0 and -1 <= stats["ssim"] <= 1 and stats["unmasked_region_mse_raw"] >= 0
@@ -77,11 +90,29 @@ def label_run(tmp_path_factory):
 
 
 def test_joint_and_class_conditional_samples_carry_labels(label_run, tmp_path, capsys):
-    assert main(["sample", "--run", str(label_run), "--num", "4", "--steps", "2", "--out", str(tmp_path / "j.png")]) == 0
+    assert (
+        main(["sample", "--run", str(label_run), "--num", "4", "--steps", "2", "--out", str(tmp_path / "j.png")]) == 0
+    )
     joint = json.loads(capsys.readouterr().out)
     assert len(joint["labels"]) == 4 and all(0 <= y < 10 for y in joint["labels"])
-    assert main(["sample", "--run", str(label_run), "--num", "4", "--steps", "2", "--label", "each",
-                 "--out", str(tmp_path / "c.png")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(label_run),
+                "--num",
+                "4",
+                "--steps",
+                "2",
+                "--label",
+                "each",
+                "--out",
+                str(tmp_path / "c.png"),
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["labels"] == [0, 1, 2, 3]
     assert main(["sample", "--run", str(label_run), "--label", "12", "--out", str(tmp_path / "x.png")]) == 2
     assert "[0, 10)" in capsys.readouterr().err
@@ -100,8 +131,26 @@ def test_guidance_flags(run_dir, label_run, tmp_path, capsys):
     assert "guidance needs a run trained with train.cond_drop_prob > 0" in capsys.readouterr().err
     guided = _tiny_run(tmp_path / "cfg", "mnist-masked-x", "train.cond_drop_prob=0.2", steps=1)
     assert main(["sample", "--run", str(guided), "--num", "2", "--steps", "2", "--guidance", "2", "--out", out]) == 0
-    assert main(["sample", "--run", str(label_run), "--num", "2", "--steps", "2", "--label", "3",
-                 "--head-guidance", "1.5", "--out", out]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(label_run),
+                "--num",
+                "2",
+                "--steps",
+                "2",
+                "--label",
+                "3",
+                "--head-guidance",
+                "1.5",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["labels"] == [3, 3]
     assert main(["sample", "--run", str(label_run), "--head-guidance", "1", "--out", out]) == 2
     assert "head_guidance needs labels" in capsys.readouterr().err

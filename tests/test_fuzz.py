@@ -1,5 +1,6 @@
 """Property-based (hypothesis): any config, override or command line either works or fails before
 work with a ConfigError / usage message naming the problem: never a traceback a user would see."""
+
 import dataclasses
 import typing
 
@@ -27,6 +28,7 @@ def _paths(cls, prefix=""):
             out += _paths(tp, key + ".")
         elif f.name == "modalities":
             from mtdiff.config import ModalityConfig
+
             out += _paths(ModalityConfig, key + ".masked.")
         else:
             out.append(key)
@@ -34,12 +36,19 @@ def _paths(cls, prefix=""):
 
 
 KEYS = _paths(Config)
-values = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(-2, 2), st.just(float("nan")), st.just(float("inf")),
-                   st.sampled_from(["", "auto", "X", "bridge", "label", "ddim", "cuda:7", "nope", "[1, 2]", "{a: 1}"]),
-                   st.lists(st.integers(-1, 64), max_size=4))
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 300),
+    st.floats(-2, 2),
+    st.just(float("nan")),
+    st.just(float("inf")),
+    st.sampled_from(["", "auto", "X", "bridge", "label", "ddim", "cuda:7", "nope", "[1, 2]", "{a: 1}"]),
+    st.lists(st.integers(-1, 64), max_size=4),
+)
 mutation = st.one_of(
-    st.tuples(st.sampled_from(KEYS), values),                                  # a real key, any value
-    st.tuples(st.sampled_from(KEYS).map(lambda k: k + "x"), values),          # a misspelt key
+    st.tuples(st.sampled_from(KEYS), values),  # a real key, any value
+    st.tuples(st.sampled_from(KEYS).map(lambda k: k + "x"), values),  # a misspelt key
     st.tuples(st.sampled_from(["model", "train", "data", "modalities", "sample"]), values),  # a section replaced
 )
 
@@ -62,10 +71,10 @@ def test_any_config_is_built_or_refused_with_a_config_error(preset, mutations):
         _set(raw, key, value)
     try:
         cfg = validate(from_dict(Config, raw))
-        with torch.device("meta"):              # any size builds instantly, allocating nothing
+        with torch.device("meta"):  # any size builds instantly, allocating nothing
             build_model(cfg)
         build_process(cfg)
-    except ConfigError as e:                    # (the autoencoder's errors are ConfigErrors too)
+    except ConfigError as e:  # (the autoencoder's errors are ConfigErrors too)
         assert str(e)
 
 
@@ -83,28 +92,98 @@ class WorkStarted(Exception):
     pass
 
 
-COMMANDS = ["train", "sample", "translate", "classify", "restore", "evaluate", "report", "presets", "demo", "frobnicate"]
-FLAGS = ["--config", "--out", "--set", "--resume", "--run", "--num", "--steps", "--sampler", "--eta", "--seed",
-         "--device", "--label", "--prompt", "--guidance", "--head-guidance", "--input", "--t", "--method", "--mask",
-         "--patches", "--per-input", "--features", "--weights", "--batch", "--ref-num", "--keep"]
+COMMANDS = [
+    "train",
+    "sample",
+    "translate",
+    "classify",
+    "restore",
+    "evaluate",
+    "report",
+    "presets",
+    "demo",
+    "frobnicate",
+]
+FLAGS = [
+    "--config",
+    "--out",
+    "--set",
+    "--resume",
+    "--run",
+    "--num",
+    "--steps",
+    "--sampler",
+    "--eta",
+    "--seed",
+    "--device",
+    "--label",
+    "--prompt",
+    "--guidance",
+    "--head-guidance",
+    "--input",
+    "--t",
+    "--method",
+    "--mask",
+    "--patches",
+    "--per-input",
+    "--features",
+    "--weights",
+    "--batch",
+    "--ref-num",
+    "--keep",
+]
 # each argument's edges: zero, negatives, past the schedule (T = 1000), non-numbers, unknown and absent devices,
 # paths without an image extension, empty strings
-ARGS = ["mnist-masked-x", "nope", "-1", "0", "3", "999", "1000", "5000", "1e9", "-0.5", "nan", "inf", "x=1",
-        "train.steps=0", "train.lr=abc", "train.lr=-1", "model.channels=7", "cuda", "cuda:3", "foo", "each", "11",
-        "ddim", "dpm-solver", "half", "elbo", "{}", "", "bad/g", "out.png", "out.txt"]
+ARGS = [
+    "mnist-masked-x",
+    "nope",
+    "-1",
+    "0",
+    "3",
+    "999",
+    "1000",
+    "5000",
+    "1e9",
+    "-0.5",
+    "nan",
+    "inf",
+    "x=1",
+    "train.steps=0",
+    "train.lr=abc",
+    "train.lr=-1",
+    "model.channels=7",
+    "cuda",
+    "cuda:3",
+    "foo",
+    "each",
+    "11",
+    "ddim",
+    "dpm-solver",
+    "half",
+    "elbo",
+    "{}",
+    "",
+    "bad/g",
+    "out.png",
+    "out.txt",
+]
 
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """A masked-image run and a label run, trained two steps: the commands check their arguments against them."""
+    from conftest import tiny
+
     from mtdiff.data.imageset import ImageSet
     from mtdiff.train import Trainer
 
-    from conftest import tiny
-
     g = torch.Generator().manual_seed(0)
-    data = ImageSet((torch.rand(16, 1, 32, 32, generator=g) * 255).to(torch.uint8), torch.randint(0, 10, (16,), generator=g),
-                    [str(i) for i in range(10)], "toy")
+    data = ImageSet(
+        (torch.rand(16, 1, 32, 32, generator=g) * 255).to(torch.uint8),
+        torch.randint(0, 10, (16,), generator=g),
+        [str(i) for i in range(10)],
+        "toy",
+    )
     root = tmp_path_factory.mktemp("fuzz-runs")
     for name in ("mnist-masked-x", "mnist-label-m"):
         cfg = tiny(name, "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4")
@@ -130,15 +209,18 @@ def no_work(monkeypatch):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(COMMANDS), st.lists(st.tuples(st.sampled_from(FLAGS), st.sampled_from(ARGS)), max_size=5),
-       st.integers(0, 3))
+@given(
+    st.sampled_from(COMMANDS),
+    st.lists(st.tuples(st.sampled_from(FLAGS), st.sampled_from(ARGS)), max_size=5),
+    st.integers(0, 3),
+)
 def test_any_command_line_fails_cleanly_or_starts_work(tiny_runs, no_work, capsys, command, flags, run):
     argv = [command] + (["--run", tiny_runs[run]] if run < 3 else [])
     for flag, value in flags:
         argv += [flag, value]
     try:
         code = main(argv)
-    except SystemExit as e:                     # argparse: a usage line and the reason, exit code 2
+    except SystemExit as e:  # argparse: a usage line and the reason, exit code 2
         assert e.code in (0, 2)
         return
     except WorkStarted:

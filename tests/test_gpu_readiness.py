@@ -1,21 +1,35 @@
 """What a first GPU run would hit, shown on the CPU: draws on the generator's device, no host
 synchronisation in a steady training step, DDP with parameters that get no gradient, a channels_last
 resume, presets a GPU count can split, and the RNG state of another device."""
+
 import traceback
 
 import pytest
 import torch
+from conftest import tiny
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import tiny
 from mtdiff.data import ImageSet
 from mtdiff.train import Trainer
 
-PRESETS = ["mnist-ddpm", "mnist-masked-x", "mnist-label-m", "mnist-label-e", "mnist-seg2img", "fashion-edges2img",
-           "mnist-text2img", "mnist-text2img:modalities.representation.encoder=backbone"]   # the last: imagenet64-text-rep's shape
-STEP = ["train.sample_every=0", "train.batch_size=8", "train.warmup_steps=1", "train.cond_drop_prob=0.2",
-        "train.enc_drop_prob=0.2"]
+PRESETS = [
+    "mnist-ddpm",
+    "mnist-masked-x",
+    "mnist-label-m",
+    "mnist-label-e",
+    "mnist-seg2img",
+    "fashion-edges2img",
+    "mnist-text2img",
+    "mnist-text2img:modalities.representation.encoder=backbone",
+]  # the last: imagenet64-text-rep's shape
+STEP = [
+    "train.sample_every=0",
+    "train.batch_size=8",
+    "train.warmup_steps=1",
+    "train.cond_drop_prob=0.2",
+    "train.enc_drop_prob=0.2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +51,7 @@ def _trainer(preset, tmp_path, data, *extra):
 
 class _GeneratorDevices(TorchFunctionMode):
     """Records every factory call that draws from a generator without naming the generator's own device."""
+
     def __init__(self):
         super().__init__()
         self.bad = []
@@ -44,7 +59,13 @@ class _GeneratorDevices(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         g = kwargs.get("generator")
-        if isinstance(g, torch.Generator) and getattr(func, "__name__", "") in ("rand", "randn", "randint", "randperm", "normal"):
+        if isinstance(g, torch.Generator) and getattr(func, "__name__", "") in (
+            "rand",
+            "randn",
+            "randint",
+            "randperm",
+            "normal",
+        ):
             device = kwargs.get("device")
             if device is None or torch.device(device) != g.device:
                 self.bad.append(f"{func.__name__} device={device}: " + traceback.format_stack(limit=3)[0].strip())
@@ -53,7 +74,8 @@ class _GeneratorDevices(TorchFunctionMode):
 
 class _HostSyncs(TorchDispatchMode):
     """Counts reads of a device value on the host (``.item()``, ``int()``, ``bool()`` of a tensor)."""
-    CPU_ONLY = ("_check_classes",)          # validation that reads values on the CPU only (a device check elsewhere)
+
+    CPU_ONLY = ("_check_classes",)  # validation that reads values on the CPU only (a device check elsewhere)
 
     def __init__(self):
         super().__init__()
@@ -83,7 +105,7 @@ def test_a_training_step_is_ready_for_a_gpu(preset, tmp_path, data):
     assert not draws.bad, draws.bad
     missing = [n for n, p in trainer.model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
-    trainer.train_step()                      # warm: lazy tables, caption encodings
+    trainer.train_step()  # warm: lazy tables, caption encodings
     with _HostSyncs() as syncs:
         trainer.train_step()
     assert not syncs.syncs, "\n".join(syncs.syncs)
@@ -94,7 +116,7 @@ def test_ddp_is_built_with_the_buffer_switch_this_torch_has(newer):
     """torch 2.13 renamed DDP's broadcast_buffers to forward_sync_buffers; pyproject allows torch >= 2.3."""
     from mtdiff.distributed import wrap_ddp
 
-    class Old:                                    # the signature of DDP before 2.13
+    class Old:  # the signature of DDP before 2.13
         def __init__(self, module, device_ids=None, broadcast_buffers=True):
             self.kw = {"broadcast_buffers": broadcast_buffers}
 
@@ -109,13 +131,19 @@ def test_ddp_is_built_with_the_buffer_switch_this_torch_has(newer):
 def test_a_channels_last_resume_keeps_the_moments_in_the_parameters_layout(tmp_path, data):
     """CUDA's fused AdamW requires each moment to have its parameter's strides; a checkpoint stores them
     contiguous. The resumed run also continues exactly."""
-    common = ["train.channels_last=true", "train.lr_schedule=constant", "train.ckpt_every=2", "model.dropout=0.0",
-              *STEP[:3]]
+    common = [
+        "train.channels_last=true",
+        "train.lr_schedule=constant",
+        "train.ckpt_every=2",
+        "model.dropout=0.0",
+        *STEP[:3],
+    ]
     straight = Trainer(tiny("mnist-masked-x", *common, "train.steps=4"), tmp_path / "a", data=data, progress=False)
     straight.run()
     Trainer(tiny("mnist-masked-x", *common, "train.steps=2"), tmp_path / "b", data=data, progress=False).run()
-    resumed = Trainer(tiny("mnist-masked-x", *common, "train.steps=4"), tmp_path / "b", data=data, resume=True,
-                      progress=False)
+    resumed = Trainer(
+        tiny("mnist-masked-x", *common, "train.steps=4"), tmp_path / "b", data=data, resume=True, progress=False
+    )
     nhwc = [p for p in resumed.model.parameters() if p.dim() == 4 and p.shape[1] > 1]
     assert nhwc and all(p.is_contiguous(memory_format=torch.channels_last) for p in nhwc)
     for p in resumed.model.parameters():
@@ -127,8 +155,17 @@ def test_a_channels_last_resume_keeps_the_moments_in_the_parameters_layout(tmp_p
         assert torch.equal(a, b), k
 
 
-@pytest.mark.parametrize("name", ["imagenet64-masked-x", "imagenet64-label-m", "imagenet64-label-e", "imagenet64-text-rep",
-                                  "cityscapes256-latent-x", "night2day256-latent-x"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "imagenet64-masked-x",
+        "imagenet64-label-m",
+        "imagenet64-label-e",
+        "imagenet64-text-rep",
+        "cityscapes256-latent-x",
+        "night2day256-latent-x",
+    ],
+)
 def test_gpu_presets_split_evenly_over_8_gpus(name):
     from mtdiff.config import load_config
 
@@ -136,8 +173,14 @@ def test_gpu_presets_split_evenly_over_8_gpus(name):
 
 
 # modules whose CUDA backward has no deterministic kernel (torch.use_deterministic_algorithms raises on them)
-NONDETERMINISTIC_ON_CUDA = (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d, torch.nn.AdaptiveAvgPool3d,
-                            torch.nn.ReflectionPad2d, torch.nn.ReplicationPad2d, torch.nn.EmbeddingBag)
+NONDETERMINISTIC_ON_CUDA = (
+    torch.nn.AdaptiveAvgPool2d,
+    torch.nn.AdaptiveMaxPool2d,
+    torch.nn.AdaptiveAvgPool3d,
+    torch.nn.ReflectionPad2d,
+    torch.nn.ReplicationPad2d,
+    torch.nn.EmbeddingBag,
+)
 
 
 @pytest.mark.parametrize("preset", [p.partition(":")[0] for p in PRESETS[:-1]])
@@ -168,13 +211,15 @@ def test_a_checkpoint_from_another_device_type_resumes_with_a_warning(tmp_path, 
 
     def from_a_gpu(run_dir, *a, **kw):
         ckpt = load(run_dir, *a, **kw)
-        ckpt["state"]["rng.gen"] = torch.zeros(16, dtype=torch.uint8)       # the form of a CUDA generator state
+        ckpt["state"]["rng.gen"] = torch.zeros(16, dtype=torch.uint8)  # the form of a CUDA generator state
         ckpt["state"]["rng.cuda"] = torch.zeros(16, dtype=torch.uint8)
         return ckpt
+
     monkeypatch.setattr(trainer_module, "load_checkpoint", from_a_gpu)
     with pytest.warns(UserWarning, match="written on a GPU"):
-        resumed = Trainer(tiny("mnist-ddpm", *common, "train.steps=3"), tmp_path, data=data,
-                          resume=True, progress=False)
+        resumed = Trainer(
+            tiny("mnist-ddpm", *common, "train.steps=3"), tmp_path, data=data, resume=True, progress=False
+        )
     assert resumed.step == 2
     resumed.run()
     assert resumed.step == 3

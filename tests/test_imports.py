@@ -7,6 +7,7 @@ names; relative imports are resolved to full names, and ``from . import x`` coun
 its own (importing ``mtdiff.data.loader`` is not an edge to ``mtdiff.data``). Imports under
 ``if TYPE_CHECKING:`` never run and are left out.
 """
+
 from __future__ import annotations
 
 import ast
@@ -51,7 +52,7 @@ def imports_of(name: str, path: Path, modules: dict[str, Path], root: str = ROOT
     found: dict[str, int] = {}
 
     def add(target: str, line: int) -> None:
-        while target and target not in modules:     # ``import mtdiff.a.b.attr``-like names: the module part
+        while target and target not in modules:  # ``import mtdiff.a.b.attr``-like names: the module part
             target = target.rpartition(".")[0]
         if target and target != name:
             found.setdefault(target, line)
@@ -66,7 +67,7 @@ def imports_of(name: str, path: Path, modules: dict[str, Path], root: str = ROOT
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 base = ".".join(base + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
@@ -92,7 +93,7 @@ def find_cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     on_stack: set[str] = set()
     components: list[set[str]] = []
 
-    def strongconnect(v: str) -> None:                     # Tarjan, iteratively
+    def strongconnect(v: str) -> None:  # Tarjan, iteratively
         work = [(v, iter(sorted(graph.get(v, ()))))]
         index[v] = low[v] = len(index)
         stack.append(v)
@@ -169,20 +170,25 @@ def test_no_import_cycles():
 def test_only_train_and_cli_import_train():
     graph = import_graph()
     inside = lambda name, pkg: name == pkg or name.startswith(pkg + ".")  # noqa: E731
-    bad = [f"{name} imports {target} (line {line})"
-           for name, targets in graph.items()
-           if not (inside(name, "mtdiff.train") or inside(name, "mtdiff.cli") or name == "mtdiff")
-           for target, line in targets.items() if inside(target, "mtdiff.train")]
+    bad = [
+        f"{name} imports {target} (line {line})"
+        for name, targets in graph.items()
+        if not (inside(name, "mtdiff.train") or inside(name, "mtdiff.cli") or name == "mtdiff")
+        for target, line in targets.items()
+        if inside(target, "mtdiff.train")
+    ]
     assert not bad, "inference must not import training:\n" + "\n".join(bad)
 
 
 def test_importing_the_package_and_loading_a_run_leave_training_unloaded():
     """The package root names ``Trainer`` lazily: importing mtdiff and its inference API loads no training code."""
-    code = ("import sys, mtdiff, mtdiff.runs, mtdiff.evaluate, mtdiff.report\n"
-            "loaded = sorted(m for m in sys.modules if m.startswith('mtdiff.train'))\n"
-            "assert not loaded, loaded\n"
-            "assert mtdiff.Trainer.__module__.startswith('mtdiff.train')\n"
-            "assert 'mtdiff.train' in sys.modules\n")
+    code = (
+        "import sys, mtdiff, mtdiff.runs, mtdiff.evaluate, mtdiff.report\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('mtdiff.train'))\n"
+        "assert not loaded, loaded\n"
+        "assert mtdiff.Trainer.__module__.startswith('mtdiff.train')\n"
+        "assert 'mtdiff.train' in sys.modules\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -195,8 +201,10 @@ def test_the_checker_finds_circles(tmp_path):
         "low.py": "import os\nfrom pkg import high\n",
         "high.py": "def f():\n    from .sub.deep import g\n",
         "sub/__init__.py": "from . import deep\n",
-        "sub/deep.py": "from .. import low\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..other import x\n",
-        "other.py": "from .sub import deep\n",        # imports the module pkg.sub.deep: no cycle through other
+        "sub/deep.py": (
+            "from .. import low\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..other import x\n"
+        ),
+        "other.py": "from .sub import deep\n",  # imports the module pkg.sub.deep: no cycle through other
         "cli/__init__.py": "",
         "cli/a.py": "from . import b\n",
         "cli/b.py": "def h():\n    from .a import thing\n",
@@ -206,9 +214,11 @@ def test_the_checker_finds_circles(tmp_path):
         (pkg / rel).write_text(text)
     graph = import_graph(pkg, "pkg")
     assert graph["pkg.low"] == {"pkg.high": 2}
-    assert graph["pkg.high"] == {"pkg.sub.deep": 2}                   # function-level, relative
-    assert graph["pkg.sub"] == {"pkg.sub.deep": 1}                    # ``from . import deep`` in an __init__
-    assert graph["pkg.sub.deep"] == {"pkg.low": 1}                    # TYPE_CHECKING left out
+    assert graph["pkg.high"] == {"pkg.sub.deep": 2}  # function-level, relative
+    assert graph["pkg.sub"] == {"pkg.sub.deep": 1}  # ``from . import deep`` in an __init__
+    assert graph["pkg.sub.deep"] == {"pkg.low": 1}  # TYPE_CHECKING left out
     assert graph["pkg.other"] == {"pkg.sub.deep": 1}
-    assert find_cycles(graph) == [["pkg.cli.a", "pkg.cli.b", "pkg.cli.a"],
-                                  ["pkg.high", "pkg.sub.deep", "pkg.low", "pkg.high"]]
+    assert find_cycles(graph) == [
+        ["pkg.cli.a", "pkg.cli.b", "pkg.cli.a"],
+        ["pkg.high", "pkg.sub.deep", "pkg.low", "pkg.high"],
+    ]

@@ -1,6 +1,7 @@
 """Latent diffusion through a frozen autoencoder (Appendix E.1): the map is deterministic and frozen, a run
 trains and resumes exactly in latent space without the VAE in its checkpoints, the commands decode to pixels,
 and a bad data.autoencoder fails clearly."""
+
 import json
 import sys
 
@@ -38,9 +39,19 @@ def pairs(tmp_path_factory):
 
 def _cfg(pairs, vae_dir, *extra):
     """The cityscapes preset, tiny: 32 px pairs -> 4 x 16 x 16 latents."""
-    return tiny("cityscapes256-latent-x", f"data.root={pairs}", "data.image_size=32", f"data.autoencoder={vae_dir}",
-                "train.batch_size=2", "train.sample_every=0", "train.log_every=1", "sample.num=2", "sample.steps=2",
-                "model.num_head_channels=-1", *extra)
+    return tiny(
+        "cityscapes256-latent-x",
+        f"data.root={pairs}",
+        "data.image_size=32",
+        f"data.autoencoder={vae_dir}",
+        "train.batch_size=2",
+        "train.sample_every=0",
+        "train.log_every=1",
+        "sample.num=2",
+        "sample.steps=2",
+        "model.num_head_channels=-1",
+        *extra,
+    )
 
 
 def test_encode_decode_shapes_determinism_and_scale(vae_dir):
@@ -48,7 +59,7 @@ def test_encode_decode_shapes_determinism_and_scale(vae_dir):
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     z = lm.encode(x)
     assert z.shape == (3, 4, 16, 16) and lm.shape((3, 32, 32)) == (4, 16, 16)
-    assert torch.equal(z, lm.encode(x))                      # posterior mean: no sampling
+    assert torch.equal(z, lm.encode(x))  # posterior mean: no sampling
     assert lm.decode(z).shape == x.shape and lm.decode(z).abs().max() <= 1
     assert lm.scale == DEFAULT_LATENT_SCALE and not z.requires_grad
     assert not any(p.requires_grad for p in lm.vae.parameters()) and not lm.vae.training
@@ -96,8 +107,9 @@ def test_trains_in_latent_space_and_resumes_exactly(tmp_path, pairs, vae_dir):
     assert straight.model.z_shape == (4, 16, 16) and straight.model.backbone.out_channels == 4
     straight.run()
     Trainer(_cfg(pairs, vae_dir, "train.steps=2", "train.ckpt_every=2"), tmp_path / "b", progress=False).run()
-    resumed = Trainer(_cfg(pairs, vae_dir, "train.steps=4", "train.ckpt_every=2"), tmp_path / "b", resume=True,
-                      progress=False)
+    resumed = Trainer(
+        _cfg(pairs, vae_dir, "train.steps=4", "train.ckpt_every=2"), tmp_path / "b", resume=True, progress=False
+    )
     resumed.run()
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
@@ -113,7 +125,7 @@ def test_commands_decode_samples_to_pixels(tmp_path, pairs, vae_dir, capsys):
     trainer = Trainer(_cfg(pairs, vae_dir, "train.steps=1", "train.ckpt_every=1"), tmp_path / "r", progress=False)
     trainer.run()
     with Image.open(trainer.sample_grid(tmp_path / "grid.png")) as im:
-        assert im.size == (2 * (2 * 34 + 2), 2 * (34 + 2))        # two 32 px (pixel, not latent) cells, scale 2
+        assert im.size == (2 * (2 * 34 + 2), 2 * (34 + 2))  # two 32 px (pixel, not latent) cells, scale 2
     run = load_run(tmp_path / "r")
     assert isinstance(run.latent, LatentMap) and run.model.z_shape == (4, 16, 16)
     out = tmp_path / "t.png"
@@ -121,12 +133,15 @@ def test_commands_decode_samples_to_pixels(tmp_path, pairs, vae_dir, capsys):
     scores = json.loads(capsys.readouterr().out)
     assert scores["modality"] == "source" and scores["generated_mse_to_ground_truth"] >= 0
     with Image.open(out) as im:
-        assert im.size == (2 * (6 * 34 + 2), 2 * (34 + 2))        # (source, truth, generated) x 2 in pixels
+        assert im.size == (2 * (6 * 34 + 2), 2 * (34 + 2))  # (source, truth, generated) x 2 in pixels
     (tmp_path / "in").mkdir()
-    for i in range(2):   # --input: source images in pixels, encoded by the run's VAE
+    for i in range(2):  # --input: source images in pixels, encoded by the run's VAE
         Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(tmp_path / "in" / f"{i}.png")
     args = ["translate", "--run", str(tmp_path / "r"), "--steps", "2", "--input", str(tmp_path / "in")]
     assert main([*args, "--out", str(tmp_path / "i.png")]) == 0 and json.loads(capsys.readouterr().out)["n"] == 2
-    assert main(["sample", "--run", str(tmp_path / "r"), "--num", "2", "--steps", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert (
+        main(["sample", "--run", str(tmp_path / "r"), "--num", "2", "--steps", "2", "--out", str(tmp_path / "s.png")])
+        == 0
+    )
     with Image.open(tmp_path / "s.png") as im:
         assert im.size == (2 * (2 * 34 + 2), 2 * (34 + 2))

@@ -82,10 +82,7 @@ def test_number_of_patches_distribution():
 
 
 def test_masked_area_grows_with_num_patches():
-    areas = [
-        (1 - random_patch_mask(2000, 32, generator=gen(5), num_patches=k)).mean().item()
-        for k in (1, 3, 6, 10)
-    ]
+    areas = [(1 - random_patch_mask(2000, 32, generator=gen(5), num_patches=k)).mean().item() for k in (1, 3, 6, 10)]
     assert all(a < b for a, b in zip(areas, areas[1:]))
 
 

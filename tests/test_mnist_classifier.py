@@ -68,7 +68,7 @@ def test_uint8_input_raises(clf):
 def test_accuracy_on_real_mnist(clf, mnist_test):
     x, y = mnist_test
     with torch.no_grad():
-        pred = torch.cat([clf(x[i:i + 500]).argmax(1) for i in range(0, N_EVAL, 500)])
+        pred = torch.cat([clf(x[i : i + 500]).argmax(1) for i in range(0, N_EVAL, 500)])
     acc = int((pred == y).sum()) / N_EVAL
     assert acc >= 0.97, acc
 

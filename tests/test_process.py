@@ -1,10 +1,17 @@
 """The MT forward process: identities, an independent DDPM oracle, Monte-Carlo against closed forms."""
+
 import numpy as np
 import pytest
 import torch
 
 from mtdiff.process import (
-    Bridge, Constant, MTProcess, PaperRatio, alpha_tilde_from_weights, beta_schedule, weights_from_alpha_tilde,
+    Bridge,
+    Constant,
+    MTProcess,
+    PaperRatio,
+    alpha_tilde_from_weights,
+    beta_schedule,
+    weights_from_alpha_tilde,
 )
 
 T = 1000
@@ -73,8 +80,9 @@ def test_zero_weights_equal_independent_ddpm(schedule):
         np.testing.assert_allclose(var.flatten().numpy(), np.full(SHAPE[0], ref_var), rtol=1e-12, atol=1e-15)
         # one ancestral step with a model that predicts eps exactly
         step = proc.posterior_mean_from_eps(zt, t, eps, enc) + var.sqrt() * noise
-        np.testing.assert_allclose(step.numpy(), ddpm.p_step(zt.numpy(), i, eps.numpy(), noise.numpy()),
-                                   rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(
+            step.numpy(), ddpm.p_step(zt.numpy(), i, eps.numpy(), noise.numpy()), rtol=1e-12, atol=1e-13
+        )
 
 
 def _procs():
@@ -228,7 +236,7 @@ def test_at_caches_one_table_per_name_and_device_and_matches_float64():
     ab = torch.cumprod(1 - beta_schedule("linear", 50), 0)
     assert torch.equal(first[0].flatten(), (1 - ab[t]).sqrt())
     assert torch.equal(first[1][:, 0], p.alpha_tilde["x"][t])
-    p.noise_std(t, like.float())                                   # float32 gathers from the same float64 table
+    p.noise_std(t, like.float())  # float32 gathers from the same float64 table
     assert len(p._tables) == size
-    assert torch.equal(p._at(p.alphas.clone(), t, like).flatten(), p.alphas[t])   # a foreign tensor: not cached
+    assert torch.equal(p._at(p.alphas.clone(), t, like).flatten(), p.alphas[t])  # a foreign tensor: not cached
     assert len(p._tables) == size

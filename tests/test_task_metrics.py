@@ -1,6 +1,7 @@
 """Task metrics against closed forms: PSNR of a known MSE, SSIM(x, x) = 1, errors split by a keep mask,
 ECE of calibrated and overconfident predictions, cosine of identical sets; LPIPS against torchmetrics'
 own LPIPS with the same backbone weights, and its missing-file error."""
+
 import math
 
 import pytest
@@ -22,8 +23,8 @@ from mtdiff.pretrained.lpips import LPIPS_WEIGHTS_ENV, backbone, load_lpips
 def test_psnr_of_a_known_mse():
     target = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
     pred = target + torch.tensor([0.1, 0.2, 0.5], dtype=torch.float64)[:, None, None, None]
-    expected = [10 * math.log10(2.0 ** 2 / c ** 2) for c in (0.1, 0.2, 0.5)]   # data range 2: [-1, 1]
-    assert psnr(pred, target).tolist() == pytest.approx(expected, rel=1e-6)   # torchmetrics: 10 / ln 10 in float32
+    expected = [10 * math.log10(2.0**2 / c**2) for c in (0.1, 0.2, 0.5)]  # data range 2: [-1, 1]
+    assert psnr(pred, target).tolist() == pytest.approx(expected, rel=1e-6)  # torchmetrics: 10 / ln 10 in float32
 
 
 def test_ssim_is_one_for_identical_images_and_drops_with_noise():
@@ -37,7 +38,7 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
 def test_masked_and_unmasked_errors_are_split_by_the_keep_mask():
     target = torch.zeros(2, 3, 4, 4)
     keep = torch.zeros(2, 1, 4, 4)
-    keep[..., :2] = 1                                              # left half known
+    keep[..., :2] = 1  # left half known
     pred = target + torch.where(keep.bool(), 0.1, 0.5).expand(-1, 3, -1, -1)
     errs = masked_errors(pred, target, keep)
     assert errs["mse_unmasked"] == pytest.approx(0.01) and errs["mse_masked"] == pytest.approx(0.25)
@@ -78,7 +79,9 @@ def test_feature_distance_is_named_for_its_extractor_and_zero_on_identical_image
     assert torch.allclose(feature_distance(x, 2 * x, _Pixels()), torch.zeros(3, dtype=torch.float64))
     e1, e2 = torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
     e1[..., 0, 0], e2[..., 1, 1] = 1, 1
-    assert perceptual_distance(e1, e2, extractor=_Pixels()) == pytest.approx({"feature distance (pixel features)": 2 ** 0.5})
+    assert perceptual_distance(e1, e2, extractor=_Pixels()) == pytest.approx(
+        {"feature distance (pixel features)": 2**0.5}
+    )
 
 
 def test_lpips_equals_torchmetrics_lpips_with_the_same_backbone_weights(tmp_path, monkeypatch):

@@ -1,11 +1,12 @@
 """Joint image-representation with text conditioning (Appendix E.4): captions as a pure condition,
 a representation vector from a frozen image network, and the commands that use them."""
+
 import json
 
 import pytest
 import torch
-
 from conftest import tiny
+
 from mtdiff.build import build_model, build_process
 from mtdiff.config import ConfigError, load_config
 from mtdiff.data import ImageSet
@@ -18,13 +19,18 @@ pytest.importorskip("ccexam")
 
 def _toy(labels=True):
     g = torch.Generator().manual_seed(0)
-    return ImageSet((torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8),
-                    torch.randint(0, 10, (32,), generator=g) if labels else None, [str(i) for i in range(10)], "toy")
+    return ImageSet(
+        (torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8),
+        torch.randint(0, 10, (32,), generator=g) if labels else None,
+        [str(i) for i in range(10)],
+        "toy",
+    )
 
 
 def _cfg(*extra):
-    return tiny("mnist-text2img", "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4",
-                *extra)
+    return tiny(
+        "mnist-text2img", "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4", *extra
+    )
 
 
 def test_config_resolves_widths_and_rejects_bad_text_settings():
@@ -52,7 +58,7 @@ def test_a_caption_is_a_pure_condition():
 def test_classifier_free_guidance_over_captions_interpolates():
     cfg = _cfg()
     model = build_model(cfg).eval()
-    torch.nn.init.normal_(model.modalities["caption"].token.weight)   # make the condition matter
+    torch.nn.init.normal_(model.modalities["caption"].token.weight)  # make the condition matter
     z, t = torch.randn(3, 1, 32, 32), torch.tensor([10, 400, 800])
     data = {"caption": torch.randn(3, 384), "representation": torch.randn(3, 128)}
     eps_c, _ = model.predict(z, t, data)
@@ -77,19 +83,54 @@ def test_training_encodes_captions_once_and_the_run_samples_without_the_encoder(
     derived = cap.derive(batch, torch.Generator().manual_seed(0))
     assert all(any(torch.allclose(d, cap.captions[3, j]) for j in range(4)) for d in derived)
     rep = trainer.model.modalities["representation"].derive(batch, None)
-    assert rep.shape == (4, 128) and torch.allclose(rep.norm(dim=1), torch.full((4,), 128 ** 0.5))
+    assert rep.shape == (4, 128) and torch.allclose(rep.norm(dim=1), torch.full((4,), 128**0.5))
     trainer.run()
 
     run = load_run(tmp_path / "r")
     torch.testing.assert_close(run.model.modalities["caption"].captions, cap.captions)
     out = str(tmp_path / "s.png")
-    assert main(["sample", "--run", str(tmp_path / "r"), "--num", "4", "--steps", "2", "--label", "each",
-                 "--agreement", "--out", out]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(tmp_path / "r"),
+                "--num",
+                "4",
+                "--steps",
+                "2",
+                "--label",
+                "each",
+                "--agreement",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert 0 <= res["label_agreement_mnist_cnn_ccexam"] <= 1
     assert -1 <= res["representation_cosine_mnist-cnn"] <= 1
-    assert main(["sample", "--run", str(tmp_path / "r"), "--num", "2", "--steps", "2", "--prompt", "the number two",
-                 "--guidance", "2", "--out", out]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(tmp_path / "r"),
+                "--num",
+                "2",
+                "--steps",
+                "2",
+                "--prompt",
+                "the number two",
+                "--guidance",
+                "2",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     assert main(["sample", "--run", str(tmp_path / "r"), "--prompt", "x", "--label", "1", "--out", out]) == 2
     assert "not both" in capsys.readouterr().err
 
@@ -101,7 +142,7 @@ def test_captions_need_class_names(tmp_path):
     with pytest.raises(ConfigError, match="class_names"):
         Trainer(cfg, tmp_path / "r", data=_toy(labels=False), progress=False)
     cfg = _cfg("modalities.caption.class_names=[]")
-    Trainer(cfg, tmp_path / "q", data=_toy(), progress=False)   # the data's own names
+    Trainer(cfg, tmp_path / "q", data=_toy(), progress=False)  # the data's own names
     assert cfg.modalities["caption"].class_names == tuple(str(i) for i in range(10))
 
 

@@ -1,4 +1,5 @@
 """Training: exact resume (in-process and after SIGKILL), NaN handling, the CLI failing before work."""
+
 import json
 import os
 import signal
@@ -8,15 +9,23 @@ import time
 
 import pytest
 import torch
+from conftest import tiny
 from safetensors.torch import load_file
 
-from conftest import tiny
 from mtdiff.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from mtdiff.data import ImageSet
 from mtdiff.train import Trainer, TrainingError
 
-FAST = ["train.log_every=2", "train.sample_every=0", "train.warmup_steps=3", "train.lr=1e-3", "train.batch_size=8",
-        "sample.num=4", "sample.steps=3", "model.dropout=0.1"]
+FAST = [
+    "train.log_every=2",
+    "train.sample_every=0",
+    "train.warmup_steps=3",
+    "train.lr=1e-3",
+    "train.batch_size=8",
+    "sample.num=4",
+    "sample.steps=3",
+    "model.dropout=0.1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +40,16 @@ def _params(model):
 
 
 def test_resume_in_process_is_bit_identical(tmp_path, toy_data):
-    const = "train.lr_schedule=constant"      # the part run is shorter: a decaying lr would follow its length
+    const = "train.lr_schedule=constant"  # the part run is shorter: a decaying lr would follow its length
     cfg = tiny("mnist-masked-x", *FAST, const, "train.steps=10", "train.ckpt_every=4")
     straight = Trainer(cfg, tmp_path / "a", data=toy_data, progress=False)
     straight.run()
-    part = Trainer(tiny("mnist-masked-x", *FAST, const, "train.steps=6", "train.ckpt_every=4"), tmp_path / "b",
-                   data=toy_data, progress=False)
+    part = Trainer(
+        tiny("mnist-masked-x", *FAST, const, "train.steps=6", "train.ckpt_every=4"),
+        tmp_path / "b",
+        data=toy_data,
+        progress=False,
+    )
     part.run()  # checkpoints at 4 and 6
     resumed = Trainer(cfg, tmp_path / "b", data=toy_data, resume=True, progress=False)
     assert resumed.step == 6
@@ -75,11 +88,12 @@ def test_nonfinite_loss_is_skipped_then_stops_with_a_checkpoint(tmp_path, toy_da
     device; max_nonfinite in a row stop the run at the next check with the last good weights saved."""
     import mtdiff.train.trainer as tr
 
-    cfg = tiny("mnist-masked-x", *FAST, "train.steps=50", "train.ckpt_every=100", "train.max_nonfinite=3",
-               "train.log_every=1")
+    cfg = tiny(
+        "mnist-masked-x", *FAST, "train.steps=50", "train.ckpt_every=100", "train.max_nonfinite=3", "train.log_every=1"
+    )
     trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
     real = tr.mt_loss
-    after = []                                      # after[k]: the state after step k
+    after = []  # after[k]: the state after step k
 
     def state():
         opt = [v.clone() for s in trainer.opt.state.values() for k, v in s.items() if k != "step"]
@@ -95,10 +109,10 @@ def test_nonfinite_loss_is_skipped_then_stops_with_a_checkpoint(tmp_path, toy_da
         trainer.run()
     after.append(state())
     assert trainer.step == 7 and trainer.skipped == 4
-    for good, skipped in [(1, 2), (4, 5), (4, 6), (4, 7)]:      # steps 2 and 5-7 were skipped
+    for good, skipped in [(1, 2), (4, 5), (4, 6), (4, 7)]:  # steps 2 and 5-7 were skipped
         for a, b in zip(after[good], after[skipped], strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert not all(torch.equal(a, b) for a, b in zip(after[1], after[3]))   # the good steps did train
+    assert not all(torch.equal(a, b) for a, b in zip(after[1], after[3]))  # the good steps did train
     ckpt = load_checkpoint(tmp_path / "r")
     assert ckpt["meta"]["step"] == 7 and ckpt["meta"]["counters"]["skipped_nonfinite"] == 4
     torch.testing.assert_close(ckpt["model"], {k: v.cpu() for k, v in trainer.model.state_dict().items()})
@@ -110,7 +124,9 @@ def test_fp16_scales_the_loss_and_an_overflow_skips_the_step_and_halves_the_scal
     the scale is checkpointed and resumed."""
     import mtdiff.train.trainer as tr
 
-    cfg = tiny("mnist-masked-x", *FAST, "train.precision=fp16", "train.steps=4", "train.ckpt_every=4", "train.log_every=1")
+    cfg = tiny(
+        "mnist-masked-x", *FAST, "train.precision=fp16", "train.steps=4", "train.ckpt_every=4", "train.log_every=1"
+    )
     trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
     assert trainer.amp_dtype is torch.float16 and trainer.scaler.is_enabled()
     scale0, norms, after = trainer.scaler.get_scale(), [], []
@@ -121,8 +137,10 @@ def test_fp16_scales_the_loss_and_an_overflow_skips_the_step_and_halves_the_scal
         loss, terms = real_loss(*a, **k)
         return (loss * float("inf"), terms) if len(after) == 2 else (loss, terms)
 
-    def unscale(opt):                              # the gradient norm before and after unscaling
-        norm = lambda: torch.stack([p.grad.float().norm() for p in trainer.model.parameters() if p.grad is not None]).norm()  # noqa: E731
+    def unscale(opt):  # the gradient norm before and after unscaling
+        norm = lambda: torch.stack(
+            [p.grad.float().norm() for p in trainer.model.parameters() if p.grad is not None]
+        ).norm()  # noqa: E731
         before = norm()
         real_unscale(opt)
         norms.append((before, norm()))
@@ -132,14 +150,19 @@ def test_fp16_scales_the_loss_and_an_overflow_skips_the_step_and_halves_the_scal
     trainer.run()
     after.append(_snapshot(trainer.model))
     before, unscaled = norms[0]
-    torch.testing.assert_close(before / unscaled, torch.tensor(scale0), rtol=1e-3, atol=0)   # backward saw loss x 65536
-    for a, b in zip(after[1], after[2], strict=True):                  # step 2 overflowed: nothing changed
+    torch.testing.assert_close(before / unscaled, torch.tensor(scale0), rtol=1e-3, atol=0)  # backward saw loss x 65536
+    for a, b in zip(after[1], after[2], strict=True):  # step 2 overflowed: nothing changed
         assert torch.equal(a, b)
     assert not all(torch.equal(a, b) for a, b in zip(after[2], after[3]))
     assert trainer.skipped == 1 and trainer.scaler.get_scale() == scale0 / 2
     ckpt = load_checkpoint(tmp_path / "r")
-    resumed = Trainer(tiny("mnist-masked-x", *FAST, "train.precision=fp16", "train.steps=5"), tmp_path / "r",
-                      resume=True, data=toy_data, progress=False)
+    resumed = Trainer(
+        tiny("mnist-masked-x", *FAST, "train.precision=fp16", "train.steps=5"),
+        tmp_path / "r",
+        resume=True,
+        data=toy_data,
+        progress=False,
+    )
     assert ckpt["meta"]["counters"]["skipped_nonfinite"] == 1 and resumed.scaler.get_scale() == scale0 / 2
 
 
@@ -152,7 +175,7 @@ def test_bf16_is_the_default_where_native_and_fp32_elsewhere(monkeypatch):
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert TrainConfig().precision == "auto"
     for native in (True, False):
-        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda native=native: native)
         assert autocast_dtype("auto", cuda) is torch.bfloat16
         assert autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
     for device in (cuda, cpu):
@@ -167,8 +190,17 @@ def _snapshot(model):
 
 
 def _train_cmd(out, steps, *extra):
-    over = ["model.channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1", "model.attention_resolutions=[16]",
-            "model.num_heads=2", *FAST, f"train.steps={steps}", "train.ckpt_every=3", *extra]
+    over = [
+        "model.channels=8",
+        "model.channel_mult=[1,2]",
+        "model.num_res_blocks=1",
+        "model.attention_resolutions=[16]",
+        "model.num_heads=2",
+        *FAST,
+        f"train.steps={steps}",
+        "train.ckpt_every=3",
+        *extra,
+    ]
     cmd = [sys.executable, "-m", "mtdiff", "train", "--config", "mnist-masked-x", "--out", str(out), "--quiet"]
     for o in over:
         cmd += ["--set", o]
@@ -181,8 +213,9 @@ def test_sigkill_mid_training_then_resume_is_bit_identical(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = 40
     subprocess.run(_train_cmd(tmp_path / "ref", steps), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_train_cmd(tmp_path / "killed", steps), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path / "killed", steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while latest_checkpoint(tmp_path / "killed") is None and time.time() < deadline:
         time.sleep(0.01)
@@ -202,8 +235,22 @@ def test_sigkill_mid_training_then_resume_is_bit_identical(tmp_path):
 
 def test_cli_rejects_bad_config_before_any_work(tmp_path):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "mtdiff", "train", "--config", "mnist-masked-x", "--out", str(out),
-                        "--set", "train.lrr=1"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtdiff",
+            "train",
+            "--config",
+            "mnist-masked-x",
+            "--out",
+            str(out),
+            "--set",
+            "train.lrr=1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "unknown key 'train.lrr'" in r.stderr and "valid keys in train" in r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
@@ -222,8 +269,15 @@ def test_log_has_prior_kl_and_loss_terms(tmp_path, toy_data):
 def test_dropping_encodings_and_inputs(tmp_path, toy_data):
     from mtdiff.train.trainer import _apply_drop
 
-    cfg = tiny("mnist-masked-x", *FAST, "train.steps=2", "train.ckpt_every=2", "modalities.label.kind=label",
-               "train.enc_drop_prob=0.5", "train.cond_drop_prob=0.5")
+    cfg = tiny(
+        "mnist-masked-x",
+        *FAST,
+        "train.steps=2",
+        "train.ckpt_every=2",
+        "modalities.label.kind=label",
+        "train.enc_drop_prob=0.5",
+        "train.cond_drop_prob=0.5",
+    )
     trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
     data = {"label": torch.tensor([1, 2, 3, 4]), "masked": torch.ones(4, 1, 32, 32)}
     rows = slice(0, 4)

@@ -9,8 +9,16 @@ from torch.utils.checkpoint import checkpoint
 from mtdiff.models import unet
 from mtdiff.models.unet import AttentionBlock, UNet, group_norm, output_block, timestep_embedding
 
-TINY = dict(image_size=8, in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2),
-            num_res_blocks=1, attention_resolutions=(4,), num_heads=2)
+TINY = dict(
+    image_size=8,
+    in_channels=3,
+    out_channels=3,
+    model_channels=8,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(4,),
+    num_heads=2,
+)
 
 
 def make(seed: int = 0, **overrides) -> UNet:
@@ -49,8 +57,15 @@ CONFIGS = {
     "resblock_updown": dict(resblock_updown=True),
     "attn_all": dict(image_size=16, channel_mult=(1, 2, 2), attention_resolutions=(16, 8, 4)),
     "head_channels": dict(model_channels=16, num_head_channels=8, attention_resolutions=(8, 4)),
-    "three_levels": dict(image_size=16, channel_mult=(1, 1, 2), num_res_blocks=2, attention_resolutions=(8,),
-                         out_channels=5, resblock_updown=True, context_dim=4),
+    "three_levels": dict(
+        image_size=16,
+        channel_mult=(1, 1, 2),
+        num_res_blocks=2,
+        attention_resolutions=(8,),
+        out_channels=5,
+        resblock_updown=True,
+        context_dim=4,
+    ),
 }
 
 
@@ -113,9 +128,9 @@ def test_samples_are_independent_of_the_batch():
     with torch.no_grad():
         batched = model(z, t, **kw)
         for i in range(3):
-            single = model(z[i:i + 1], t[i:i + 1], **{k: v[i:i + 1] for k, v in kw.items()})
+            single = model(z[i : i + 1], t[i : i + 1], **{k: v[i : i + 1] for k, v in kw.items()})
             for key in batched:
-                torch.testing.assert_close(batched[key][i:i + 1], single[key], atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(batched[key][i : i + 1], single[key], atol=1e-5, rtol=1e-4)
 
 
 def test_conditioning_inputs_matter():
@@ -187,16 +202,19 @@ def test_unexpected_inputs_raise():
         make(context_dim=6)(z, t, context=torch.randn(2, 3, 5))
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(image_size=10, channel_mult=(1, 2, 2)), "divisible"),
-    (dict(attention_resolutions=(4, 3)), r"\[3\] are not reached"),
-    (dict(attention_resolutions=(16,)), "not reached"),
-    (dict(num_heads=3), "num_heads=3"),
-    (dict(num_head_channels=3), "num_head_channels=3"),
-    (dict(num_res_blocks=0), "num_res_blocks"),
-    (dict(channel_mult=()), "channel_mult"),
-    (dict(cond_channels=-1), "cond_channels"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(image_size=10, channel_mult=(1, 2, 2)), "divisible"),
+        (dict(attention_resolutions=(4, 3)), r"\[3\] are not reached"),
+        (dict(attention_resolutions=(16,)), "not reached"),
+        (dict(num_heads=3), "num_heads=3"),
+        (dict(num_head_channels=3), "num_head_channels=3"),
+        (dict(num_res_blocks=0), "num_res_blocks"),
+        (dict(channel_mult=()), "channel_mult"),
+        (dict(cond_channels=-1), "cond_channels"),
+    ],
+)
 def test_invalid_config_raises(overrides, match):
     with pytest.raises(ValueError, match=match):
         make(**overrides)
@@ -241,7 +259,7 @@ def test_attention_hands_sdpa_unit_stride_qkv(monkeypatch):
     with torch.no_grad():
         model(z, t, **kw)
     n_blocks = sum(isinstance(m, AttentionBlock) for m in model.modules())
-    assert len(strides) == 2 * n_blocks                            # self- and cross-attention in each block
+    assert len(strides) == 2 * n_blocks  # self- and cross-attention in each block
     assert all(s == (1, 1, 1) for s in strides), strides
 
 
@@ -251,14 +269,21 @@ def test_attention_block_matches_reference_float64():
     C, n, B, H, W = 16, 4, 2, 3, 5
     block = perturb(AttentionBlock(C, heads=n)).double().eval()
     assert {k: tuple(v.shape) for k, v in block.state_dict().items()} == {
-        "norm.weight": (C,), "norm.bias": (C,), "qkv.weight": (3 * C, C, 1, 1), "qkv.bias": (3 * C,),
-        "proj.weight": (C, C, 1, 1), "proj.bias": (C,)}
+        "norm.weight": (C,),
+        "norm.bias": (C,),
+        "qkv.weight": (3 * C, C, 1, 1),
+        "qkv.bias": (3 * C,),
+        "proj.weight": (C, C, 1, 1),
+        "proj.bias": (C,),
+    }
     x = torch.randn(B, C, H, W, dtype=torch.float64)
-    h = block.norm(x).flatten(2)                                   # [B, C, HW]
+    h = block.norm(x).flatten(2)  # [B, C, HW]
     qkv = torch.einsum("oc,bcl->bol", block.qkv.weight[..., 0, 0], h) + block.qkv.bias[:, None]
-    q, k, v = qkv.reshape(B, 3, n, C // n, H * W).unbind(1)        # [B, n, d, HW] each
+    q, k, v = qkv.reshape(B, 3, n, C // n, H * W).unbind(1)  # [B, n, d, HW] each
     attn = torch.softmax(torch.einsum("bndi,bndj->bnij", q, k) / (C // n) ** 0.5, dim=-1)
     a = torch.einsum("bnij,bndj->bndi", attn, v).reshape(B, C, H * W)
-    ref = x + (torch.einsum("oc,bcl->bol", block.proj.weight[..., 0, 0], a) + block.proj.bias[:, None]).reshape(B, C, H, W)
+    ref = x + (torch.einsum("oc,bcl->bol", block.proj.weight[..., 0, 0], a) + block.proj.bias[:, None]).reshape(
+        B, C, H, W
+    )
     with torch.no_grad():
         torch.testing.assert_close(block(x), ref, atol=1e-12, rtol=1e-12)

@@ -9,6 +9,7 @@ A trained run does every task through its methods (see :mod:`mtdiff.runs`)::
 The building blocks are exported too: the process, the model, the loss, the samplers and guidance
 wrappers, the config loader and (imported on first use) the trainer.
 """
+
 from importlib.metadata import PackageNotFoundError, version
 
 from .config import Config, load_config
@@ -17,15 +18,25 @@ from .loss import mt_loss
 from .models import MTModel, UNet
 from .process import MTProcess
 from .runs import Run, Samples, load_run
-from .sampling import (ClassifierFreeGuidance, HeadGuidance, ancestral, ddim, dpm_solver, generate,
-                       generate_conditional, generate_joint, inverse, restore)
-
+from .sampling import (
+    ClassifierFreeGuidance,
+    HeadGuidance,
+    ancestral,
+    ddim,
+    dpm_solver,
+    generate,
+    generate_conditional,
+    generate_joint,
+    inverse,
+    restore,
+)
 
 
 def __getattr__(name: str):
     """``mtdiff.Trainer`` imports the training stack on first use, so inference never loads it."""
     if name == "Trainer":
         from .train import Trainer
+
         return Trainer
     raise AttributeError(f"module 'mtdiff' has no attribute {name!r}")
 
@@ -35,7 +46,28 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["load_run", "Run", "Samples", "Config", "load_config", "MTProcess", "MTModel", "UNet", "mt_loss",
-           "ancestral", "ddim", "dpm_solver", "generate", "generate_joint", "generate_conditional", "restore",
-           "inverse", "ClassifierFreeGuidance", "HeadGuidance", "Trainer", "MtdiffError", "InputError",
-           "__version__"]
+__all__ = [
+    "load_run",
+    "Run",
+    "Samples",
+    "Config",
+    "load_config",
+    "MTProcess",
+    "MTModel",
+    "UNet",
+    "mt_loss",
+    "ancestral",
+    "ddim",
+    "dpm_solver",
+    "generate",
+    "generate_joint",
+    "generate_conditional",
+    "restore",
+    "inverse",
+    "ClassifierFreeGuidance",
+    "HeadGuidance",
+    "Trainer",
+    "MtdiffError",
+    "InputError",
+    "__version__",
+]

@@ -1,4 +1,5 @@
 """``python -m mtdiff`` (also what ``torchrun -m mtdiff`` runs)."""
+
 import sys
 
 from .cli.main import main

@@ -1,4 +1,5 @@
 """Build the process and the model from a Config (the one place that maps config to objects)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,8 +14,17 @@ from .models import MTModel, UNet
 from .models.autoencoder import LatentMap, PixelMap, SpaceMap, latent_shape, read_vae_config
 from .process import MTProcess, Prediction, aggregation_schedule, beta_schedule
 
-__all__ = ["build_process", "build_model", "build_prediction", "build_space_map", "context_dim", "diffusion_shape",
-           "load_data", "resolve_class_names"]
+__all__ = [
+    "build_process",
+    "build_model",
+    "build_prediction",
+    "build_space_map",
+    "context_dim",
+    "diffusion_shape",
+    "load_data",
+    "resolve_class_names",
+]
+
 
 def build_process(cfg: Config) -> MTProcess:
     """beta schedule + one aggregation schedule per modality -> MTProcess (float64 tables on the CPU,
@@ -36,14 +46,17 @@ def _build_process(cfg: Config) -> MTProcess:
 
 def conditioned(cfg: Config) -> tuple[str, ...]:
     """Modalities fed to the backbone: all of them in the -X variant; pure conditions (text) always."""
-    return tuple(n for n, mc in cfg.modalities.items()
-                 if cfg.model.variant == "X" or MODALITY_KINDS[mc.kind].is_pure_condition())
+    return tuple(
+        n for n, mc in cfg.modalities.items() if cfg.model.variant == "X" or MODALITY_KINDS[mc.kind].is_pure_condition()
+    )
 
 
 def context_dim(cfg: Config) -> int:
     """Cross-attention width, or 0 when no modality enters as tokens."""
-    needs = any(mc.encoder == "backbone" or (MODALITY_KINDS[mc.kind].token_input and name in conditioned(cfg))
-                for name, mc in cfg.modalities.items())
+    needs = any(
+        mc.encoder == "backbone" or (MODALITY_KINDS[mc.kind].token_input and name in conditioned(cfg))
+        for name, mc in cfg.modalities.items()
+    )
     return (cfg.model.context_dim or 4 * cfg.model.channels) if needs else 0
 
 
@@ -79,22 +92,40 @@ def build_model(cfg: Config) -> MTModel:
     tokens = lambda name, mc: ctx if mc.encoder == "backbone" or name in cond_names else 0  # noqa: E731
     modalities = []
     for name, mc in cfg.modalities.items():
-        try:                                                     # each kind reads its own fields of mc
+        try:  # each kind reads its own fields of mc
             kind = MODALITY_KINDS[mc.kind]
-            modalities.append(kind.from_config(name, mc, z_shape=z_shape, features=features,
-                                               context_dim=tokens(name, mc), latent=bool(d.autoencoder)))
+            modalities.append(
+                kind.from_config(
+                    name,
+                    mc,
+                    z_shape=z_shape,
+                    features=features,
+                    context_dim=tokens(name, mc),
+                    latent=bool(d.autoencoder),
+                )
+            )
         except ValueError as e:
             raise ConfigError(f"modalities.{name}: {e}") from None
     cond_channels = sum(mod.cond_channels for mod in modalities if mod.name in cond_names and not mod.uses_context)
     try:
-        backbone = UNet(image_size=z_shape[-1], in_channels=z_shape[0], out_channels=z_shape[0],
-                        model_channels=m.channels, channel_mult=mult, num_res_blocks=m.num_res_blocks,
-                        attention_resolutions=tuple(m.attention_resolutions), num_heads=m.num_heads,
-                        num_head_channels=m.num_head_channels, dropout=m.dropout,
-                        use_scale_shift_norm=m.use_scale_shift_norm, resblock_updown=m.resblock_updown,
-                        cond_channels=cond_channels, context_dim=ctx or None,
-                        gradient_checkpointing=m.gradient_checkpointing)
-    except ValueError as e:            # the U-Net's own checks name the model.* setting at fault
+        backbone = UNet(
+            image_size=z_shape[-1],
+            in_channels=z_shape[0],
+            out_channels=z_shape[0],
+            model_channels=m.channels,
+            channel_mult=mult,
+            num_res_blocks=m.num_res_blocks,
+            attention_resolutions=tuple(m.attention_resolutions),
+            num_heads=m.num_heads,
+            num_head_channels=m.num_head_channels,
+            dropout=m.dropout,
+            use_scale_shift_norm=m.use_scale_shift_norm,
+            resblock_updown=m.resblock_updown,
+            cond_channels=cond_channels,
+            context_dim=ctx or None,
+            gradient_checkpointing=m.gradient_checkpointing,
+        )
+    except ValueError as e:  # the U-Net's own checks name the model.* setting at fault
         raise ConfigError(f"model: {e}") from None
     return MTModel(backbone, modalities, conditioned=cond_names, prediction=build_prediction(cfg))
 
@@ -111,15 +142,19 @@ def load_data(cfg: Config, split: str = "train") -> ImageSet:
         kw = {"root": d.root}
     data = load_source(d.source, split, **kw)
     if data.channels != d.channels or data.image_size != d.image_size:
-        raise ConfigError(f"data {data.name!r} has {data.channels} channels at {data.image_size}px but the config says "
-                          f"data.channels={d.channels}, data.image_size={d.image_size}")
+        raise ConfigError(
+            f"data {data.name!r} has {data.channels} channels at {data.image_size}px but the config says "
+            f"data.channels={d.channels}, data.image_size={d.image_size}"
+        )
     for name, mc in cfg.modalities.items():
         if mc.kind == "label":
             if data.labels is None:
                 raise ConfigError(f"modalities.{name} is a label modality but {data.name!r} has no labels")
             if int(data.labels.max()) >= mc.num_classes:
-                raise ConfigError(f"modalities.{name}.num_classes={mc.num_classes} but {data.name!r} has labels up to "
-                                  f"{int(data.labels.max())}")
+                raise ConfigError(
+                    f"modalities.{name}.num_classes={mc.num_classes} but {data.name!r} has labels up to "
+                    f"{int(data.labels.max())}"
+                )
     return data
 
 
@@ -129,6 +164,8 @@ def resolve_class_names(cfg: Config, data: ImageSet) -> None:
         if mc.kind != "text" or mc.class_names:
             continue
         if data.labels is None or not data.class_names:
-            raise ConfigError(f"modalities.{name} makes captions from class names, but {data.name!r} has no labelled "
-                              f"classes; set modalities.{name}.class_names")
+            raise ConfigError(
+                f"modalities.{name} makes captions from class names, but {data.name!r} has no labelled "
+                f"classes; set modalities.{name}.class_names"
+            )
         mc.class_names = tuple(data.class_names)

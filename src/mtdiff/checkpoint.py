@@ -11,6 +11,7 @@ Layout of ``RUN/checkpoints``::
 A checkpoint is written into a temporary directory and renamed into place, so a kill at any
 moment leaves the previous checkpoint intact. The step always comes from meta.json.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,16 @@ from safetensors.torch import load_file, save_file
 
 from .errors import MtdiffError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_steps", "latest_checkpoint", "has_checkpoints", "CheckpointError", "optimizer_to_flat",
-           "optimizer_from_flat"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_steps",
+    "latest_checkpoint",
+    "has_checkpoints",
+    "CheckpointError",
+    "optimizer_to_flat",
+    "optimizer_from_flat",
+]
 
 FORMAT = "mtdiff-checkpoint"
 VERSION = 1
@@ -90,15 +99,23 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
         pid, k = key.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    for group in opt.param_groups:           # moments in their parameter's memory layout (fused AdamW needs it)
+    for group in opt.param_groups:  # moments in their parameter's memory layout (fused AdamW needs it)
         for p in group["params"]:
             for k, v in opt.state.get(p, {}).items():
                 if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
                     opt.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
-def save_checkpoint(ckpt_root: Path, *, step: int, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],
-                    state: dict[str, torch.Tensor], meta: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(
+    ckpt_root: Path,
+    *,
+    step: int,
+    model: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    keep: int = 2,
+) -> Path:
     """Write one checkpoint atomically and keep only the ``keep`` newest. Returns its directory."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"ckpt-{step:09d}"
@@ -111,8 +128,13 @@ def save_checkpoint(ckpt_root: Path, *, step: int, model: dict[str, torch.Tensor
             _save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / name)
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
-        full_meta = {"format": FORMAT, "version": VERSION, "step": int(step), **meta,
-                     "sha256": {name: _sha256(tmp / name) for name in FILES}}
+        full_meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "step": int(step),
+            **meta,
+            "sha256": {name: _sha256(tmp / name) for name in FILES},
+        }
         _write_json(tmp / "meta.json", full_meta)
         _fsync_dir(tmp)
         if final.exists():
@@ -187,7 +209,9 @@ def _verify_and_load(d: Path) -> dict[str, Any]:
     if meta is None:
         raise CheckpointError(f"{d}/meta.json is missing or not an mtdiff checkpoint")
     if meta.get("version") != VERSION:
-        raise CheckpointError(f"{d} has checkpoint format version {meta.get('version')}; this mtdiff reads version {VERSION}")
+        raise CheckpointError(
+            f"{d} has checkpoint format version {meta.get('version')}; this mtdiff reads version {VERSION}"
+        )
     out: dict[str, Any] = {"meta": meta, "dir": d}
     for name in FILES:
         path = d / name

@@ -2,6 +2,7 @@
 
 Every error names the key, the value and what was expected, and happens before any work.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,21 @@ import yaml
 
 from .errors import MtdiffError
 
-__all__ = ["Config", "DataConfig", "DiffusionConfig", "ModalityConfig", "ModelConfig", "TrainConfig",
-           "SampleConfig", "ConfigError", "load_config", "from_dict", "to_dict", "presets", "apply_overrides"]
+__all__ = [
+    "Config",
+    "DataConfig",
+    "DiffusionConfig",
+    "ModalityConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "SampleConfig",
+    "ConfigError",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "presets",
+    "apply_overrides",
+]
 
 
 class ConfigError(MtdiffError, ValueError):
@@ -28,52 +42,62 @@ class ConfigError(MtdiffError, ValueError):
 @dataclass
 class DataConfig:
     source: Literal["mnist", "fashion-mnist", "folder", "paired"] = "mnist"
-    root: str | None = None                     # image folder root (sources "folder", "paired")
+    root: str | None = None  # image folder root (sources "folder", "paired")
     image_size: int = 32
     channels: int = 1
     on_bad: Literal["error", "skip"] = "error"  # what to do with an unreadable image file
     direction: Literal["AtoB", "BtoA"] = "AtoB"  # paired: source = left half A, target = right half B (or reverse)
-    autoencoder: str | None = None              # directory of a diffusers AutoencoderKL (save_pretrained): diffuse in its latent space
-    latent_scale: float | None = None           # z_0 = latent_scale * posterior mean; null: the VAE's scaling_factor (else 0.18215)
+    autoencoder: str | None = (
+        None  # directory of a diffusers AutoencoderKL (save_pretrained): diffuse in its latent space
+    )
+    latent_scale: float | None = (
+        None  # z_0 = latent_scale * posterior mean; null: the VAE's scaling_factor (else 0.18215)
+    )
 
 
 @dataclass
 class DiffusionConfig:
     timesteps: int = 1000
     beta_schedule: Literal["linear", "cosine"] = "linear"
-    lam: float = 0.1                            # lambda of Eq. 6
-    prediction: Literal["eps", "v", "x0"] = "eps"   # what the network outputs on the y-chain (eps: the paper's)
-    loss_weighting: Literal["uniform", "min-snr"] = "min-snr"   # min-snr: Hang et al. 2023; uniform: Eq. 6 as printed (the paper's)
-    snr_gamma: float = 5.0                      # min-snr: the truncation gamma of min(SNR_t, gamma)
-    timestep_sampling: Literal["uniform", "stratified"] = "uniform"   # t per batch row; uniform: Algorithm 2 (the paper's)
+    lam: float = 0.1  # lambda of Eq. 6
+    prediction: Literal["eps", "v", "x0"] = "eps"  # what the network outputs on the y-chain (eps: the paper's)
+    loss_weighting: Literal["uniform", "min-snr"] = (
+        "min-snr"  # min-snr: Hang et al. 2023; uniform: Eq. 6 as printed (the paper's)
+    )
+    snr_gamma: float = 5.0  # min-snr: the truncation gamma of min(SNR_t, gamma)
+    timestep_sampling: Literal["uniform", "stratified"] = (
+        "uniform"  # t per batch row; uniform: Algorithm 2 (the paper's)
+    )
 
 
 @dataclass
 class ModalityConfig:
-    kind: str = "masked_image"                  # image | masked_image | label | segmentation | vector | text (MODALITY_KINDS)
-    source: str | None = None                   # batch key the data comes from (default: image for masks, label for labels)
-    head: str = "auto"                          # output | middle | classifier; auto picks by kind and model.variant
-    encoder: str = "auto"                       # identity | fixed | backbone; auto picks the kind's first
+    kind: str = "masked_image"  # image | masked_image | label | segmentation | vector | text (MODALITY_KINDS)
+    source: str | None = None  # batch key the data comes from (default: image for masks, label for labels)
+    head: str = "auto"  # output | middle | classifier; auto picks by kind and model.variant
+    encoder: str = "auto"  # identity | fixed | backbone; auto picks the kind's first
     aggregation: Literal["bridge", "constant", "paper"] = "bridge"
-    gamma: float = 1.0                          # bridge: alpha~_t = gamma sqrt(ab_t (1 - ab_t))
-    weight: float = 0.0                         # constant: w_t = weight
-    num_classes: int = 10                       # label, segmentation
-    dim: int = 0                                # vector
-    hidden: int = 0                             # head MLP width (0: one linear layer)
-    mask: Literal["random", "half", "full", "none"] = "random"   # masked_image
+    gamma: float = 1.0  # bridge: alpha~_t = gamma sqrt(ab_t (1 - ab_t))
+    weight: float = 0.0  # constant: w_t = weight
+    num_classes: int = 10  # label, segmentation
+    dim: int = 0  # vector
+    hidden: int = 0  # head MLP width (0: one linear layer)
+    mask: Literal["random", "half", "full", "none"] = "random"  # masked_image
     max_patches: int = 10
     patch_frac: float = 0.25
-    full_mask_prob: float = 0.1                 # masked_image: fraction of fully masked training inputs
-    seed: int = 0                               # seed of fixed random encoder maps
-    extractor: str | None = None                # vector: frozen image network whose representation is the data
-    text_encoder: str = "all-MiniLM-L6-v2"      # text: sentence encoder (a known name or a local directory)
-    templates: tuple[str, ...] = ("a photo of a {}",)   # text: captions made from class names
-    class_names: tuple[str, ...] = ()           # text: names of the classes (default: the data source's)
+    full_mask_prob: float = 0.1  # masked_image: fraction of fully masked training inputs
+    seed: int = 0  # seed of fixed random encoder maps
+    extractor: str | None = None  # vector: frozen image network whose representation is the data
+    text_encoder: str = "all-MiniLM-L6-v2"  # text: sentence encoder (a known name or a local directory)
+    templates: tuple[str, ...] = ("a photo of a {}",)  # text: captions made from class names
+    class_names: tuple[str, ...] = ()  # text: names of the classes (default: the data source's)
 
 
 @dataclass
 class ModelConfig:
-    variant: Literal["U", "X", "M", "E"] = "U"  # U: eps(z_t, t); X: eps(z_t, X, t); M / E: U with label head on middle / output
+    variant: Literal["U", "X", "M", "E"] = (
+        "U"  # U: eps(z_t, t); X: eps(z_t, X, t); M / E: U with label head on middle / output
+    )
     channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
@@ -83,38 +107,42 @@ class ModelConfig:
     dropout: float = 0.1
     use_scale_shift_norm: bool = True
     resblock_updown: bool = False
-    context_dim: int = 0                        # cross-attention width; 0: 4 * channels when a modality needs it
+    context_dim: int = 0  # cross-attention width; 0: 4 * channels when a modality needs it
     gradient_checkpointing: bool = False
 
 
 @dataclass
 class TrainConfig:
     steps: int = 10000
-    batch_size: int = 64                        # global batch: split evenly over the torchrun processes
-    micro_batch: int = 0                        # per-process chunk for gradient accumulation (0: the whole share at once)
+    batch_size: int = 64  # global batch: split evenly over the torchrun processes
+    micro_batch: int = 0  # per-process chunk for gradient accumulation (0: the whole share at once)
     lr: float = 2e-4
     warmup_steps: int = 500
-    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"   # after warm-up; cosine/linear decay to 0 at train.steps; constant: the paper's
+    lr_schedule: Literal["constant", "cosine", "linear"] = (
+        "cosine"  # after warm-up; cosine/linear decay to 0 at train.steps; constant: the paper's
+    )
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     seed: int = 0
-    device: str = "auto"                        # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # autocast dtype; auto: bf16 on a GPU or a CPU with native bf16, else fp32
-    compile: bool = False                       # torch.compile the backbone (minutes of compiling first)
-    channels_last: bool = False                 # NHWC memory layout
-    deterministic: bool = False                 # deterministic kernels only (GPU: bit-identical resume, slower)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = (
+        "auto"  # autocast dtype; auto: bf16 on a GPU or a CPU with native bf16, else fp32
+    )
+    compile: bool = False  # torch.compile the backbone (minutes of compiling first)
+    channels_last: bool = False  # NHWC memory layout
+    deterministic: bool = False  # deterministic kernels only (GPU: bit-identical resume, slower)
     log_every: int = 50
     ckpt_every: int = 1000
     sample_every: int = 1000
     keep_checkpoints: int = 2
-    max_nonfinite: int = 20                     # consecutive non-finite losses before the run stops
-    cond_drop_prob: float = 0.0                 # -X: drop each backbone input with this probability (classifier-free guidance)
-    enc_drop_prob: float = 0.0                  # build z_t without a modality's encoding with this probability (trains inverse mode)
+    max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
+    cond_drop_prob: float = 0.0  # -X: drop each backbone input with this probability (classifier-free guidance)
+    enc_drop_prob: float = 0.0  # build z_t without a modality's encoding with this probability (trains inverse mode)
 
 
 SamplerName = Literal["ddim", "ancestral", "dpm-solver"]
-SAMPLER_NAMES: tuple[str, ...] = typing.get_args(SamplerName)   # mtdiff.sampling.SAMPLERS' keys
+SAMPLER_NAMES: tuple[str, ...] = typing.get_args(SamplerName)  # mtdiff.sampling.SAMPLERS' keys
 
 
 @dataclass
@@ -144,6 +172,7 @@ class Config:
 
 
 # ---------------------------------------------------------------------------- typed loading
+
 
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
@@ -214,12 +243,14 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
 
 def to_dict(cfg: Any) -> dict:
     """A plain, YAML/JSON-ready dict (tuples become lists)."""
+
     def plain(v):
         if isinstance(v, tuple):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
+
     return plain(dataclasses.asdict(cfg))
 
 
@@ -244,6 +275,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------------------- presets
+
 
 def presets() -> dict[str, Any]:
     """Preset name -> the YAML file shipped with the package."""
@@ -275,6 +307,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
 
 # ---------------------------------------------------------------------------- cross-field rules
 
+
 def _kinds(cfg: Config) -> dict[str, type]:
     """Modality name -> its kind's class, from the registry ``mtdiff.modalities.MODALITY_KINDS``."""
     # imported here, not at the top: reading a config (the CLI's parser) needs no torch; the modalities
@@ -294,12 +327,16 @@ def validate(cfg: Config) -> Config:
     kinds = _kinds(cfg)
     labels = [n for n, mc in cfg.modalities.items() if mc.kind == "label"]
     if m.variant in ("M", "E") and not labels:
-        raise ConfigError(f"model.variant={m.variant!r} (MT-Diffusion-{m.variant}) needs a modality of kind 'label'; "
-                          f"modalities are {dict((n, mc.kind) for n, mc in cfg.modalities.items()) or 'empty'}")
+        raise ConfigError(
+            f"model.variant={m.variant!r} (MT-Diffusion-{m.variant}) needs a modality of kind 'label'; "
+            f"modalities are {dict((n, mc.kind) for n, mc in cfg.modalities.items()) or 'empty'}"
+        )
     if m.variant == "X" and not cfg.modalities:
-        raise ConfigError("model.variant='X' feeds modality data to the backbone but no modalities are configured; "
-                          "use variant 'U' for single-task DDPM")
-    texts = [n for n, kind in kinds.items() if kind.is_pure_condition()]      # captions: inputs in every variant
+        raise ConfigError(
+            "model.variant='X' feeds modality data to the backbone but no modalities are configured; "
+            "use variant 'U' for single-task DDPM"
+        )
+    texts = [n for n, kind in kinds.items() if kind.is_pure_condition()]  # captions: inputs in every variant
     for name, mc in cfg.modalities.items():
         key = f"modalities.{name}"
         try:
@@ -311,21 +348,40 @@ def validate(cfg: Config) -> Config:
                 f"{key}.encoder='backbone' runs the U-Net on this modality's cross-attention token, but with "
                 f"model.variant={m.variant!r} the backbone never sees that token in training, so its zero-initialised "
                 f"cross-attention stays zero and E would be the same for every input. Use model.variant='X' "
-                f"(optionally with train.cond_drop_prob for guidance) or encoder 'fixed'")
+                f"(optionally with train.cond_drop_prob for guidance) or encoder 'fixed'"
+            )
     if not m.channel_mult:
         raise ConfigError("model.channel_mult must list at least one multiplier, e.g. [1, 2, 2]")
-    positive = {"train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
-                "diffusion.timesteps": cfg.diffusion.timesteps, "data.image_size": cfg.data.image_size,
-                "data.channels": cfg.data.channels, "model.channels": m.channels,
-                "train.log_every": cfg.train.log_every, "train.ckpt_every": cfg.train.ckpt_every,
-                "train.keep_checkpoints": cfg.train.keep_checkpoints, "sample.num": cfg.sample.num}
-    positive.update({"train.lr": cfg.train.lr, "diffusion.snr_gamma": cfg.diffusion.snr_gamma,
-                     "train.max_nonfinite": cfg.train.max_nonfinite, "model.num_heads": m.num_heads,
-                     "model.num_res_blocks": m.num_res_blocks})
-    nonnegative = {"train.weight_decay": cfg.train.weight_decay, "train.grad_clip": cfg.train.grad_clip,
-                   "diffusion.lam": cfg.diffusion.lam, "sample.eta": cfg.sample.eta,
-                   "train.sample_every": cfg.train.sample_every, "train.micro_batch": cfg.train.micro_batch,
-                   "train.warmup_steps": cfg.train.warmup_steps}
+    positive = {
+        "train.steps": cfg.train.steps,
+        "train.batch_size": cfg.train.batch_size,
+        "diffusion.timesteps": cfg.diffusion.timesteps,
+        "data.image_size": cfg.data.image_size,
+        "data.channels": cfg.data.channels,
+        "model.channels": m.channels,
+        "train.log_every": cfg.train.log_every,
+        "train.ckpt_every": cfg.train.ckpt_every,
+        "train.keep_checkpoints": cfg.train.keep_checkpoints,
+        "sample.num": cfg.sample.num,
+    }
+    positive.update(
+        {
+            "train.lr": cfg.train.lr,
+            "diffusion.snr_gamma": cfg.diffusion.snr_gamma,
+            "train.max_nonfinite": cfg.train.max_nonfinite,
+            "model.num_heads": m.num_heads,
+            "model.num_res_blocks": m.num_res_blocks,
+        }
+    )
+    nonnegative = {
+        "train.weight_decay": cfg.train.weight_decay,
+        "train.grad_clip": cfg.train.grad_clip,
+        "diffusion.lam": cfg.diffusion.lam,
+        "sample.eta": cfg.sample.eta,
+        "train.sample_every": cfg.train.sample_every,
+        "train.micro_batch": cfg.train.micro_batch,
+        "train.warmup_steps": cfg.train.warmup_steps,
+    }
     for section in (cfg.data, cfg.diffusion, cfg.model, cfg.train, cfg.sample, *cfg.modalities.values()):
         for f in dataclasses.fields(section):
             v = getattr(section, f.name)
@@ -340,7 +396,9 @@ def validate(cfg: Config) -> Config:
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
     if not 1 <= cfg.sample.steps <= cfg.diffusion.timesteps:
-        raise ConfigError(f"sample.steps must be in [1, diffusion.timesteps={cfg.diffusion.timesteps}], got {cfg.sample.steps}")
+        raise ConfigError(
+            f"sample.steps must be in [1, diffusion.timesteps={cfg.diffusion.timesteps}], got {cfg.sample.steps}"
+        )
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"data.channels must be 1 or 3, got {cfg.data.channels}")
     if cfg.data.source == "folder" and not cfg.data.root:
@@ -356,8 +414,10 @@ def validate(cfg: Config) -> Config:
     if not 0 <= cfg.train.enc_drop_prob <= 1:
         raise ConfigError(f"train.enc_drop_prob must be in [0, 1], got {cfg.train.enc_drop_prob}")
     if cfg.train.cond_drop_prob > 0 and m.variant != "X" and not texts:
-        raise ConfigError(f"train.cond_drop_prob={cfg.train.cond_drop_prob} drops backbone inputs, which only "
-                          f"model.variant='X' or a text modality provides (got variant {m.variant!r}, no text)")
+        raise ConfigError(
+            f"train.cond_drop_prob={cfg.train.cond_drop_prob} drops backbone inputs, which only "
+            f"model.variant='X' or a text modality provides (got variant {m.variant!r}, no text)"
+        )
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
     return cfg
@@ -375,11 +435,17 @@ def _validate_latent(cfg: Config, kinds: dict[str, type]) -> None:
     """Rules for diffusing in a frozen autoencoder's latent space (data.autoencoder)."""
     for name, mc in cfg.modalities.items():
         if kinds[name].latent_refusal:
-            raise ConfigError(f"modalities.{name} (kind {mc.kind!r}) cannot be used with data.autoencoder: "
-                              f"{kinds[name].latent_refusal}. Use kind 'image' (encoded by the VAE), 'label' or "
-                              f"'vector', or unset data.autoencoder")
+            raise ConfigError(
+                f"modalities.{name} (kind {mc.kind!r}) cannot be used with data.autoencoder: "
+                f"{kinds[name].latent_refusal}. Use kind 'image' (encoded by the VAE), 'label' or "
+                f"'vector', or unset data.autoencoder"
+            )
     if cfg.data.latent_scale is not None and cfg.data.latent_scale <= 0:
-        raise ConfigError(f"data.latent_scale must be > 0 (or null for the VAE's scaling_factor), got {cfg.data.latent_scale}")
+        raise ConfigError(
+            f"data.latent_scale must be > 0 (or null for the VAE's scaling_factor), got {cfg.data.latent_scale}"
+        )
     if cfg.sample.clip:
-        raise ConfigError("sample.clip=true clips z_0 estimates to the pixel range [-1, 1], but with data.autoencoder "
-                          "z_0 is a VAE latent, which is not bounded so; set sample.clip=false")
+        raise ConfigError(
+            "sample.clip=true clips z_0 estimates to the pixel range [-1, 1], but with data.autoencoder "
+            "z_0 is a VAE latent, which is not bounded so; set sample.clip=false"
+        )

@@ -4,6 +4,7 @@
 process without them is world size 1 and touches nothing in ``torch.distributed``. NCCL joins
 GPU processes, gloo CPU ones.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -20,6 +21,7 @@ __all__ = ["World", "init_world", "close_world", "shard", "wrap_ddp"]
 @dataclass(frozen=True)
 class World:
     """This process's place among ``size`` processes (rank 0 writes checkpoints, logs and samples)."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -50,7 +52,7 @@ class World:
             return x
         sizes: list[int] = [0] * self.size
         dist.all_gather_object(sizes, int(x.shape[0]))
-        longest = max(sizes)                                          # pad to the longest, gather, trim
+        longest = max(sizes)  # pad to the longest, gather, trim
         padded = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))])
         bufs = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(bufs, padded.contiguous())
@@ -68,8 +70,11 @@ def init_world(device: str) -> tuple[World, str]:
         torch.cuda.set_device(world.local_rank)
         device = f"cuda:{world.local_rank}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30),
-                                **({"device_id": torch.device(device)} if cuda else {}))
+        dist.init_process_group(
+            "nccl" if cuda else "gloo",
+            timeout=datetime.timedelta(minutes=30),
+            **({"device_id": torch.device(device)} if cuda else {}),
+        )
     return world, device
 
 
@@ -91,6 +96,9 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, ddp=None) -> torch.nn
     constants): ``forward_sync_buffers=False`` where torch has it (2.13 on), ``broadcast_buffers=False`` before."""
     if ddp is None:
         from torch.nn.parallel import DistributedDataParallel as ddp
-    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters \
+    no_sync = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
         else "broadcast_buffers"
+    )
     return ddp(model, device_ids=[device] if device.type == "cuda" else None, **{no_sync: False})

@@ -1,4 +1,5 @@
 """The base of mtdiff's own errors."""
+
 from __future__ import annotations
 
 __all__ = ["MtdiffError", "InputError"]

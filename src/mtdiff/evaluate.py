@@ -1,4 +1,5 @@
 """Task evaluations of a trained run through its own heads (inverse mode)."""
+
 from __future__ import annotations
 
 import math
@@ -6,16 +7,25 @@ import math
 import torch
 
 from .data.imageset import ImageSet
-from .runs import Run
 from .errors import MtdiffError
+from .runs import Run
 from .sampling import elbo_timesteps, inverse
 
 __all__ = ["classify", "translate", "restoration_grid", "joint_images", "representation_cosine"]
 
 
 @torch.no_grad()
-def classify(run: Run, data: ImageSet, *, method: str = "head", t: int = 0, batch_size: int = 500,
-             num: int | None = None, seed: int = 0, elbo_steps: int = 10) -> dict[str, float]:
+def classify(
+    run: Run,
+    data: ImageSet,
+    *,
+    method: str = "head",
+    t: int = 0,
+    batch_size: int = 500,
+    num: int | None = None,
+    seed: int = 0,
+    elbo_steps: int = 10,
+) -> dict[str, float]:
     """Accuracy on ``data`` (image -> label, Section 4.2). ``method="head"`` reads the label head at
     time index t (inverse mode); ``"elbo"`` picks the class whose encoding best explains the image
     under the diffusion loss, at ``elbo_steps`` evenly spaced times."""
@@ -34,6 +44,7 @@ def classify(run: Run, data: ImageSet, *, method: str = "head", t: int = 0, batc
         all_probs.append(probs.float().cpu())
         nll += float(-probs.gather(1, y[:, None]).clamp_min(1e-12).log().sum())
     from .metrics.task import calibration
+
     ece = calibration(torch.cat(all_probs), data.labels[:n])["ece"]
     out = {"accuracy": correct / n, "nll": nll / n, "ece": ece, "n": n, "method": method}
     if method == "head":
@@ -58,8 +69,16 @@ def _as_image(modality, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def translate(run: Run, data: ImageSet | None = None, *, modality: str, num: int = 16, source: torch.Tensor | None = None,
-              seed: int = 0, **sample_kw) -> tuple[torch.Tensor, dict[str, float]]:
+def translate(
+    run: Run,
+    data: ImageSet | None = None,
+    *,
+    modality: str,
+    num: int = 16,
+    source: torch.Tensor | None = None,
+    seed: int = 0,
+    **sample_kw,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Image translation (Appendix E.1) with :meth:`mtdiff.runs.Run.translate`, scored.
 
     The source is either derived from (or, for a paired folder, read with) the first ``num`` samples
@@ -87,11 +106,17 @@ def translate(run: Run, data: ImageSet | None = None, *, modality: str, num: int
     scores: dict[str, float] = {"n": source.shape[0], "columns": len(columns)}
     if mod.kind == "segmentation":
         k = mod.num_classes
-        pairs = [("generated_by_own_head", fake, source)] + ([("inverse_image_to_mask", x, source)] if x is not None else [])
+        pairs = [("generated_by_own_head", fake, source)] + (
+            [("inverse_image_to_mask", x, source)] if x is not None else []
+        )
         for name, images, target in pairs:
             meter = SegmentationMeter(k)
-            meter.update(inverse(model, run.process, run.latent.encode(images), modality,
-                                 generator=run.generator(seed)).argmax(1), target)
+            meter.update(
+                inverse(model, run.process, run.latent.encode(images), modality, generator=run.generator(seed)).argmax(
+                    1
+                ),
+                target,
+            )
             scores.update({f"{name}/{key}": v for key, v in meter.compute().items() if key != "per_class_iou"})
         try:
             from .pretrained.mnist import load_mnist_classifier
@@ -102,8 +127,13 @@ def translate(run: Run, data: ImageSet | None = None, *, modality: str, num: int
         if clf is not None and k == 11:
             meter = SegmentationMeter(k)
             meter.update(class_mask(fake, clf(fake).argmax(1)), source)
-            scores.update({f"generated_by_threshold_mnist_cnn_ccexam/{key}": v
-                           for key, v in meter.compute().items() if key != "per_class_iou"})
+            scores.update(
+                {
+                    f"generated_by_threshold_mnist_cnn_ccexam/{key}": v
+                    for key, v in meter.compute().items()
+                    if key != "per_class_iou"
+                }
+            )
     elif mod.source == "edges":
         meter = SegmentationMeter(2)
         meter.update((edge_map(fake) > 0).long().squeeze(1), (source > 0).long().squeeze(1))
@@ -114,9 +144,20 @@ def translate(run: Run, data: ImageSet | None = None, *, modality: str, num: int
 
 
 @torch.no_grad()
-def restoration_grid(run: Run, test: ImageSet | None, *, num: int, mask: str = "random", patches: int | None = None,
-                     per_input: int = 2, project: bool = True, images: torch.Tensor | None = None,
-                     keep: torch.Tensor | None = None, seed: int = 0, **sample_kw):
+def restoration_grid(
+    run: Run,
+    test: ImageSet | None,
+    *,
+    num: int,
+    mask: str = "random",
+    patches: int | None = None,
+    per_input: int = 2,
+    project: bool = True,
+    images: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+    seed: int = 0,
+    **sample_kw,
+):
     """Constrained restoration (Section 4.1) with :meth:`mtdiff.runs.Run.restore` of ``num`` test images
     (or of ``images`` [N, C, H, W] in [-1, 1]), ``per_input`` times each, under ``mask`` patches drawn from
     ``seed`` (or the given ``keep`` [N, 1, H, W], 1 = known).
@@ -136,23 +177,25 @@ def restoration_grid(run: Run, test: ImageSet | None, *, num: int, mask: str = "
     keep = run.draw_masks(len(x), mask=mask, patches=patches, generator=g) if keep is None else keep.to(x)
     outs = [run.restore(x, keep, project=project, generator=g, **sample_kw) for _ in range(per_input)]
     masked = apply_mask(x, keep)
-    grid = torch.stack([x, masked] + [o.restored for o in outs], 1).flatten(0, 1)   # [num * (2 + per_input), C, H, W]
+    grid = torch.stack([x, masked] + [o.restored for o in outs], 1).flatten(0, 1)  # [num * (2 + per_input), C, H, W]
     hole = (1 - keep).expand_as(x)
     known = keep.expand_as(x)
     stats = {
         "raw_drift_known_mean_abs": float(torch.stack([o.drift for o in outs]).mean()),
-        "unmasked_region_mse_raw": float(torch.stack([((o.raw - x) ** 2 * known).sum() / known.sum().clamp(min=1)
-                                                      for o in outs]).mean()),
-        "masked_region_mse": float(torch.stack([((o.restored - x) ** 2 * hole).sum() / hole.sum().clamp(min=1)
-                                                for o in outs]).mean()),
+        "unmasked_region_mse_raw": float(
+            torch.stack([((o.raw - x) ** 2 * known).sum() / known.sum().clamp(min=1) for o in outs]).mean()
+        ),
+        "masked_region_mse": float(
+            torch.stack([((o.restored - x) ** 2 * hole).sum() / hole.sum().clamp(min=1) for o in outs]).mean()
+        ),
         "masked_fraction": float(hole.mean()),
     }
     # PSNR of the whole set of restorations (one image with no masked pixel is exact: its own PSNR is
     # infinite, and so would be a mean of per-image PSNRs); None when nothing at all was masked.
     mse = float(torch.stack([((o.restored - x) ** 2).mean() for o in outs]).mean())
-    stats["psnr_db"] = 10 * math.log10(2.0 ** 2 / mse) if mse > 0 else None
+    stats["psnr_db"] = 10 * math.log10(2.0**2 / mse) if mse > 0 else None
     stats["ssim"] = float(torch.stack([ssim(o.restored, x) for o in outs]).mean())
-    if per_input > 1:   # spread of the restorations of one input: the model's uncertainty in the hole
+    if per_input > 1:  # spread of the restorations of one input: the model's uncertainty in the hole
         spread = torch.stack([o.restored for o in outs]).std(0)
         stats["masked_region_std_across_restorations"] = float((spread * hole).sum() / hole.sum().clamp(min=1))
     return grid, 2 + per_input, stats
@@ -172,7 +215,7 @@ def representation_cosine(model, state, images: torch.Tensor | None = None) -> d
         if getattr(mod, "extractor_name", None) and name in state.data:
             gen, real = state.data[name].float(), mod.represent(images)
             out[f"{name}_cosine_{mod.extractor_name}"] = float(F.cosine_similarity(gen, real, dim=1).mean())
-            if len(gen) > 1:   # chance level: each generated representation against another sample's image
+            if len(gen) > 1:  # chance level: each generated representation against another sample's image
                 shuffled = F.cosine_similarity(gen, real.roll(1, 0), dim=1).mean()
                 out[f"{name}_cosine_{mod.extractor_name}_other_sample"] = float(shuffled)
     return out

@@ -1,4 +1,5 @@
 """The MT-Diffusion training loss (Eq. 6, Algorithm 2)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -12,10 +13,19 @@ from .process import MTProcess, Prediction
 __all__ = ["mt_loss"]
 
 
-def mt_loss(model: MTModel, process: MTProcess, z0: Tensor, data: Mapping[str, Tensor], *,
-            t: Tensor, noise: Tensor, lam: float = 0.1,
-            inputs: Mapping[str, Tensor] | None = None,
-            encoded: Mapping[str, Tensor] | None = None, net=None) -> tuple[Tensor, dict[str, Tensor]]:
+def mt_loss(
+    model: MTModel,
+    process: MTProcess,
+    z0: Tensor,
+    data: Mapping[str, Tensor],
+    *,
+    t: Tensor,
+    noise: Tensor,
+    lam: float = 0.1,
+    inputs: Mapping[str, Tensor] | None = None,
+    encoded: Mapping[str, Tensor] | None = None,
+    net=None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """L = ||eps_theta(z_t, t) - eps||^2 + lambda * sum_i KL(q_i(x_i) || p_theta(x_i | z_t))   (Eq. 6)
 
     with z_t ~ q(z_t | z_0, X) by Eq. 4. The first term is the one of ``model.prediction`` (default:
@@ -28,12 +38,12 @@ def mt_loss(model: MTModel, process: MTProcess, z0: Tensor, data: Mapping[str, T
     replaced by their "nothing known" value, the heads must read x_i from the image itself).
     ``net`` runs the forward pass (default ``model``; its DistributedDataParallel wrapper in DDP).
     """
-    enc = model.encode(data if encoded is None else encoded)         # {i: E_i(x_i)}  [B, C, H, W]
-    zt = process.q_sample(z0, t, enc, noise)                         # Eq. 4
+    enc = model.encode(data if encoded is None else encoded)  # {i: E_i(x_i)}  [B, C, H, W]
+    zt = process.q_sample(z0, t, enc, noise)  # Eq. 4
     out, preds = (net or model)(zt, t, data if inputs is None else inputs)  # eps_theta (or v, z_0), {i: D_i(c_t)}
     pred = model.prediction or Prediction(process)
     target = pred.target(z0.float(), noise.float(), t)
-    mse = ((out.float() - target) ** 2).flatten(1).mean(1)           # [B]
+    mse = ((out.float() - target) ** 2).flatten(1).mean(1)  # [B]
     heads = {name: model.modalities[name].loss(p, data[name]) for name, p in preds.items()}
     total = pred.weight(t) * mse + lam * sum(heads.values(), torch.zeros_like(mse))
     with torch.no_grad():

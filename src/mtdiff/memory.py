@@ -10,9 +10,9 @@ also holds working copies of its activations while it runs (oneDNN reorders them
 layout; cuDNN takes a workspace); they are counted at each convolution and its backward.
 
 - **Training** (per process): weights, AdamW's two moments, the EMA copy, the gradients while
-  micro-batches accumulate and, under DDP, its gradient buckets, counted from the parameters; the peak of one forward and backward pass of the loss at the
-  micro-batch (activations, gradients, recomputed stages), measured on the run's device under its
-  autocast; the data set where it lives.
+  micro-batches accumulate and, under DDP, its gradient buckets, counted from the parameters; the
+  peak of one forward and backward pass of the loss at the micro-batch (activations, gradients,
+  recomputed stages), measured on the run's device under its autocast; the data set where it lives.
 - **Sampling**: weights and the peak of the command's own sampling call, measured on 3 steps.
 
 Checked on the CPU (tests/test_reliability.py) at batch 128 on the demo backbone. Against PyTorch's
@@ -25,6 +25,7 @@ by 1.3-1.6x the prediction in training and 1.5-2.2x in sampling. On a GPU the ca
 fragmentation comes on top, and everywhere the framework's own memory (CUDA context, Python,
 libraries).
 """
+
 from __future__ import annotations
 
 import weakref
@@ -35,8 +36,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["LiveTensors", "Peak", "peak_at", "MemoryEstimate", "estimate_training_memory", "estimate_sampling_memory",
-           "module_bytes"]
+__all__ = [
+    "LiveTensors",
+    "Peak",
+    "peak_at",
+    "MemoryEstimate",
+    "estimate_training_memory",
+    "estimate_sampling_memory",
+    "module_bytes",
+]
 
 
 def _mib(b: int) -> str:
@@ -52,8 +60,12 @@ def module_bytes(module: torch.nn.Module) -> int:
     return _nbytes(module.parameters()) + _nbytes(module.buffers())
 
 
-_CONVOLUTIONS = {torch.ops.aten.convolution, torch.ops.aten.conv2d, torch.ops.aten._convolution,
-                 torch.ops.aten.convolution_backward}
+_CONVOLUTIONS = {
+    torch.ops.aten.convolution,
+    torch.ops.aten.conv2d,
+    torch.ops.aten._convolution,
+    torch.ops.aten.convolution_backward,
+}
 
 
 class LiveTensors(TorchDispatchMode):
@@ -101,6 +113,7 @@ class LiveTensors(TorchDispatchMode):
 class Peak:
     """The most bytes alive at once while some work runs on ``batch`` samples: ``fixed + per_sample * batch``,
     both read at the moment of the peak."""
+
     fixed: int
     per_sample: int
     batch: int
@@ -138,6 +151,7 @@ def peak_at(batch: int, work: Callable[[int], object], device: torch.device | st
 class MemoryEstimate:
     """Bytes one process will hold on ``device``: ``held`` (by name: weights, optimizer state, data ...)
     plus the ``peak`` of the measured work."""
+
     what: str
     device: str
     held: dict[str, int]
@@ -153,7 +167,9 @@ class MemoryEstimate:
         parts.append(f"{self.peak_name} {_mib(p.total)} ({_mib(p.per_sample)}/sample x {p.batch} + {_mib(p.fixed)})")
         text = f"memory estimate for {self.what} on {self.device}: {_mib(self.total())} = " + " + ".join(parts)
         if self.device == "cpu":
-            return text + " (glibc's heap may keep up to ~2x the peak resident; the framework's own memory comes on top)"
+            return (
+                text + " (glibc's heap may keep up to ~2x the peak resident; the framework's own memory comes on top)"
+            )
         return text + " (the framework's own memory and allocator fragmentation come on top)"
 
 
@@ -185,7 +201,7 @@ def estimate_training_memory(trainer) -> MemoryEstimate:
     finally:
         model.train(was_training)
     held = {"weights": module_bytes(model), "AdamW": 2 * _nbytes(params), "EMA": _nbytes(ema)}
-    if trainer.local_batch > trainer.micro_batch:   # later micro-batches run with the gradients already there
+    if trainer.local_batch > trainer.micro_batch:  # later micro-batches run with the gradients already there
         held["accumulated gradients"] = _nbytes(params)
     if trainer.world.distributed:
         held["DDP buckets"] = _nbytes(params)
@@ -195,9 +211,16 @@ def estimate_training_memory(trainer) -> MemoryEstimate:
     return MemoryEstimate("training per process", device.type, held, peak, "forward/backward")
 
 
-def estimate_sampling_memory(sample: Callable[[int], object], *, weights: int, batch: int, device: str) -> MemoryEstimate:
+def estimate_sampling_memory(
+    sample: Callable[[int], object], *, weights: int, batch: int, device: str
+) -> MemoryEstimate:
     """The estimate for sampling ``batch`` at once: ``sample(b)`` runs the real sampling call (same
     model, guidance, sampler and device) for b samples and 3 steps. ``weights``: bytes of the model
     held meanwhile (:func:`module_bytes`)."""
-    return MemoryEstimate(f"sampling {batch} at once", torch.device(device).type, {"weights": weights},
-                          peak_at(batch, sample, device), "sampling")
+    return MemoryEstimate(
+        f"sampling {batch} at once",
+        torch.device(device).type,
+        {"weights": weights},
+        peak_at(batch, sample, device),
+        "sampling",
+    )

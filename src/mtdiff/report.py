@@ -5,6 +5,7 @@ each modality's alpha~_t, and KL(q(z_t | z_0, X) || N(0, I)) over t whose value 
 term L0), joint samples, and, as the run's modalities allow, class-conditional samples,
 restorations and translations generated on the spot, then every metrics JSON in the run directory.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,7 +53,7 @@ def _read_log(run_dir: Path) -> list[dict[str, Any]]:
     for line in path.read_text().splitlines():
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:   # a line cut by a kill: skip it
+        except json.JSONDecodeError:  # a line cut by a kill: skip it
             continue
     return rows
 
@@ -61,7 +62,9 @@ def _loss_figure(log: list[dict[str, Any]]):
     import matplotlib.pyplot as plt
 
     rows = [r for r in log if "loss" in r]
-    keys = [k for k in rows[0] if k not in ("step", "lr", "img_per_s", "grad_norm", "skipped_nonfinite")] if rows else []
+    keys = (
+        [k for k in rows[0] if k not in ("step", "lr", "img_per_s", "grad_norm", "skipped_nonfinite")] if rows else []
+    )
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for k in keys:
         ax.plot([r["step"] for r in rows], [r[k] for r in rows], label=k)
@@ -71,15 +74,17 @@ def _loss_figure(log: list[dict[str, Any]]):
 
 
 @torch.no_grad()
-def prior_kl_curve(run: Run, z0: torch.Tensor, data: dict[str, torch.Tensor], points: int = 50) -> tuple[list[int], list[float]]:
+def prior_kl_curve(
+    run: Run, z0: torch.Tensor, data: dict[str, torch.Tensor], points: int = 50
+) -> tuple[list[int], list[float]]:
     """Per-dimension KL(q(z_t | z_0, X) || N(0, I)) at ``points`` times; its value at T - 1 is L0."""
     enc = run.model.encode(data)
     ts = torch.linspace(0, run.process.num_timesteps - 1, points).round().long().tolist()
     kls = []
     for t in ts:
         mean, std = run.process.q_mean_std(z0, torch.full((z0.shape[0],), t, dtype=torch.long), enc)
-        var = (std ** 2).expand_as(mean)
-        kls.append(float((0.5 * (mean ** 2 + var - 1 - var.log())).mean()))
+        var = (std**2).expand_as(mean)
+        kls.append(float((0.5 * (mean**2 + var - 1 - var.log())).mean()))
     return ts, kls
 
 
@@ -102,15 +107,18 @@ def _schedule_figure(run: Run, kl: tuple[list[int], list[float]] | None):
 
 def _metrics_tables(run_dir: Path) -> str:
     parts = []
-    for path in sorted(run_dir.glob("*.json")) + sorted(run_dir.glob("eval/*.json")):   # eval/: mtdiff evaluate
+    for path in sorted(run_dir.glob("*.json")) + sorted(run_dir.glob("eval/*.json")):  # eval/: mtdiff evaluate
         try:
             obj = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
         if not isinstance(obj, dict):
             continue
-        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
-                       for k, v in obj.items() if not isinstance(v, (list, dict)))
+        rows = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in obj.items()
+            if not isinstance(v, (list, dict))
+        )
         parts.append(f"<h3>{html.escape(str(path.relative_to(run_dir)))}</h3><table>{rows}</table>")
     return "".join(parts) or "<p>No metrics JSON in the run directory yet (see <code>mtdiff evaluate</code>).</p>"
 
@@ -126,23 +134,44 @@ def _generated_sections(run: Run, test, num: int, steps: int, seed: int) -> list
 
     m, kw = run.model, {"steps": steps, "seed": seed}
     s = run.sample(num, **kw)
-    out = [("Joint samples", _img(_grid_png(s.images, captions=s.captions), "joint samples")
-            + _kv(representation_cosine(m, s, s.images)))]
+    out = [
+        (
+            "Joint samples",
+            _img(_grid_png(s.images, captions=s.captions), "joint samples")
+            + _kv(representation_cosine(m, s, s.images)),
+        )
+    ]
     kinds = {mod.kind: name for name, mod in m.modalities.items()}
     if num_classes(m) is not None:
         c = run.sample(num, labels="each", **kw)
-        out.append(("Class-conditional samples (printed: the given class)",
-                    _img(_grid_png(c.images, captions=c.captions), "class-conditional samples")))
+        out.append(
+            (
+                "Class-conditional samples (printed: the given class)",
+                _img(_grid_png(c.images, captions=c.captions), "class-conditional samples"),
+            )
+        )
     if test is not None and "masked_image" in kinds:
         grid, ncol, stats = restoration_grid(run, test, num=min(num, 8), per_input=2, **kw)
-        out.append(("Restorations (rows: image, masked, two restorations)",
-                    _img(_grid_png(grid, nrow=ncol * 2), "restorations") + _kv(stats)))
-    sources = [n for n, mod in m.modalities.items() if mod.kind == "segmentation" or (mod.kind == "image" and n in m.conditioned)]
+        out.append(
+            (
+                "Restorations (rows: image, masked, two restorations)",
+                _img(_grid_png(grid, nrow=ncol * 2), "restorations") + _kv(stats),
+            )
+        )
+    sources = [
+        n
+        for n, mod in m.modalities.items()
+        if mod.kind == "segmentation" or (mod.kind == "image" and n in m.conditioned)
+    ]
     if test is not None and sources:
         grid, scores = translate(run, test, modality=sources[0], num=min(num, 8), **kw)
         cols = int(scores.pop("columns"))
-        out.append(("Translations (source, ground truth, generated)", _img(_grid_png(grid, nrow=2 * cols), "translations")
-                    + _kv(scores)))
+        out.append(
+            (
+                "Translations (source, ground truth, generated)",
+                _img(_grid_png(grid, nrow=2 * cols), "translations") + _kv(scores),
+            )
+        )
     return out
 
 
@@ -153,12 +182,14 @@ def _kv(d: dict[str, Any]) -> str:
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-img{max-width:100%}img.grid{image-rendering:pixelated;width:520px}img.plot{width:auto}table{border-collapse:collapse;margin:.5em 0}
+img{max-width:100%}img.grid{image-rendering:pixelated;width:520px}img.plot{width:auto}
+table{border-collapse:collapse;margin:.5em 0}
 td{border:1px solid #ddd;padding:.2em .6em;font-size:.9em}pre{background:#f6f6f6;padding:.6em;overflow:auto}"""
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, *, num: int = 16, steps: int = 50,
-                 seed: int = 0, test=None) -> Path:
+def write_report(
+    run_dir: str | Path, out: str | Path | None = None, *, num: int = 16, steps: int = 50, seed: int = 0, test=None
+) -> Path:
     """Write ``out`` (default RUN/report.html) and return its path. ``test``: the reference split
     (default: the run's own test split, if it can be loaded; sections that need it are left out otherwise)."""
     import matplotlib
@@ -169,13 +200,19 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, num: int
     if test is None:
         try:
             from .build import load_data
+
             test = load_data(run.config, "test")
         except Exception as e:  # no local copy of the data: the report says so and goes on
             test, missing = None, f"{type(e).__name__}: {e}"
-    sections = [("Run", f"<p>{html.escape(run.config.name)}, step {run.step}, model "
-                        f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters.</p>"
-                        f"<details><summary>config.yaml</summary><pre>{html.escape((run_dir / CONFIG_FILE).read_text())}</pre>"
-                        "</details>")]
+    sections = [
+        (
+            "Run",
+            f"<p>{html.escape(run.config.name)}, step {run.step}, model "
+            f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters.</p>"
+            f"<details><summary>config.yaml</summary><pre>{html.escape((run_dir / CONFIG_FILE).read_text())}</pre>"
+            "</details>",
+        )
+    ]
     log = _read_log(run_dir)
     if any("loss" in r for r in log):
         sections.append(("Loss curves", _img(_png(_loss_figure(log)), "loss curves", "plot")))
@@ -185,17 +222,30 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, num: int
         data = {n: mod.derive(batch, torch.Generator().manual_seed(0)) for n, mod in run.model.modalities.items()}
         data = run.latent.encode_data(data, run.model.modalities)
         kl = prior_kl_curve(run, run.latent.encode(batch["image"]), data)
-    l0 = (f"<p>Prior term L0 = KL(q(z_T | z_0, X) || N(0, I)) = {kl[1][-1]:.2e} nats per dimension on "
-          f"{len(batch['image'])} test samples.</p>") if kl else ""
+    l0 = (
+        (
+            f"<p>Prior term L0 = KL(q(z_T | z_0, X) || N(0, I)) = {kl[1][-1]:.2e} nats per dimension on "
+            f"{len(batch['image'])} test samples.</p>"
+        )
+        if kl
+        else ""
+    )
     sections.append(("Schedule", _img(_png(_schedule_figure(run, kl)), "schedule", "plot") + l0))
     sections += _generated_sections(run, test, num, steps, seed)
     if test is None:
-        sections.append(("Not shown", f"<p>The test split could not be loaded ({html.escape(missing)}): no "
-                                      "restorations, translations or prior KL.</p>"))
+        sections.append(
+            (
+                "Not shown",
+                f"<p>The test split could not be loaded ({html.escape(missing)}): no "
+                "restorations, translations or prior KL.</p>",
+            )
+        )
     sections.append(("Metrics", _metrics_tables(run_dir)))
-    body = "".join(f'<section><h2>{html.escape(t)}</h2>{h}</section>' for t, h in sections)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>mtdiff report: {html.escape(str(run_dir))}</title>"
-            f"<style>{_CSS}</style></head><body><h1>mtdiff report: {html.escape(run_dir.name)}</h1>{body}</body></html>")
+    body = "".join(f"<section><h2>{html.escape(t)}</h2>{h}</section>" for t, h in sections)
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>mtdiff report: {html.escape(str(run_dir))}</title>"
+        f"<style>{_CSS}</style></head><body><h1>mtdiff report: {html.escape(run_dir.name)}</h1>{body}</body></html>"
+    )
     out = Path(out) if out is not None else run_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)

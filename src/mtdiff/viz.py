@@ -1,4 +1,5 @@
 """Image grids written with Pillow (no torchvision)."""
+
 from __future__ import annotations
 
 import math
@@ -30,12 +31,18 @@ def make_grid(images: Tensor, nrow: int | None = None, pad: int = 2, pad_value: 
     grid = torch.full((c, rows * (h + pad) + pad, ncol * (w + pad) + pad), pad_value, dtype=torch.uint8)
     for i, img in enumerate(to_uint8(images)):
         r, col = divmod(i, ncol)
-        grid[:, pad + r * (h + pad):][:, :h, pad + col * (w + pad):][:, :, :w] = img
+        grid[:, pad + r * (h + pad) :][:, :h, pad + col * (w + pad) :][:, :, :w] = img
     return grid
 
 
-def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: int = 2,
-              captions: list[str] | None = None, pad: int = 2) -> Path:
+def save_grid(
+    images: Tensor,
+    path: str | Path,
+    nrow: int | None = None,
+    scale: int = 2,
+    captions: list[str] | None = None,
+    pad: int = 2,
+) -> Path:
     """Save a grid PNG of [N, C, H, W] images in [-1, 1], upscaled by ``scale`` (nearest) for viewing;
     ``captions[i]`` is printed in the top-left corner of cell i."""
     grid = make_grid(images, nrow, pad=pad)

@@ -6,6 +6,7 @@ output file whose extension no image format has) with a usage line and exit code
 the run (steps past its schedule, a time index, guidance it was not trained for) is checked by the run
 itself (:mod:`mtdiff.runs`), before any sampling.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,20 @@ from pathlib import Path
 
 from ..config import SAMPLER_NAMES
 
-__all__ = ["positive_int", "nonnegative_int", "nonnegative_float", "positive_float", "device", "image_path",
-           "add_run", "add_sampler", "add_seed", "add_device", "add_num", "add_out"]
+__all__ = [
+    "positive_int",
+    "nonnegative_int",
+    "nonnegative_float",
+    "positive_float",
+    "device",
+    "image_path",
+    "add_run",
+    "add_sampler",
+    "add_seed",
+    "add_device",
+    "add_num",
+    "add_out",
+]
 
 
 def _number(text: str, kind, what: str, ok) -> int | float:
@@ -96,7 +109,15 @@ def add_out(p: argparse.ArgumentParser, what: str = "image grid") -> None:
 def add_sampler(p: argparse.ArgumentParser) -> None:
     """--sampler, --steps, --eta: the run's ``sample`` config unless given."""
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="sampler (default: the run's sample.sampler)")
-    p.add_argument("--steps", type=positive_int, default=None,
-                   help="sampler steps, at most the run's diffusion.timesteps (default: the run's sample.steps)")
-    p.add_argument("--eta", type=nonnegative_float, default=None,
-                   help="DDIM noise: 0 deterministic, 1 ancestral-like (default: the run's sample.eta)")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="sampler steps, at most the run's diffusion.timesteps (default: the run's sample.steps)",
+    )
+    p.add_argument(
+        "--eta",
+        type=nonnegative_float,
+        default=None,
+        help="DDIM noise: 0 deterministic, 1 ancestral-like (default: the run's sample.eta)",
+    )

@@ -1,5 +1,6 @@
 """What the commands share: a run loaded from ``--run``/``--device``, its sampler options, the memory
 estimate printed before sampling, and user PNG files read as images, class maps or known-pixel masks."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,16 @@ import torch
 from ..errors import InputError, MtdiffError
 from ..runs import Run, load_run
 
-__all__ = ["load", "sampler_options", "print_memory_estimate", "png_files", "read_images", "read_class_maps",
-           "read_keep", "emit"]
+__all__ = [
+    "load",
+    "sampler_options",
+    "print_memory_estimate",
+    "png_files",
+    "read_images",
+    "read_class_maps",
+    "read_keep",
+    "emit",
+]
 
 
 def load(args) -> Run:
@@ -33,9 +42,10 @@ def print_memory_estimate(run: Run, batch: int, sample) -> None:
     def probe(n):
         return sample(n, steps=3, seed=0)
 
-    try:                     # advisory: it never keeps the command from running, but a user error is the real call's
-        summary = estimate_sampling_memory(probe, weights=module_bytes(run.model), batch=batch,
-                                           device=run.device).summary()
+    try:  # advisory: it never keeps the command from running, but a user error is the real call's
+        summary = estimate_sampling_memory(
+            probe, weights=module_bytes(run.model), batch=batch, device=run.device
+        ).summary()
     except MtdiffError:
         raise
     except Exception as e:

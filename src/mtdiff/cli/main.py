@@ -4,6 +4,7 @@ A user error (:class:`mtdiff.errors.MtdiffError`, or a file that cannot be writt
 exits 2; Ctrl-C exits 130 (``train`` saves a checkpoint first and says how to resume). Neither shows a
 traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="run directory written by mtdiff train")
     p.add_argument("--out", type=Path, default=None, help="HTML file (default RUN/report.html)")
     p.add_argument("--num", type=positive_int, default=16, help="samples per generated section (default 16)")
-    p.add_argument("--steps", type=positive_int, default=50, help="sampler steps for the generated sections (default 50)")
+    p.add_argument(
+        "--steps", type=positive_int, default=50, help="sampler steps for the generated sections (default 50)"
+    )
     add_seed(p)
     sub.add_parser("presets", help="list the config presets with their descriptions")
     return ap
@@ -51,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nmtdiff {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (MtdiffError, OSError) as e:   # OSError: a file that cannot be written (a full disk, a missing folder, permissions)
+    except (
+        MtdiffError,
+        OSError,
+    ) as e:  # OSError: a file that cannot be written (a full disk, a missing folder, permissions)
         print(f"mtdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -62,8 +68,10 @@ def cmd_presets(args) -> int:
 
     for name, path in sorted(presets().items()):
         lines = path.read_text().splitlines()
-        about = " ".join(line.lstrip("# ").strip() for line in lines[:next((i for i, x in enumerate(lines)
-                                                                            if not x.startswith("#")), len(lines))])
+        about = " ".join(
+            line.lstrip("# ").strip()
+            for line in lines[: next((i for i, x in enumerate(lines) if not x.startswith("#")), len(lines))]
+        )
         print(name)
         print(textwrap.fill(about, width=100, initial_indent="    ", subsequent_indent="    "))
     return 0

@@ -1,4 +1,5 @@
 """The commands that train: train (a preset or YAML config, or --resume) and demo (the README's main job)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("train", help="train a model from a preset or YAML config (Ctrl-C saves; --resume continues)")
     p.add_argument("--config", help="preset name or YAML path (optional with --resume: the run's own config)")
     p.add_argument("--out", required=True, type=Path, help="run directory")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.steps=2000 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=2000 (repeatable)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -70,8 +77,12 @@ def cmd_demo(args) -> int:
     samples = save_grid(run.sample(64, seed=0).images, out / "samples.png", nrow=8)
     grid, ncol, stats = restoration_grid(run, load_data(run.config, "test"), num=16, per_input=2, seed=0)
     restorations = save_grid(grid, out / "restorations.png", nrow=ncol * 2)
-    summary = {"samples": str(samples), "restorations": str(restorations), **stats,
-               "minutes": round((time.perf_counter() - t0) / 60, 2)}
+    summary = {
+        "samples": str(samples),
+        "restorations": str(restorations),
+        **stats,
+        "minutes": round((time.perf_counter() - t0) / 60, 2),
+    }
     (out / "demo.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 0

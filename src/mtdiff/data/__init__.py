@@ -5,6 +5,7 @@ Layers, each importing only those below it: :mod:`.imageset` (``ImageSet``, ``Da
 :mod:`.sources` (the built-in MNIST and Fashion-MNIST), :mod:`.folder` and :mod:`.paired` (image
 folders); this package (the dispatcher over all of them).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,19 @@ from .masking import apply_mask, half_mask, make_mask, random_patch_mask
 from .paired import load_paired_folder
 from .sources import load_fashion_mnist, load_mnist
 
-__all__ = ["BatchStream", "DataError", "ImageSet", "SOURCE_NAMES", "load_mnist", "load_fashion_mnist", "load_source",
-           "make_mask", "random_patch_mask", "half_mask", "apply_mask"]
+__all__ = [
+    "BatchStream",
+    "DataError",
+    "ImageSet",
+    "SOURCE_NAMES",
+    "load_mnist",
+    "load_fashion_mnist",
+    "load_source",
+    "make_mask",
+    "random_patch_mask",
+    "half_mask",
+    "apply_mask",
+]
 
 SOURCE_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "folder", "paired")
 
@@ -44,9 +56,7 @@ def load_source(name: str, split: str, **kw) -> ImageSet:
     """
     key = _ALIASES.get(str(name).strip().lower())
     if key is None:
-        raise DataError(
-            f"unknown data source {name!r}; valid names: {', '.join(map(repr, SOURCE_NAMES))}"
-        )
+        raise DataError(f"unknown data source {name!r}; valid names: {', '.join(map(repr, SOURCE_NAMES))}")
     check_split(split)
     if key == "mnist":
         if kw:
@@ -72,4 +82,3 @@ def load_source(name: str, split: str, **kw) -> ImageSet:
     if sub.is_dir():
         root = sub
     return load_image_folder(root, **kw)
-

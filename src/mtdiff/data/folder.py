@@ -86,9 +86,7 @@ def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
         raise DataError(f"image folder {root} is not a directory")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(
-            f"image folder {root} has no class folders: expected root/<class_name>/<image files>"
-        )
+        raise DataError(f"image folder {root} has no class folders: expected root/<class_name>/<image files>")
     files: list[tuple[Path, int]] = []
     for label, cls in enumerate(classes):
         d = root / cls

@@ -8,7 +8,6 @@ An :class:`ImageSet` holds ``images`` uint8 ``[N, C, H, W]``, ``labels`` int64 `
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
 
 import torch
 
@@ -37,7 +36,7 @@ class ImageSet:
     """
 
     images: torch.Tensor
-    labels: Optional[torch.Tensor]
+    labels: torch.Tensor | None
     class_names: list[str] = field(default_factory=list)
     name: str = ""
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -45,13 +44,11 @@ class ImageSet:
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             raise DataError(
-                f"ImageSet.images must be uint8 [N, C, H, W], got {self.images.dtype} "
-                f"{tuple(self.images.shape)}"
+                f"ImageSet.images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}"
             )
         if self.labels is not None and self.labels.shape != (self.images.shape[0],):
             raise DataError(
-                f"ImageSet.labels must have shape ({self.images.shape[0]},), "
-                f"got {tuple(self.labels.shape)}"
+                f"ImageSet.labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
             )
         for key, x in self.extras.items():
             if key in ("image", "label") or x.shape[:1] != self.images.shape[:1]:
@@ -82,8 +79,12 @@ class ImageSet:
 
     def to(self, device: torch.device | str) -> ImageSet:
         """The same set with its tensors on ``device`` (batches are then gathered there, with no copy per step)."""
-        return replace(self, images=self.images.to(device), labels=None if self.labels is None else self.labels.to(device),
-                       extras={k: v.to(device) for k, v in self.extras.items()})
+        return replace(
+            self,
+            images=self.images.to(device),
+            labels=None if self.labels is None else self.labels.to(device),
+            extras={k: v.to(device) for k, v in self.extras.items()},
+        )
 
     def to_float(self, idx=None) -> torch.Tensor:
         """float32 images in [-1, 1] (x / 127.5 - 1) for the index tensor ``idx``.

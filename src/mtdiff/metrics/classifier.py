@@ -20,9 +20,7 @@ def _label_indices(labels: torch.Tensor, n: int) -> torch.Tensor:
         labels = torch.as_tensor(labels)
     if labels.dim() == 2:
         if labels.shape != (n, NUM_CLASSES):
-            raise ValueError(
-                f"probability labels must have shape [{n}, {NUM_CLASSES}], got {tuple(labels.shape)}"
-            )
+            raise ValueError(f"probability labels must have shape [{n}, {NUM_CLASSES}], got {tuple(labels.shape)}")
         return labels.detach().argmax(dim=1).cpu()
     if labels.dim() == 1:
         if labels.shape[0] != n:
@@ -35,13 +33,10 @@ def _label_indices(labels: torch.Tensor, n: int) -> torch.Tensor:
         idx = labels.detach().cpu().long()
         if n and (idx.min() < 0 or idx.max() >= NUM_CLASSES):
             raise ValueError(
-                f"index labels must lie in 0..{NUM_CLASSES - 1}, got range "
-                f"{int(idx.min())}..{int(idx.max())}"
+                f"index labels must lie in 0..{NUM_CLASSES - 1}, got range {int(idx.min())}..{int(idx.max())}"
             )
         return idx
-    raise ValueError(
-        f"labels must be indices [N] or probabilities [N, {NUM_CLASSES}], got shape {tuple(labels.shape)}"
-    )
+    raise ValueError(f"labels must be indices [N] or probabilities [N, {NUM_CLASSES}], got shape {tuple(labels.shape)}")
 
 
 @torch.no_grad()
@@ -69,9 +64,7 @@ def label_agreement(
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
-        raise ValueError(
-            f"images must be a tensor [N, 1, {INPUT_SIZE}, {INPUT_SIZE}], got {tuple(images.shape)}"
-        )
+        raise ValueError(f"images must be a tensor [N, 1, {INPUT_SIZE}, {INPUT_SIZE}], got {tuple(images.shape)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     n = int(images.shape[0])
@@ -84,11 +77,11 @@ def label_agreement(
     try:
         correct = 0
         for start in range(0, n, batch_size):
-            logits = classifier(images[start:start + batch_size])
+            logits = classifier(images[start : start + batch_size])
             if logits.dim() != 2 or logits.shape[1] != NUM_CLASSES:
                 raise ValueError(f"classifier must return logits [B, {NUM_CLASSES}], got {tuple(logits.shape)}")
             pred = logits.argmax(dim=1).cpu()
-            correct += int((pred == target[start:start + batch_size]).sum())
+            correct += int((pred == target[start : start + batch_size]).sum())
     finally:
         classifier.train(was_training)
     return {"agreement": correct / n, "n": n}

@@ -19,6 +19,7 @@ round-off, real parts kept). KID re-implements torchmetrics' ``poly_mmd`` batche
 (``KernelInceptionDistance`` draws them from the global RNG, one small kernel call each); the tests
 check it against ``poly_mmd``. IS is computed from logits for the same reasons (images in, global RNG).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["extract_features", "fid_from_features", "frechet_distance", "gaussian_stats", "inception_score", "kid",
-           "metric_name", "precision_recall", "quality_scores", "reference_stats", "sample_quality"]
+__all__ = [
+    "extract_features",
+    "fid_from_features",
+    "frechet_distance",
+    "gaussian_stats",
+    "inception_score",
+    "kid",
+    "metric_name",
+    "precision_recall",
+    "quality_scores",
+    "reference_stats",
+    "sample_quality",
+]
 
 
 def gaussian_stats(features: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,8 +79,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """
     mu1, s1, mu2, s2 = (torch.as_tensor(a).to(torch.float64) for a in (mu1, sigma1, mu2, sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0], mu1.shape[0]):
-        raise ValueError(f"shapes do not match: mu {tuple(mu1.shape)}, {tuple(mu2.shape)}; "
-                         f"sigma {tuple(s1.shape)}, {tuple(s2.shape)}")
+        raise ValueError(
+            f"shapes do not match: mu {tuple(mu1.shape)}, {tuple(mu2.shape)}; "
+            f"sigma {tuple(s1.shape)}, {tuple(s2.shape)}"
+        )
     with _one_thread():
         r1 = _psd_sqrt(s1)
         m = r1 @ s2 @ r1
@@ -84,6 +98,7 @@ def fid_from_features(a: Tensor, b: Tensor) -> float:
 def _poly_mmd2(x: Tensor, y: Tensor, degree: int, gamma: float, coef: float) -> Tensor:
     """Unbiased MMD^2 [S] of S subset pairs x, y [S, m, D] with k(a, b) = (gamma a.b + coef)^degree
     (the U-statistic: diagonal terms of k(x, x), k(y, y) dropped)."""
+
     def k(a, b):
         return (a @ b.transpose(1, 2) * gamma + coef) ** degree
 
@@ -91,11 +106,20 @@ def _poly_mmd2(x: Tensor, y: Tensor, degree: int, gamma: float, coef: float) -> 
         return kk.sum((1, 2)) - kk.diagonal(dim1=1, dim2=2).sum(1)
 
     m = x.shape[1]
-    return (off_diagonal_sum(k(x, x)) + off_diagonal_sum(k(y, y))) / (m * (m - 1)) - 2 * k(x, y).sum((1, 2)) / m ** 2
+    return (off_diagonal_sum(k(x, x)) + off_diagonal_sum(k(y, y))) / (m * (m - 1)) - 2 * k(x, y).sum((1, 2)) / m**2
 
 
-def kid(gen: Tensor, ref: Tensor, *, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-        gamma: float | None = None, coef: float = 1.0, seed: int = 0) -> tuple[float, float]:
+def kid(
+    gen: Tensor,
+    ref: Tensor,
+    *,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+    seed: int = 0,
+) -> tuple[float, float]:
     """KID: mean and std over ``subsets`` of the unbiased MMD^2 with k(x, y) = (gamma x.y + coef)^degree,
     gamma = 1 / D, on seeded random subsets of min(subset_size, N, M) of each set (torchmetrics' ``poly_mmd``,
     batched over subsets)."""
@@ -104,12 +128,23 @@ def kid(gen: Tensor, ref: Tensor, *, subsets: int = 100, subset_size: int = 1000
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples in each set, got {len(gen)} and {len(ref)}")
     g = torch.Generator().manual_seed(seed)
-    idx = [(torch.randperm(len(ref), generator=g)[:m], torch.randperm(len(gen), generator=g)[:m]) for _ in range(subsets)]
-    step = max(1, 10_000_000 // m ** 2)                    # kernel matrices of at most ~80 MB at a time
+    idx = [
+        (torch.randperm(len(ref), generator=g)[:m], torch.randperm(len(gen), generator=g)[:m]) for _ in range(subsets)
+    ]
+    step = max(1, 10_000_000 // m**2)  # kernel matrices of at most ~80 MB at a time
     gamma = 1.0 / gen.shape[1] if gamma is None else gamma
-    scores = torch.cat([_poly_mmd2(torch.stack([ref[i] for i, _ in idx[s:s + step]]),
-                                   torch.stack([gen[j] for _, j in idx[s:s + step]]), degree, gamma, coef)
-                        for s in range(0, subsets, step)])
+    scores = torch.cat(
+        [
+            _poly_mmd2(
+                torch.stack([ref[i] for i, _ in idx[s : s + step]]),
+                torch.stack([gen[j] for _, j in idx[s : s + step]]),
+                degree,
+                gamma,
+                coef,
+            )
+            for s in range(0, subsets, step)
+        ]
+    )
     return float(scores.mean()), float(scores.std(unbiased=False))
 
 
@@ -124,7 +159,7 @@ def inception_score(logits: Tensor, *, splits: int = 10, seed: int = 0) -> tuple
     scores = []
     for part in p.chunk(splits):
         marginal = part.mean(0, keepdim=True)
-        kl = torch.special.xlogy(part, part) - torch.special.xlogy(part, marginal)   # 0 log 0 = 0
+        kl = torch.special.xlogy(part, part) - torch.special.xlogy(part, marginal)  # 0 log 0 = 0
         scores.append(kl.sum(1).mean().exp())
     s = torch.stack(scores)
     return float(s.mean()), float(s.std(unbiased=False))
@@ -132,17 +167,22 @@ def inception_score(logits: Tensor, *, splits: int = 10, seed: int = 0) -> tuple
 
 def _knn_radii(x: Tensor, k: int, chunk: int) -> Tensor:
     """Distance of each row of x to its k-th nearest other row."""
-    return torch.cat([torch.cdist(x[i:i + chunk], x).topk(k + 1, dim=1, largest=False).values[:, -1]
-                      for i in range(0, len(x), chunk)])   # the nearest is the point itself
+    return torch.cat(
+        [
+            torch.cdist(x[i : i + chunk], x).topk(k + 1, dim=1, largest=False).values[:, -1]
+            for i in range(0, len(x), chunk)
+        ]
+    )  # the nearest is the point itself
 
 
 def _covered(x: Tensor, centres: Tensor, radii: Tensor, chunk: int) -> Tensor:
     """Whether each row of x lies in at least one ball (centres, radii)."""
-    return torch.cat([(torch.cdist(x[i:i + chunk], centres) <= radii).any(1) for i in range(0, len(x), chunk)])
+    return torch.cat([(torch.cdist(x[i : i + chunk], centres) <= radii).any(1) for i in range(0, len(x), chunk)])
 
 
-def precision_recall(gen: Tensor, ref: Tensor, *, k: int = 3, ref_radii: Tensor | None = None,
-                     chunk: int = 1024) -> tuple[float, float]:
+def precision_recall(
+    gen: Tensor, ref: Tensor, *, k: int = 3, ref_radii: Tensor | None = None, chunk: int = 1024
+) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019): the manifold of a set is the union of
     balls around its points reaching their k-th nearest neighbour; precision = fraction of generated
     samples inside the reference manifold, recall = fraction of reference samples inside the generated one.
@@ -167,7 +207,8 @@ def _batches(images, batch_size: int):
 
 @torch.no_grad()
 def extract_features(extractor, images, *, batch_size: int = 250) -> dict[str, Tensor]:
-    """``extractor.extract`` over images (tensor in [-1, 1] or ImageSet) in batches, concatenated on the CPU (float32)."""
+    """``extractor.extract`` over images (tensor in [-1, 1] or ImageSet) in batches, concatenated on the CPU
+    (float32)."""
     parts: dict[str, list[Tensor]] = {}
     for x in _batches(images, batch_size):
         for key, v in extractor.extract(x).items():
@@ -186,8 +227,9 @@ def _ref_from_features(feats: dict[str, Tensor], k: int = 3, splits: int = 10) -
     return ref
 
 
-def reference_stats(extractor, data, *, cache_dir: str | Path | None = None, batch_size: int = 250,
-                    k: int = 3) -> dict[str, Tensor]:
+def reference_stats(
+    extractor, data, *, cache_dir: str | Path | None = None, batch_size: int = 250, k: int = 3
+) -> dict[str, Tensor]:
     """Reference statistics of a whole split: pooled features [N, D] (for FID, KID, precision/recall) and
     their k-NN radii, the spatial Gaussian (sFID) and the reference's own IS. With ``cache_dir`` they are
     read from / written to ``<extractor>-<data name>-<N>-<SHA-256 of the pixels>.npz`` there, so they are
@@ -209,8 +251,16 @@ def reference_stats(extractor, data, *, cache_dir: str | Path | None = None, bat
     return ref
 
 
-def quality_scores(gen: dict[str, Tensor], ref: dict[str, Tensor], *, k: int = 3, kid_subsets: int = 100,
-                   kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0) -> dict[str, float]:
+def quality_scores(
+    gen: dict[str, Tensor],
+    ref: dict[str, Tensor],
+    *,
+    k: int = 3,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    is_splits: int = 10,
+    seed: int = 0,
+) -> dict[str, float]:
     """Scores from generated features (``extract_features``) and reference stats (``reference_stats``).
 
     Keys: FID, KID, KID_std, precision, recall (all generated vs all reference samples, as torch-fidelity),
@@ -225,7 +275,7 @@ def quality_scores(gen: dict[str, Tensor], ref: dict[str, Tensor], *, k: int = 3
     radii = ref.get("radii") if int(ref.get("k", -1)) == k else None
     out["precision"], out["recall"] = precision_recall(fg, fr, k=k, ref_radii=radii)
     if "logits" in gen:
-        splits = max(1, min(is_splits, len(gen["logits"]) // 10))   # at least 10 samples a split
+        splits = max(1, min(is_splits, len(gen["logits"]) // 10))  # at least 10 samples a split
         out["IS"], out["IS_std"] = inception_score(gen["logits"], splits=splits, seed=seed)
         if "inception_score" in ref:
             out["IS_reference"] = float(ref["inception_score"])
@@ -233,7 +283,7 @@ def quality_scores(gen: dict[str, Tensor], ref: dict[str, Tensor], *, k: int = 3
 
 
 def metric_name(metric: str, extractor) -> str:
-    """"FID" on the standard Inception network; "FID (EfficientNet-Lite0 features)" on any other."""
+    """ "FID" on the standard Inception network; "FID (EfficientNet-Lite0 features)" on any other."""
     if extractor.name == "inception":
         return metric
     base, _, rest = metric.partition("_")
@@ -241,18 +291,35 @@ def metric_name(metric: str, extractor) -> str:
     return f"{base} ({label})" + (f" {rest}" if rest else "")
 
 
-def sample_quality(gen_images: Tensor, ref, extractor, *, k: int = 3, kid_subsets: int = 100,
-                   kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0, batch_size: int = 250,
-                   cache_dir: str | Path | None = None) -> dict:
+def sample_quality(
+    gen_images: Tensor,
+    ref,
+    extractor,
+    *,
+    k: int = 3,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    is_splits: int = 10,
+    seed: int = 0,
+    batch_size: int = 250,
+    cache_dir: str | Path | None = None,
+) -> dict:
     """All quality metrics of generated images [N, C, H, W] in [-1, 1] against ``ref``: an ImageSet or
     image tensor (the full reference split) or the dict of :func:`reference_stats`. Metric names carry
     the extractor's label (see :func:`metric_name`); ``n``, ``n_reference``, ``extractor`` describe the run."""
     if not isinstance(ref, dict):
         ref = reference_stats(extractor, ref, cache_dir=cache_dir, batch_size=batch_size, k=k)
     gen = extract_features(extractor, gen_images, batch_size=batch_size)
-    scores = quality_scores(gen, ref, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-                            is_splits=is_splits, seed=seed)
+    scores = quality_scores(
+        gen, ref, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, is_splits=is_splits, seed=seed
+    )
     named = {metric_name(m, extractor): v for m, v in scores.items()}
-    return {**named, "n": len(gen["features"]), "n_reference": int(ref["n"]), "extractor": extractor.name,
-            "extractor_label": extractor.label, "precision_recall_k": k,
-            "kid_subset_size": min(kid_subset_size, len(gen["features"]), int(ref["n"]))}
+    return {
+        **named,
+        "n": len(gen["features"]),
+        "n_reference": int(ref["n"]),
+        "extractor": extractor.name,
+        "extractor_label": extractor.label,
+        "precision_recall_k": k,
+        "kid_subset_size": min(kid_subset_size, len(gen["features"]), int(ref["n"])),
+    }

@@ -55,9 +55,7 @@ def confusion_matrix(
             got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name} must be an integer tensor of class indices, got {got}")
     if pred.shape != target.shape:
-        raise ValueError(
-            f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
-        )
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
     pred = pred.reshape(-1).to(torch.long)
     target = target.reshape(-1).to(device=pred.device, dtype=torch.long)
     if ignore_index is not None:
@@ -68,8 +66,7 @@ def confusion_matrix(
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
             extra = f" (or ignore_index={ignore_index})" if name == "target" and ignore_index is not None else ""
             raise ValueError(
-                f"{name} values must be in the range [0, {k - 1}]{extra}, "
-                f"got min {int(t.min())}, max {int(t.max())}"
+                f"{name} values must be in the range [0, {k - 1}]{extra}, got min {int(t.min())}, max {int(t.max())}"
             )
     return torch.bincount(target * k + pred, minlength=k * k).reshape(k, k)
 

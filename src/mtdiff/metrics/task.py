@@ -10,21 +10,31 @@
   from torchmetrics' ``multiclass_calibration_error``;
 - representation cosine: mean cosine similarity of paired rows of two [N, D] sets.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["calibration", "feature_distance", "masked_errors", "perceptual_distance", "psnr",
-           "representation_cosine", "ssim"]
+__all__ = [
+    "calibration",
+    "feature_distance",
+    "masked_errors",
+    "perceptual_distance",
+    "psnr",
+    "representation_cosine",
+    "ssim",
+]
 
-DATA_RANGE = 2.0   # mtdiff images live in [-1, 1]
+DATA_RANGE = 2.0  # mtdiff images live in [-1, 1]
 
 
 def _pair(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     if pred.shape != target.shape or pred.ndim != 4:
-        raise ValueError(f"need two image batches [N, C, H, W] of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"need two image batches [N, C, H, W] of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     return pred.double(), target.double()
 
 
@@ -51,8 +61,10 @@ def masked_errors(pred: Tensor, target: Tensor, keep: Tensor) -> dict[str, float
     keep = keep.to(pred).expand_as(pred)
     err = (pred - target) ** 2
     hidden = 1 - keep
-    return {"mse_masked": float((err * hidden).sum() / hidden.sum()) if hidden.sum() > 0 else float("nan"),
-            "mse_unmasked": float((err * keep).sum() / keep.sum()) if keep.sum() > 0 else float("nan")}
+    return {
+        "mse_masked": float((err * hidden).sum() / hidden.sum()) if hidden.sum() > 0 else float("nan"),
+        "mse_unmasked": float((err * keep).sum() / keep.sum()) if keep.sum() > 0 else float("nan"),
+    }
 
 
 @torch.no_grad()
@@ -73,7 +85,9 @@ def perceptual_distance(a: Tensor, b: Tensor, *, lpips=None, extractor=None, bat
     else:
         name, fn = f"feature distance ({extractor.label})", lambda x, y: feature_distance(x, y, extractor)
     _pair(a, b)
-    d = torch.cat([fn(a[i:i + batch_size], b[i:i + batch_size]).double().cpu() for i in range(0, len(a), batch_size)])
+    d = torch.cat(
+        [fn(a[i : i + batch_size], b[i : i + batch_size]).double().cpu() for i in range(0, len(a), batch_size)]
+    )
     return {name: float(d.mean())}
 
 
@@ -84,8 +98,14 @@ def calibration(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, fl
 
     probs, labels = torch.as_tensor(probs).double(), torch.as_tensor(labels).long()
     if probs.ndim != 2 or labels.shape != probs.shape[:1]:
-        raise ValueError(f"need probabilities [N, K] and labels [N], got {tuple(probs.shape)} and {tuple(labels.shape)}")
-    if probs.min() < 0 or probs.max() > 1 or not torch.allclose(probs.sum(1), torch.ones(len(probs), dtype=probs.dtype)):
+        raise ValueError(
+            f"need probabilities [N, K] and labels [N], got {tuple(probs.shape)} and {tuple(labels.shape)}"
+        )
+    if (
+        probs.min() < 0
+        or probs.max() > 1
+        or not torch.allclose(probs.sum(1), torch.ones(len(probs), dtype=probs.dtype))
+    ):
         raise ValueError("probs must be probabilities (rows in [0, 1] summing to 1); apply softmax to logits first")
     ece = multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=n_bins, norm="l1")
     return {"accuracy": float((probs.argmax(1) == labels).double().mean()), "ece": float(ece), "n": len(labels)}

@@ -1,12 +1,28 @@
 """Modalities: typed objects holding an encoder E_i, a head D_i and a likelihood each; ``MODALITY_KINDS``
 is the registry of their kinds (every subclass that sets ``kind``)."""
+
 from .base import MODALITY_KINDS, Modality
 from .heads import HEADS, ClassifierHead, MLPHead, OutputHead
 from .kinds import (
-    ImageModality, LabelModality, MaskedImageModality, SegmentationModality, TextModality, VectorModality,
+    ImageModality,
+    LabelModality,
+    MaskedImageModality,
+    SegmentationModality,
+    TextModality,
+    VectorModality,
 )
 
 __all__ = [
-    "Modality", "MODALITY_KINDS", "ImageModality", "MaskedImageModality", "LabelModality",
-    "SegmentationModality", "VectorModality", "TextModality", "HEADS", "OutputHead", "MLPHead", "ClassifierHead",
+    "Modality",
+    "MODALITY_KINDS",
+    "ImageModality",
+    "MaskedImageModality",
+    "LabelModality",
+    "SegmentationModality",
+    "VectorModality",
+    "TextModality",
+    "HEADS",
+    "OutputHead",
+    "MLPHead",
+    "ClassifierHead",
 ]

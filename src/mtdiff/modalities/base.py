@@ -15,6 +15,7 @@ Two initial values, not to be confused:
 - ``init_unknown``: where the sampler starts a modality it generates (Algorithm 1, line 3); random
   draws come from the sampler's generator only.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -46,17 +47,18 @@ class Modality(nn.Module):
     choice) and ``default_source``, and implement the methods below; ``configure`` and ``config_options``
     when the kind reads more of its config than head, encoder and source.
     """
+
     kind: ClassVar[str] = ""
     head_choices: ClassVar[tuple[str, ...]] = ()
     encoder_choices: ClassVar[tuple[str, ...]] = ()
-    default_source: ClassVar[str] = ""   # the batch key (or derived modality) of its data unless the config names one
+    default_source: ClassVar[str] = ""  # the batch key (or derived modality) of its data unless the config names one
     aggregates: ClassVar[bool] = True  # whether E_i(x_i) enters the forward process (Eq. 3); False: a pure condition
-    has_head: ClassVar[bool] = True    # whether a head D_i reads it back (a term of Eq. 6)
+    has_head: ClassVar[bool] = True  # whether a head D_i reads it back (a term of Eq. 6)
     token_input: ClassVar[bool] = False  # as a backbone input (-X): a cross-attention token (else input channels)
-    image_data: ClassVar[bool] = False   # its data are images: they go through data.autoencoder's map with z_0
-    latent_refusal: ClassVar[str] = ""   # why the kind cannot be used with data.autoencoder ("": it can)
-    cond_channels: int = 0       # channels this modality adds to the backbone input in the -X variant
-    uses_context: bool = False   # whether it enters the backbone as cross-attention tokens
+    image_data: ClassVar[bool] = False  # its data are images: they go through data.autoencoder's map with z_0
+    latent_refusal: ClassVar[str] = ""  # why the kind cannot be used with data.autoencoder ("": it can)
+    cond_channels: int = 0  # channels this modality adds to the backbone input in the -X variant
+    uses_context: bool = False  # whether it enters the backbone as cross-attention tokens
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -65,8 +67,10 @@ class Modality(nn.Module):
             return
         known = MODALITY_KINDS.get(kind)
         if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"modality kind {kind!r} is defined twice: by {known.__module__}.{known.__qualname__} "
-                            f"and by {cls.__module__}.{cls.__qualname__}")
+            raise TypeError(
+                f"modality kind {kind!r} is defined twice: by {known.__module__}.{known.__qualname__} "
+                f"and by {cls.__module__}.{cls.__qualname__}"
+            )
         MODALITY_KINDS[kind] = cls
 
     # -- from a config ---------------------------------------------------------------------
@@ -86,8 +90,9 @@ class Modality(nn.Module):
             mc.encoder = cls.encoder_choices[0]
         for what, value, choices in (("head", mc.head, cls.head_choices), ("encoder", mc.encoder, cls.encoder_choices)):
             if value not in choices:
-                raise ValueError(f"{key}.{what}: {value!r} is not valid for kind {cls.kind!r}; "
-                                 f"choose one of {list(choices)}")
+                raise ValueError(
+                    f"{key}.{what}: {value!r} is not valid for kind {cls.kind!r}; choose one of {list(choices)}"
+                )
         mc.source = mc.source or cls.default_source or None
 
     @classmethod
@@ -96,16 +101,39 @@ class Modality(nn.Module):
         return {}
 
     @classmethod
-    def from_config(cls, name: str, mc: ModalityConfig, *, z_shape: tuple[int, int, int], features: Mapping[str, int],
-                    context_dim: int = 0, latent: bool = False) -> Modality:
+    def from_config(
+        cls,
+        name: str,
+        mc: ModalityConfig,
+        *,
+        z_shape: tuple[int, int, int],
+        features: Mapping[str, int],
+        context_dim: int = 0,
+        latent: bool = False,
+    ) -> Modality:
         """The modality ``name`` of a configured ``mc``. ``context_dim``: the cross-attention width when it
         enters the backbone as tokens (a -X input, or through the backbone encoder), else 0; ``latent``:
         the diffusion space is an autoencoder's latent space."""
-        return cls(name, z_shape=z_shape, features=features, head=mc.head, encoder=mc.encoder, source=mc.source,
-                   **cls.config_options(mc, context_dim=context_dim, latent=latent))
+        return cls(
+            name,
+            z_shape=z_shape,
+            features=features,
+            head=mc.head,
+            encoder=mc.encoder,
+            source=mc.source,
+            **cls.config_options(mc, context_dim=context_dim, latent=latent),
+        )
 
-    def __init__(self, name: str, *, z_shape: tuple[int, int, int], features: Mapping[str, int],
-                 head: str, encoder: str, source: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        z_shape: tuple[int, int, int],
+        features: Mapping[str, int],
+        head: str,
+        encoder: str,
+        source: str | None = None,
+    ):
         super().__init__()
         for what, value, choices in (("head", head, self.head_choices), ("encoder", encoder, self.encoder_choices)):
             if value not in choices:
@@ -130,11 +158,13 @@ class Modality(nn.Module):
             return batch[self.source]
         if self.source in DERIVED:
             return derive(self.source, batch["image"], batch.get("label"))
-        raise KeyError(f"modality {self.name!r} reads batch[{self.source!r}], but the batch has {sorted(batch)} "
-                       f"and the derived modalities are {sorted(DERIVED)}")
+        raise KeyError(
+            f"modality {self.name!r} reads batch[{self.source!r}], but the batch has {sorted(batch)} "
+            f"and the derived modalities are {sorted(DERIVED)}"
+        )
 
     def null(self, batch: int, *, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
-        """"Nothing known" about this modality: [batch, ...] in the canonical (float) form, the same every
+        """ "Nothing known" about this modality: [batch, ...] in the canonical (float) form, the same every
         call, from no random draw. What condition and encoding dropout put in training, and what the
         unconditional branch of guidance, inverse mode and -X joint generation feed the model."""
         raise NotImplementedError

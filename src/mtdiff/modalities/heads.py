@@ -1,4 +1,5 @@
 """Decoder heads D_i (Section 2.2.4): each reads one backbone feature and maps it to a modality's space."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -18,6 +19,7 @@ class SpatialMean(nn.Module):
 
 class OutputHead(nn.Module):
     """A replica of the U-Net's output block (GroupNorm, SiLU, Conv3x3) on the ``output`` features."""
+
     feature = "output"
 
     def __init__(self, in_channels: int, out_channels: int, **_):
@@ -25,11 +27,12 @@ class OutputHead(nn.Module):
         self.net = output_block(in_channels, out_channels)
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
-        return self.net(features[self.feature])                       # [B, out, H, W]
+        return self.net(features[self.feature])  # [B, out, H, W]
 
 
 class MLPHead(nn.Module):
     """MT-Diffusion-M: pooled ``middle`` features -> MLP (one linear layer when hidden = 0)."""
+
     feature = "middle"
 
     def __init__(self, in_channels: int, out_features: int, *, hidden: int = 0, **_):
@@ -41,7 +44,7 @@ class MLPHead(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
-        return self.net(features[self.feature])                       # [B, out]
+        return self.net(features[self.feature])  # [B, out]
 
 
 class ClassifierHead(nn.Module):
@@ -50,6 +53,7 @@ class ClassifierHead(nn.Module):
     Stride-2 residual-free conv stages down to 4x4, then global pooling and a linear layer
     (a compact stand-in for guided-diffusion's classifier; same place in the network).
     """
+
     feature = "output"
 
     def __init__(self, in_channels: int, out_features: int, *, image_size: int, hidden: int = 0, **_):
@@ -64,8 +68,7 @@ class ClassifierHead(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
-        return self.net(features[self.feature])                       # [B, out]
+        return self.net(features[self.feature])  # [B, out]
 
 
 HEADS = {"output": OutputHead, "middle": MLPHead, "classifier": ClassifierHead}
-

@@ -1,5 +1,6 @@
 """The modality kinds of the paper's four settings: images (and masked images), labels,
 per-pixel segmentation classes and representation vectors."""
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,14 @@ from .base import BackboneEncode, Modality
 if TYPE_CHECKING:
     from ..config import ModalityConfig
 
-__all__ = ["ImageModality", "MaskedImageModality", "LabelModality", "SegmentationModality",
-           "VectorModality", "TextModality"]
+__all__ = [
+    "ImageModality",
+    "MaskedImageModality",
+    "LabelModality",
+    "SegmentationModality",
+    "VectorModality",
+    "TextModality",
+]
 
 
 def _per_sample_mean(x: Tensor) -> Tensor:
@@ -32,11 +39,14 @@ def _check_classes(x: Tensor, num_classes: int, name: str) -> None:
     if not x.numel():
         return
     if x.device.type != "cpu":
-        torch._assert_async(((x >= 0) & (x < num_classes)).all(),
-                            f"modality {name!r}: class indices must be in [0, {num_classes})")
+        torch._assert_async(
+            ((x >= 0) & (x < num_classes)).all(), f"modality {name!r}: class indices must be in [0, {num_classes})"
+        )
     elif int(x.min()) < 0 or int(x.max()) >= num_classes:
-        raise ValueError(f"modality {name!r}: class indices must be in [0, {num_classes}), "
-                         f"got range [{int(x.min())}, {int(x.max())}]")
+        raise ValueError(
+            f"modality {name!r}: class indices must be in [0, {num_classes}), "
+            f"got range [{int(x.min())}, {int(x.max())}]"
+        )
 
 
 def _generator_device(generator: torch.Generator | None, device) -> torch.device:
@@ -68,6 +78,7 @@ class ImageModality(Modality):
     """A continuous image in the diffusion space's shape. E = identity; head = output-block replica;
     Gaussian likelihood, so the KL term is an MSE (Section 2.2.3). ``clip``: estimates are clamped to
     the pixel range [-1, 1] (off in an autoencoder's latent space, Appendix E.1)."""
+
     kind = "image"
     head_choices = ("output",)
     encoder_choices = ("identity",)
@@ -83,7 +94,7 @@ class ImageModality(Modality):
     @classmethod
     def config_options(cls, mc, *, context_dim, latent):
         options = super().config_options(mc, context_dim=context_dim, latent=latent)
-        return {**options, "clip": not latent}                  # latents are not bounded to [-1, 1]
+        return {**options, "clip": not latent}  # latents are not bounded to [-1, 1]
 
     def null(self, batch, *, device=None, dtype=torch.float32):
         # The zero image: mid-grey in pixels, the middle of the data in a latent space, and E(0) = 0, so a dropped
@@ -91,8 +102,9 @@ class ImageModality(Modality):
         return torch.zeros(batch, *self.z_shape, device=device, dtype=dtype)
 
     def init_unknown(self, batch, *, generator, device):
-        return torch.randn(batch, *self.z_shape, generator=generator,
-                           device=_generator_device(generator, device)).to(device)
+        return torch.randn(batch, *self.z_shape, generator=generator, device=_generator_device(generator, device)).to(
+            device
+        )
 
     def encode(self, x, backbone_encode=None):
         return x
@@ -111,9 +123,12 @@ class MaskedImageModality(ImageModality):
     """The paper's masked image (Section 4.1): the image with m ~ U{0..max_patches} square patches
     zeroed; ``full_mask_prob`` of training samples are fully masked, the input that the -X
     variant receives when it generates from scratch."""
+
     kind = "masked_image"
-    latent_refusal = ("its patch masks, its complete mask (all zeros) and mtdiff restore's pasting of known pixels "
-                      "all live in pixel space and have no counterpart in the VAE's latent space")
+    latent_refusal = (
+        "its patch masks, its complete mask (all zeros) and mtdiff restore's pasting of known pixels "
+        "all live in pixel space and have no counterpart in the VAE's latent space"
+    )
 
     @classmethod
     def configure(cls, mc, *, key, variant):
@@ -123,22 +138,40 @@ class MaskedImageModality(ImageModality):
 
     @classmethod
     def config_options(cls, mc, *, context_dim, latent):
-        return {**super().config_options(mc, context_dim=context_dim, latent=latent), "mask": mc.mask,
-                "max_patches": mc.max_patches, "patch_frac": mc.patch_frac, "full_mask_prob": mc.full_mask_prob}
+        return {
+            **super().config_options(mc, context_dim=context_dim, latent=latent),
+            "mask": mc.mask,
+            "max_patches": mc.max_patches,
+            "patch_frac": mc.patch_frac,
+            "full_mask_prob": mc.full_mask_prob,
+        }
 
-    def __init__(self, name: str, *, mask: str = "random", max_patches: int = 10, patch_frac: float = 0.25,
-                 full_mask_prob: float = 0.0, **kw):
+    def __init__(
+        self,
+        name: str,
+        *,
+        mask: str = "random",
+        max_patches: int = 10,
+        patch_frac: float = 0.25,
+        full_mask_prob: float = 0.0,
+        **kw,
+    ):
         super().__init__(name, **kw)
         if not 0.0 <= full_mask_prob <= 1.0:
             raise ValueError(f"modality {name!r}: full_mask_prob must be in [0, 1], got {full_mask_prob}")
-        self.mask, self.max_patches, self.patch_frac, self.full_mask_prob = mask, max_patches, patch_frac, full_mask_prob
+        self.mask, self.max_patches, self.patch_frac, self.full_mask_prob = (
+            mask,
+            max_patches,
+            patch_frac,
+            full_mask_prob,
+        )
 
     def keep_mask(self, batch: int, *, generator, device) -> Tensor:
         """Training masks [B, 1, H, W] (1 = pixel kept)."""
         size = self.z_shape[-1]
         kw = {"max_patches": self.max_patches, "patch_frac": self.patch_frac} if self.mask == "random" else {}
         keep = make_mask(self.mask, batch, size, generator=generator, device=device, **kw)
-        if self.full_mask_prob > 0:                     # drawn on the generator's device, then moved
+        if self.full_mask_prob > 0:  # drawn on the generator's device, then moved
             full = torch.rand(batch, generator=generator, device=_generator_device(generator, device)).to(device)
             full = full < self.full_mask_prob
             keep = keep * (~full).to(keep).reshape(-1, 1, 1, 1)
@@ -155,13 +188,16 @@ class MaskedImageModality(ImageModality):
 
 class _Discrete(Modality):
     """Shared parts of label-like modalities: data are indices or probability vectors."""
+
     num_classes: int
 
     def probs(self, x: Tensor) -> Tensor:
         """Indices [B, ...] or probabilities [B, K, ...] -> probabilities [B, K, ...] (float)."""
         if x.dtype in (torch.int64, torch.int32, torch.uint8, torch.int16):
             _check_classes(x, self.num_classes, self.name)
-            oh = (x.long()[..., None] == torch.arange(self.num_classes, device=x.device)).float()  # one-hot, no range read
+            oh = (
+                x.long()[..., None] == torch.arange(self.num_classes, device=x.device)
+            ).float()  # one-hot, no range read
             return oh.movedim(-1, 1) if oh.ndim > 2 else oh
         return x.float()
 
@@ -182,6 +218,7 @@ class LabelModality(_Discrete):
     class probabilities) or ``backbone`` (the shared U-Net run on z = 0, t = 0 with the label as a
     cross-attention token, under stop-gradient; Appendix E.3). Heads: ``middle`` (MLP on the middle
     block, MT-Diffusion-M) or ``classifier`` (on the output, MT-Diffusion-E)."""
+
     kind = "label"
     head_choices = ("middle", "classifier")
     encoder_choices = ("fixed", "backbone")
@@ -190,21 +227,32 @@ class LabelModality(_Discrete):
 
     @classmethod
     def configure(cls, mc, *, key, variant):
-        by_variant = {"M": "middle", "E": "classifier"}.get(variant)   # MT-Diffusion-M / -E: the variant is the head
+        by_variant = {"M": "middle", "E": "classifier"}.get(variant)  # MT-Diffusion-M / -E: the variant is the head
         if mc.head == "auto" and by_variant:
             mc.head = by_variant
         super().configure(mc, key=key, variant=variant)
         if by_variant and mc.head != by_variant:
-            raise ValueError(f"{key}.head={mc.head!r} contradicts model.variant={variant!r} "
-                             f"(M: head 'middle', E: head 'classifier')")
+            raise ValueError(
+                f"{key}.head={mc.head!r} contradicts model.variant={variant!r} (M: head 'middle', E: head 'classifier')"
+            )
         _check_num_classes(mc, key)
 
     @classmethod
     def config_options(cls, mc, *, context_dim, latent):
         return {"num_classes": mc.num_classes, "hidden": mc.hidden, "seed": mc.seed, "context_dim": context_dim}
 
-    def __init__(self, name: str, *, num_classes: int, head: str = "middle", encoder: str = "fixed",
-                 context_dim: int = 0, hidden: int = 0, seed: int = 0, **kw):
+    def __init__(
+        self,
+        name: str,
+        *,
+        num_classes: int,
+        head: str = "middle",
+        encoder: str = "fixed",
+        context_dim: int = 0,
+        hidden: int = 0,
+        seed: int = 0,
+        **kw,
+    ):
         super().__init__(name, head=head, encoder=encoder, **kw)
         if num_classes < 2:
             raise ValueError(f"modality {name!r}: num_classes must be >= 2, got {num_classes}")
@@ -221,7 +269,7 @@ class LabelModality(_Discrete):
         return torch.full((batch, self.num_classes), 1.0 / self.num_classes, device=device, dtype=dtype)  # uniform
 
     def encode(self, x, backbone_encode: BackboneEncode | None = None):
-        p = self.probs(x)                                                          # [B, K]
+        p = self.probs(x)  # [B, K]
         if self.encoder_name == "fixed":
             return torch.einsum("bk,kchw->bchw", p, self.class_images.to(p))
         if backbone_encode is None:
@@ -229,19 +277,22 @@ class LabelModality(_Discrete):
         return backbone_encode(self.condition(p))
 
     def condition(self, x):
-        return self.token(self.probs(x))[:, None]                                  # [B, 1, D]
+        return self.token(self.probs(x))[:, None]  # [B, 1, D]
 
 
 class SegmentationModality(_Discrete):
     """Per-pixel classes [B, H, W] (image translation, Appendix E.1). E maps each class to a fixed
     random vector in the diffusion space's channels; the head replicates the output block with
     one logit per class; the KL term is a per-pixel cross-entropy."""
+
     kind = "segmentation"
     head_choices = ("output",)
     encoder_choices = ("fixed",)
     default_source = "segmentation"
-    latent_refusal = ("its class maps and head live at pixel resolution; in latent space they would need masks at "
-                      "the latent resolution, which mtdiff does not make")
+    latent_refusal = (
+        "its class maps and head live at pixel resolution; in latent space they would need masks at "
+        "the latent resolution, which mtdiff does not make"
+    )
 
     @classmethod
     def configure(cls, mc, *, key, variant):
@@ -252,8 +303,9 @@ class SegmentationModality(_Discrete):
     def config_options(cls, mc, *, context_dim, latent):
         return {"num_classes": mc.num_classes, "seed": mc.seed}
 
-    def __init__(self, name: str, *, num_classes: int, head: str = "output", encoder: str = "fixed",
-                 seed: int = 0, **kw):
+    def __init__(
+        self, name: str, *, num_classes: int, head: str = "output", encoder: str = "fixed", seed: int = 0, **kw
+    ):
         super().__init__(name, head=head, encoder=encoder, **kw)
         self.num_classes = num_classes
         self.cond_channels = num_classes
@@ -261,14 +313,15 @@ class SegmentationModality(_Discrete):
         self.register_buffer("class_values", _fixed_normal(seed, num_classes, self.z_shape[0]))
 
     def null(self, batch, *, device=None, dtype=torch.float32):
-        return torch.full((batch, self.num_classes, *self.z_shape[1:]), 1.0 / self.num_classes, device=device,
-                          dtype=dtype)                                             # uniform per pixel
+        return torch.full(
+            (batch, self.num_classes, *self.z_shape[1:]), 1.0 / self.num_classes, device=device, dtype=dtype
+        )  # uniform per pixel
 
     def encode(self, x, backbone_encode=None):
         return torch.einsum("bkhw,kc->bchw", self.probs(x), self.class_values.to(torch.float32))
 
     def condition(self, x):
-        return self.probs(x)                                                       # [B, K, H, W]
+        return self.probs(x)  # [B, K, H, W]
 
 
 class VectorModality(Modality):
@@ -280,6 +333,7 @@ class VectorModality(Modality):
     network's representation of the image, rescaled to norm sqrt(D) so each coordinate is O(1)
     (the direction is what a representation means; cosines are unchanged). The extractor is
     loaded by ``prepare`` and is never part of the model's weights."""
+
     kind = "vector"
     head_choices = ("middle",)
     encoder_choices = ("fixed", "backbone")
@@ -290,21 +344,39 @@ class VectorModality(Modality):
     def configure(cls, mc, *, key, variant):
         super().configure(mc, key=key, variant=variant)
         from ..pretrained.images import IMAGE_FEATURE_DIMS
+
         if mc.extractor is not None and mc.extractor not in IMAGE_FEATURE_DIMS:
-            raise ValueError(f"{key}.extractor: {mc.extractor!r} is not valid; "
-                             f"choose one of {sorted(IMAGE_FEATURE_DIMS)}")
+            raise ValueError(
+                f"{key}.extractor: {mc.extractor!r} is not valid; choose one of {sorted(IMAGE_FEATURE_DIMS)}"
+            )
         _resolve_dim(mc, key, "extractor", mc.extractor, IMAGE_FEATURE_DIMS)
 
     @classmethod
     def config_options(cls, mc, *, context_dim, latent):
-        return {"dim": mc.dim, "hidden": mc.hidden or 256, "seed": mc.seed, "context_dim": context_dim,
-                "extractor": mc.extractor}
+        return {
+            "dim": mc.dim,
+            "hidden": mc.hidden or 256,
+            "seed": mc.seed,
+            "context_dim": context_dim,
+            "extractor": mc.extractor,
+        }
 
-    def __init__(self, name: str, *, dim: int, head: str = "middle", encoder: str = "fixed",
-                 context_dim: int = 0, hidden: int = 256, seed: int = 0, extractor: str | None = None, **kw):
+    def __init__(
+        self,
+        name: str,
+        *,
+        dim: int,
+        head: str = "middle",
+        encoder: str = "fixed",
+        context_dim: int = 0,
+        hidden: int = 256,
+        seed: int = 0,
+        extractor: str | None = None,
+        **kw,
+    ):
         super().__init__(name, head=head, encoder=encoder, **kw)
         self.dim, self.extractor_name = dim, extractor
-        self._extractor: tuple[nn.Module, ...] = ()          # a tuple keeps it out of state_dict and .to()
+        self._extractor: tuple[nn.Module, ...] = ()  # a tuple keeps it out of state_dict and .to()
         self.decoder = self._build_head(dim, hidden=hidden)
         self.register_buffer("projection", _fixed_normal(seed, dim, math.prod(self.z_shape)) / math.sqrt(dim))
         self.uses_context = encoder == "backbone" or context_dim > 0
@@ -324,10 +396,13 @@ class VectorModality(Modality):
     def prepare(self) -> None:
         if self.extractor_name and not self._extractor:
             from ..pretrained import load_image_features
+
             net = load_image_features(self.extractor_name)
             if net.num_features != self.dim:
-                raise ValueError(f"modality {self.name!r}: extractor {self.extractor_name!r} gives {net.num_features}-d "
-                                 f"features but dim={self.dim}")
+                raise ValueError(
+                    f"modality {self.name!r}: extractor {self.extractor_name!r} gives {net.num_features}-d "
+                    f"features but dim={self.dim}"
+                )
             self._extractor = (net,)
 
     @torch.no_grad()
@@ -364,7 +439,7 @@ class VectorModality(Modality):
         return pred.float()
 
     def condition(self, x):
-        return self.token(x.float())[:, None]                                      # [B, 1, D]
+        return self.token(x.float())[:, None]  # [B, 1, D]
 
 
 class TextModality(Modality):
@@ -376,6 +451,7 @@ class TextModality(Modality):
     labelled data the captions are made from class names and templates ("a photo of a {}"); their
     embeddings are computed once by ``prepare`` and kept as a buffer, so a trained run samples from
     its captions without the text encoder. "Nothing known" (caption dropout) is the zero vector."""
+
     kind = "text"
     aggregates = False
     has_head = False
@@ -389,6 +465,7 @@ class TextModality(Modality):
     def configure(cls, mc, *, key, variant):
         super().configure(mc, key=key, variant=variant)
         from ..pretrained.text import TEXT_ENCODERS
+
         _resolve_dim(mc, key, "text_encoder", mc.text_encoder, TEXT_ENCODERS)
         for tpl in mc.templates:
             if tpl.count("{}") != 1:
@@ -396,15 +473,36 @@ class TextModality(Modality):
 
     @classmethod
     def config_options(cls, mc, *, context_dim, latent):
-        return {"dim": mc.dim, "class_names": mc.class_names, "templates": mc.templates,
-                "text_encoder": mc.text_encoder, "context_dim": context_dim}
+        return {
+            "dim": mc.dim,
+            "class_names": mc.class_names,
+            "templates": mc.templates,
+            "text_encoder": mc.text_encoder,
+            "context_dim": context_dim,
+        }
 
-    def __init__(self, name: str, *, dim: int, class_names: tuple[str, ...], templates: tuple[str, ...],
-                 text_encoder: str, context_dim: int, head: str = "none", encoder: str = "none", **kw):
+    def __init__(
+        self,
+        name: str,
+        *,
+        dim: int,
+        class_names: tuple[str, ...],
+        templates: tuple[str, ...],
+        text_encoder: str,
+        context_dim: int,
+        head: str = "none",
+        encoder: str = "none",
+        **kw,
+    ):
         super().__init__(name, head=head, encoder=encoder, **kw)
         if context_dim <= 0:
             raise ValueError(f"modality {name!r}: a text condition needs model.context_dim > 0")
-        self.dim, self.class_names, self.templates, self.text_encoder = dim, tuple(class_names), tuple(templates), text_encoder
+        self.dim, self.class_names, self.templates, self.text_encoder = (
+            dim,
+            tuple(class_names),
+            tuple(templates),
+            text_encoder,
+        )
         self.register_buffer("captions", torch.zeros(len(self.class_names), len(self.templates), dim))
         self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
         self._ready = False
@@ -416,10 +514,13 @@ class TextModality(Modality):
     def embed(self, captions: list[str]) -> Tensor:
         """Free text -> embeddings [N, D] with the run's text encoder (loaded on first use)."""
         from ..pretrained import load_text_encoder
-        out = load_text_encoder(self.text_encoder)(captions)                       # cached per process
+
+        out = load_text_encoder(self.text_encoder)(captions)  # cached per process
         if out.shape[1] != self.dim:
-            raise ValueError(f"modality {self.name!r}: text encoder {self.text_encoder!r} gives {out.shape[1]}-d "
-                             f"embeddings but dim={self.dim}")
+            raise ValueError(
+                f"modality {self.name!r}: text encoder {self.text_encoder!r} gives {out.shape[1]}-d "
+                f"embeddings but dim={self.dim}"
+            )
         return out
 
     def prepare(self) -> None:
@@ -447,12 +548,17 @@ class TextModality(Modality):
         if self.source in batch:
             return batch[self.source]
         labels = batch["label"]
-        template = torch.randint(0, len(self.templates), labels.shape, generator=generator,
-                                 device=_generator_device(generator, labels.device)).to(labels.device)
+        template = torch.randint(
+            0,
+            len(self.templates),
+            labels.shape,
+            generator=generator,
+            device=_generator_device(generator, labels.device),
+        ).to(labels.device)
         return self.from_labels(labels, template)
 
     def null(self, batch, *, device=None, dtype=torch.float32):
-        return torch.zeros(batch, self.dim, device=device, dtype=dtype)           # no caption
+        return torch.zeros(batch, self.dim, device=device, dtype=dtype)  # no caption
 
     def condition(self, x):
-        return self.token(x.float())[:, None]                                      # [B, 1, D]
+        return self.token(x.float())[:, None]  # [B, 1, D]

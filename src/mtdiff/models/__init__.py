@@ -1,4 +1,5 @@
 """Networks: the ADM-style U-Net backbone and the multi-head MT-Diffusion model."""
+
 from .mtmodel import MTModel
 from .unet import UNet, output_block
 

@@ -11,6 +11,7 @@ modalities keep their own encoders E_i into the (latent) diffusion space. A segm
 in latent space would need its class maps at the latent resolution, so the config refuses it (and
 masked images, whose masks and restoration live in pixel space).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ __all__ = [
     "read_vae_config",
 ]
 
-DEFAULT_LATENT_SCALE = 0.18215           # LDM KL-f8 / Stable Diffusion: latents of about unit variance
+DEFAULT_LATENT_SCALE = 0.18215  # LDM KL-f8 / Stable Diffusion: latents of about unit variance
 _INSTALL = "pip install diffusers (or pip install 'mtdiff[latent]')"
 
 
@@ -56,8 +57,7 @@ class SpaceMap:
 
     def encode_data(self, data: Mapping[str, Tensor], modalities: Mapping[str, Any]) -> dict[str, Tensor]:
         """Modality data with every image-kind modality's images mapped into the diffusion space."""
-        return {n: self.encode(x) if n in modalities and modalities[n].image_data else x
-                for n, x in data.items()}
+        return {n: self.encode(x) if n in modalities and modalities[n].image_data else x for n, x in data.items()}
 
 
 class PixelMap(SpaceMap):
@@ -77,18 +77,24 @@ def read_vae_config(path: str | Path) -> dict[str, Any]:
     """The config.json of an ``AutoencoderKL`` directory (no diffusers needed), checked."""
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise AutoencoderError(f"data.autoencoder={str(path)!r} is not a directory: expected a diffusers AutoencoderKL "
-                               f"saved with save_pretrained (config.json + weights); see the README, 'latent space'")
+        raise AutoencoderError(
+            f"data.autoencoder={str(path)!r} is not a directory: expected a diffusers AutoencoderKL "
+            f"saved with save_pretrained (config.json + weights); see the README, 'latent space'"
+        )
     cfg_file = path / "config.json"
     try:
         cfg = json.loads(cfg_file.read_text())
     except (OSError, ValueError) as e:
-        raise AutoencoderError(f"data.autoencoder={str(path)!r}: cannot read {cfg_file} ({e}); expected a diffusers "
-                               f"AutoencoderKL saved with save_pretrained") from None
+        raise AutoencoderError(
+            f"data.autoencoder={str(path)!r}: cannot read {cfg_file} ({e}); expected a diffusers "
+            f"AutoencoderKL saved with save_pretrained"
+        ) from None
     if not isinstance(cfg, dict) or cfg.get("_class_name") != "AutoencoderKL":
         got = cfg.get("_class_name") if isinstance(cfg, dict) else type(cfg).__name__
-        raise AutoencoderError(f"data.autoencoder={str(path)!r} is not a VAE directory: {cfg_file} describes "
-                               f"{got!r}, expected 'AutoencoderKL'")
+        raise AutoencoderError(
+            f"data.autoencoder={str(path)!r} is not a VAE directory: {cfg_file} describes "
+            f"{got!r}, expected 'AutoencoderKL'"
+        )
     return cfg
 
 
@@ -96,11 +102,13 @@ def latent_shape(vae_config: Mapping[str, Any], channels: int, image_size: int) 
     """[latent_channels, S / f, S / f] with f = 2^(number of encoder blocks - 1)."""
     factor = 2 ** (len(vae_config.get("block_out_channels", (64,))) - 1)
     if vae_config.get("in_channels", 3) != channels:
-        raise AutoencoderError(f"the autoencoder takes {vae_config.get('in_channels', 3)}-channel images but "
-                               f"data.channels={channels}")
+        raise AutoencoderError(
+            f"the autoencoder takes {vae_config.get('in_channels', 3)}-channel images but data.channels={channels}"
+        )
     if image_size % factor:
-        raise AutoencoderError(f"data.image_size={image_size} is not divisible by the autoencoder's downsampling "
-                               f"factor {factor}")
+        raise AutoencoderError(
+            f"data.image_size={image_size} is not divisible by the autoencoder's downsampling factor {factor}"
+        )
     return int(vae_config.get("latent_channels", 4)), image_size // factor, image_size // factor
 
 
@@ -127,11 +135,13 @@ class LatentMap(SpaceMap):
         except ImportError as e:
             raise AutoencoderError(f"data.autoencoder={str(path)!r} needs the diffusers package: {_INSTALL}") from e
         try:
-            vae = AutoencoderKL.from_pretrained(str(Path(path).expanduser()), local_files_only=True,
-                                                low_cpu_mem_usage=False)
+            vae = AutoencoderKL.from_pretrained(
+                str(Path(path).expanduser()), local_files_only=True, low_cpu_mem_usage=False
+            )
         except Exception as e:  # missing or corrupt weights, a config diffusers rejects
-            raise AutoencoderError(f"data.autoencoder={str(path)!r}: cannot load the AutoencoderKL "
-                                   f"({type(e).__name__}: {e})") from e
+            raise AutoencoderError(
+                f"data.autoencoder={str(path)!r}: cannot load the AutoencoderKL ({type(e).__name__}: {e})"
+            ) from e
         if scale is None:
             scale = vae_cfg.get("scaling_factor") or DEFAULT_LATENT_SCALE
         return cls(vae.to(device=device, dtype=torch.float32), scale=scale, shift=vae_cfg.get("shift_factor") or 0.0)

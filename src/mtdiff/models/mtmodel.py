@@ -1,4 +1,5 @@
 """The reverse model: a shared backbone plus one head per modality (Section 2.2.3, Figure 3)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -25,11 +26,17 @@ class MTModel(nn.Module):
     A pure condition (a caption: ``aggregates`` and ``has_head`` False) is an input in every variant.
     """
 
-    def __init__(self, backbone: UNet, modalities: Sequence[Modality], *, conditioned: Sequence[str] = (),
-                 prediction: Prediction | None = None):
+    def __init__(
+        self,
+        backbone: UNet,
+        modalities: Sequence[Modality],
+        *,
+        conditioned: Sequence[str] = (),
+        prediction: Prediction | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
-        self.prediction = prediction          # the backbone's output space (None: eps) and the loss weighting
+        self.prediction = prediction  # the backbone's output space (None: eps) and the loss weighting
         self.modalities = nn.ModuleDict({m.name: m for m in modalities})
         unknown = [c for c in conditioned if c not in self.modalities]
         if unknown:
@@ -70,8 +77,11 @@ class MTModel(nn.Module):
 
     def encode(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """E_i(x_i) for every modality present in ``data`` (Algorithm 1 line 7, Algorithm 2 line 4)."""
-        return {name: self.modalities[name].encode(x, self._backbone_encode)
-                for name, x in data.items() if name in self.modalities and self.modalities[name].aggregates}
+        return {
+            name: self.modalities[name].encode(x, self._backbone_encode)
+            for name, x in data.items()
+            if name in self.modalities and self.modalities[name].aggregates
+        }
 
     # -- reverse model -------------------------------------------------------------------
     def _inputs(self, data: Mapping[str, Tensor] | None) -> tuple[Tensor | None, Tensor | None]:
@@ -84,11 +94,13 @@ class MTModel(nn.Module):
             raise ValueError(f"MT-Diffusion-X needs data for {missing} as backbone input; got {sorted(data)}")
         chans = [self.modalities[n].condition(data[n]) for n in self.conditioned if not self.modalities[n].uses_context]
         toks = [self.modalities[n].condition(data[n]) for n in self.conditioned if self.modalities[n].uses_context]
-        cond = torch.cat(chans, 1) if chans else None                    # [B, sum c_i, H, W]
-        context = torch.cat(toks, 1) if toks else None                   # [B, L, D]
+        cond = torch.cat(chans, 1) if chans else None  # [B, sum c_i, H, W]
+        context = torch.cat(toks, 1) if toks else None  # [B, L, D]
         return cond, context
 
-    def forward(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """(backbone output, {name: head output}) for z_t [B, C, H, W] at timesteps t [B]; the output is
         eps_theta, or v or z_0 where ``prediction`` says so (:meth:`predict` always returns eps)."""
         cond, context = self._inputs(data)
@@ -96,27 +108,36 @@ class MTModel(nn.Module):
         return feats["eps"], {name: m.head(feats) for name, m in self.modalities.items() if m.has_head}
 
     @torch.no_grad()
-    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None,
-                enc: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def predict(
+        self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None, enc: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """(eps_theta, {name: estimated x_i}) for sampling (Algorithm 1 lines 8-10). ``enc``: the encodings
         that formed z_t (default: those of ``data``); a v or z_0 output needs them to become eps."""
         out, preds = self(z, t, data)
         eps = self.to_eps(out, z, t, data, enc)
         return eps.to(z.dtype), {name: self.modalities[name].estimate(p) for name, p in preds.items()}
 
-    def to_eps(self, out: Tensor, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None,
-               enc: Mapping[str, Tensor] | None = None) -> Tensor:
+    def to_eps(
+        self,
+        out: Tensor,
+        z: Tensor,
+        t: Tensor,
+        data: Mapping[str, Tensor] | None,
+        enc: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
         """The backbone output as eps (the identity for an eps-prediction model)."""
         if self.prediction is None or self.prediction.kind == "eps":
             return out
         return self.prediction.eps(out.float(), z.float(), t, self.encode(data or {}) if enc is None else enc)
 
-    def init_data(self, names: Sequence[str], batch: int, *, generator: torch.Generator | None, device) -> dict[str, Tensor]:
+    def init_data(
+        self, names: Sequence[str], batch: int, *, generator: torch.Generator | None, device
+    ) -> dict[str, Tensor]:
         """The sampler's start for the modalities it generates (Algorithm 1 line 3; ``Modality.init_unknown``):
         random draws from ``generator``. Not "nothing known": that is :meth:`null_data`."""
         return {n: self.modalities[n].init_unknown(batch, generator=generator, device=device) for n in names}
 
     def null_data(self, names: Sequence[str], batch: int, *, device=None) -> dict[str, Tensor]:
-        """"Nothing known" for ``names`` (``Modality.null``): fixed values, no random draw, as in condition
+        """ "Nothing known" for ``names`` (``Modality.null``): fixed values, no random draw, as in condition
         and encoding dropout. The unconditional branch of guidance, inverse mode and joint generation use it."""
         return {n: self.modalities[n].null(batch, device=device) for n in names}

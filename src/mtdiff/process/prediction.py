@@ -18,6 +18,7 @@ offset u and t_i = floor(T ((u + i / B) mod 1)), shuffled, so every row is still
 (the loss keeps its expectation) while the batch covers the noise levels evenly (the low-discrepancy
 sampler of Kingma et al., 2021), which lowers the variance of the gradient.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ TIMESTEP_SAMPLINGS = ("uniform", "stratified")
 @dataclass(frozen=True)
 class Prediction:
     """The network's output space (``kind``) and the loss weighting, on ``process``'s schedule."""
+
     process: MTProcess
     kind: str = "eps"
     weighting: str = "uniform"
@@ -72,7 +74,7 @@ class Prediction:
         if self.kind == "x0":
             return z0
         ab = self._ab(t, z0)
-        return ab.sqrt() * noise - (1 - ab).sqrt() * z0              # v
+        return ab.sqrt() * noise - (1 - ab).sqrt() * z0  # v
 
     def eps_and_z0(self, out: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(eps, y_0) from the network output ``out`` and y_t: the inverse of y_t = sqrt(ab) y_0 + sqrt(1 - ab) eps."""
@@ -82,7 +84,7 @@ class Prediction:
             return out, (y - s * out) / a
         if self.kind == "x0":
             return (y - a * out) / s, out
-        return s * y + a * out, a * y - s * out                    # v: a^2 + s^2 = 1
+        return s * y + a * out, a * y - s * out  # v: a^2 + s^2 = 1
 
     def eps(self, out: Tensor, zt: Tensor, t: Tensor, enc: Mapping[str, Tensor]) -> Tensor:
         """eps from the network output at z_t, with the shift m_t of the encodings that formed z_t."""

@@ -3,6 +3,7 @@
 Paper time runs t = 1..T; here index ``i = t - 1`` runs over ``[0, T)``, so ``betas[i]`` is the
 paper's beta_{i+1} and ``weights[i]`` its w_{i+1}.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "beta_schedule", "alpha_tilde_from_weights", "weights_from_alpha_tilde",
-    "Constant", "PaperRatio", "Bridge", "aggregation_schedule", "AGGREGATIONS",
+    "beta_schedule",
+    "alpha_tilde_from_weights",
+    "weights_from_alpha_tilde",
+    "Constant",
+    "PaperRatio",
+    "Bridge",
+    "aggregation_schedule",
+    "AGGREGATIONS",
 ]
 
 
@@ -53,6 +60,7 @@ def weights_from_alpha_tilde(alphas: Tensor, alpha_tilde: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class Constant:
     """w_t = value for every t (``value = 0`` gives plain DDPM)."""
+
     value: float = 0.0
 
     def weights(self, alphas: Tensor) -> Tensor:
@@ -81,6 +89,7 @@ class Bridge:
     from z_0 towards E as noise grows and z_T ~ N(0, I) whatever E is. w_t is derived from the
     profile and may be negative late in the chain (Eq. 3 allows any real w). The default.
     """
+
     gamma: float = 1.0
 
     def alpha_tilde(self, alphas: Tensor) -> Tensor:

@@ -1,9 +1,35 @@
 """Samplers (pure functions on the y-chain) and the joint / conditional / inverse modes."""
+
 from .guidance import ClassifierFreeGuidance, HeadGuidance
 from .samplers import SAMPLERS, Denoiser, SampleState, ancestral, ddim, dpm_solver, init_state, timesteps
-from .tasks import (Restoration, elbo_logits, elbo_timesteps, generate, generate_conditional, generate_joint, inverse,
-                    restore)
+from .tasks import (
+    Restoration,
+    elbo_logits,
+    elbo_timesteps,
+    generate,
+    generate_conditional,
+    generate_joint,
+    inverse,
+    restore,
+)
 
-__all__ = ["ClassifierFreeGuidance", "HeadGuidance", "SAMPLERS", "Denoiser", "SampleState", "ancestral", "ddim", "dpm_solver", "init_state", "timesteps",
-           "generate", "generate_joint", "generate_conditional", "restore", "inverse", "Restoration", "elbo_logits",
-           "elbo_timesteps"]
+__all__ = [
+    "ClassifierFreeGuidance",
+    "HeadGuidance",
+    "SAMPLERS",
+    "Denoiser",
+    "SampleState",
+    "ancestral",
+    "ddim",
+    "dpm_solver",
+    "init_state",
+    "timesteps",
+    "generate",
+    "generate_joint",
+    "generate_conditional",
+    "restore",
+    "inverse",
+    "Restoration",
+    "elbo_logits",
+    "elbo_timesteps",
+]

@@ -7,6 +7,7 @@
 - ``HeadGuidance``: classifier guidance (Dhariwal & Nichol, 2021) by the model's own label head,
   no separate noisy classifier: eps = eps - scale sqrt(1 - ab_t) grad_z log p_head(y | z_t).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -38,9 +39,10 @@ class ClassifierFreeGuidance(_Wrapper):
             raise ValueError("classifier-free guidance needs a model with backbone inputs (variant X)")
 
     @torch.no_grad()
-    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor],
-                enc: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        enc = self.model.encode(data) if enc is None else enc      # z_t was formed with the conditions' encodings
+    def predict(
+        self, z: Tensor, t: Tensor, data: Mapping[str, Tensor], enc: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        enc = self.model.encode(data) if enc is None else enc  # z_t was formed with the conditions' encodings
         eps_c, est = self.model.predict(z, t, data, enc)
         null = self.model.null_data(self.names, z.shape[0], device=z.device)
         eps_u, _ = self.model.predict(z, t, {**data, **null}, enc)
@@ -58,8 +60,9 @@ class HeadGuidance(_Wrapper):
             raise ValueError(f"head guidance needs a label modality; {name!r} is {model.modalities[name].kind!r}")
         self.process, self.name, self.y, self.scale = process, name, y, float(scale)
 
-    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor],
-                enc: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def predict(
+        self, z: Tensor, t: Tensor, data: Mapping[str, Tensor], enc: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.enable_grad():
             zg = z.detach().requires_grad_(True)
             out, preds = self.model(zg, t, data)

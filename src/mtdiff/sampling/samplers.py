@@ -8,6 +8,7 @@ Algorithm 1's update z_{t-1} = (z_t - (1 - a_t)/sqrt(1 - ab_t) eps)/sqrt(a_t) - 
 
 A sampler is ``(model, process, init, steps, *, generator, callback) -> SampleState``.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,14 +21,25 @@ from torch import Tensor
 
 from ..process import MTProcess
 
-__all__ = ["SampleState", "Denoiser", "init_state", "ancestral", "ddim", "dpm_solver", "log_snr", "timesteps", "SAMPLERS"]
+__all__ = [
+    "SampleState",
+    "Denoiser",
+    "init_state",
+    "ancestral",
+    "ddim",
+    "dpm_solver",
+    "log_snr",
+    "timesteps",
+    "SAMPLERS",
+]
 
 
 class Denoiser(Protocol):
     """What a sampler needs from a model (``mtdiff.models.MTModel`` is one)."""
 
-    def predict(self, z: Tensor, t: Tensor, data: Mapping[str, Tensor],
-                enc: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]: ...
+    def predict(
+        self, z: Tensor, t: Tensor, data: Mapping[str, Tensor], enc: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
     def encode(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]: ...
     def init_data(self, names: Sequence[str], batch: int, *, generator, device) -> dict[str, Tensor]: ...
     def null_data(self, names: Sequence[str], batch: int, *, device=None) -> dict[str, Tensor]: ...
@@ -37,6 +49,7 @@ class Denoiser(Protocol):
 class SampleState:
     """z at the current time, the modality data (known and current estimates) and the encodings
     that formed z. ``unknown`` names the modalities updated from their heads (Algorithm 1, line 10)."""
+
     z: Tensor
     data: dict[str, Tensor]
     unknown: tuple[str, ...]
@@ -44,9 +57,18 @@ class SampleState:
     raw_z0: Tensor | None = None
 
 
-def init_state(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequence[int],
-               known: Mapping[str, Tensor] | None = None, unknown: Sequence[str] = (),
-               start: str = "marginal", generator: torch.Generator | None = None, device=None) -> SampleState:
+def init_state(
+    model: Denoiser,
+    process: MTProcess,
+    *,
+    batch: int,
+    z_shape: Sequence[int],
+    known: Mapping[str, Tensor] | None = None,
+    unknown: Sequence[str] = (),
+    start: str = "marginal",
+    generator: torch.Generator | None = None,
+    device=None,
+) -> SampleState:
     """z_T and the initial data. ``start="marginal"``: z_T ~ N(m_T(E), (1 - ab_T) I), the forward
     process's end given the current encodings (docs/DESIGN.md, paper error 3); ``"standard"``: N(0, I),
     Algorithm 1 as printed."""
@@ -76,19 +98,29 @@ def timesteps(num_timesteps: int, steps: int | None, *, alphas_cumprod: Tensor |
     if alphas_cumprod is None:
         idx = torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long()
     else:
-        lam = log_snr(alphas_cumprod)                                               # increasing as t falls
+        lam = log_snr(alphas_cumprod)  # increasing as t falls
         target = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
         idx = (lam[None, :] - target[:, None]).abs().argmin(1)
     return list(dict.fromkeys(idx.tolist()))
 
 
 Callback = Callable[[int, int, SampleState, Tensor], None]  # (step, t, state, z0_hat)
-Constraint = Callable[[Tensor], Tensor]                      # z0_hat -> z0_hat satisfying known values
+Constraint = Callable[[Tensor], Tensor]  # z0_hat -> z0_hat satisfying known values
 
 
-def _loop(step_fn, model: Denoiser, process: MTProcess, init: SampleState, steps: int | None, *,
-          generator, callback: Callback | None, clip: bool, constraint: Constraint | None = None,
-          logsnr_spacing: bool = False) -> SampleState:
+def _loop(
+    step_fn,
+    model: Denoiser,
+    process: MTProcess,
+    init: SampleState,
+    steps: int | None,
+    *,
+    generator,
+    callback: Callback | None,
+    clip: bool,
+    constraint: Constraint | None = None,
+    logsnr_spacing: bool = False,
+) -> SampleState:
     """Shared loop: predict, estimate z_0 (clipped, constrained), update unknown data, step on y, re-add the shift.
 
     ``constraint`` projects each z_0 estimate onto known values (for restoration: paste the known
@@ -109,8 +141,8 @@ def _steps(step_fn, model, process, state, ts, generator, callback, clip, constr
         eps, est = model.predict(z, tt, state.data, state.enc)
         ab_t = process.alphas_cumprod[t]
         ab_s = process.alphas_cumprod[s] if s >= 0 else torch.ones((), dtype=torch.float64)
-        y = z - process.shift(tt, state.enc, z)                           # into the DDPM chain
-        z0 = (y - (1 - ab_t).sqrt().item() * eps) / ab_t.sqrt().item()   # predicted z_0 (= y_0)
+        y = z - process.shift(tt, state.enc, z)  # into the DDPM chain
+        z0 = (y - (1 - ab_t).sqrt().item() * eps) / ab_t.sqrt().item()  # predicted z_0 (= y_0)
         state.raw_z0 = z0
         if clip or constraint is not None:
             z0 = z0.clamp(-1, 1) if clip else z0
@@ -119,7 +151,7 @@ def _steps(step_fn, model, process, state, ts, generator, callback, clip, constr
         state.data.update({n: est[n] for n in state.unknown})
         state.enc = model.encode(state.data)
         y_s = step_fn(y, z0, eps, ab_t, ab_s, generator=generator, last=s < 0)
-        z = y_s + process.shift(torch.full_like(tt, s), state.enc, y_s)   # back into z
+        z = y_s + process.shift(torch.full_like(tt, s), state.enc, y_s)  # back into z
         state.z = z
         if callback is not None:
             callback(k, t, state, z0)
@@ -134,21 +166,47 @@ def _ancestral_step(y, z0, eps, ab_t, ab_s, *, generator, last):
     mean = coef0 * z0 + coeft * y
     if last:
         return mean
-    var = ((1 - a_ts) * (1 - ab_s) / (1 - ab_t)).item()                 # beta~ (std sqrt(beta~), not beta~)
+    var = ((1 - a_ts) * (1 - ab_s) / (1 - ab_t)).item()  # beta~ (std sqrt(beta~), not beta~)
     return mean + var**0.5 * torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
 
 
-def ancestral(model: Denoiser, process: MTProcess, init: SampleState, steps: int | None = None, *,
-              generator: torch.Generator | None = None, callback: Callback | None = None,
-              clip: bool = False, constraint: Constraint | None = None) -> SampleState:
+def ancestral(
+    model: Denoiser,
+    process: MTProcess,
+    init: SampleState,
+    steps: int | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    clip: bool = False,
+    constraint: Constraint | None = None,
+) -> SampleState:
     """Algorithm 1 (corrected): ancestral sampling with the posterior variance beta~_t."""
-    return _loop(_ancestral_step, model, process, init, steps, generator=generator, callback=callback, clip=clip,
-                 constraint=constraint)
+    return _loop(
+        _ancestral_step,
+        model,
+        process,
+        init,
+        steps,
+        generator=generator,
+        callback=callback,
+        clip=clip,
+        constraint=constraint,
+    )
 
 
-def ddim(model: Denoiser, process: MTProcess, init: SampleState, steps: int | None = 50, *,
-         eta: float = 0.0, generator: torch.Generator | None = None, callback: Callback | None = None,
-         clip: bool = False, constraint: Constraint | None = None) -> SampleState:
+def ddim(
+    model: Denoiser,
+    process: MTProcess,
+    init: SampleState,
+    steps: int | None = 50,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    clip: bool = False,
+    constraint: Constraint | None = None,
+) -> SampleState:
     """DDIM (Song et al., 2021) on the y-chain; eta = 0 is deterministic, eta = 1 is ancestral."""
 
     def step(y, z0, eps, ab_t, ab_s, *, generator, last):
@@ -158,13 +216,22 @@ def ddim(model: Denoiser, process: MTProcess, init: SampleState, steps: int | No
             y_s = y_s + sigma * torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         return y_s
 
-    return _loop(step, model, process, init, steps, generator=generator, callback=callback, clip=clip,
-                 constraint=constraint)
+    return _loop(
+        step, model, process, init, steps, generator=generator, callback=callback, clip=clip, constraint=constraint
+    )
 
 
-def dpm_solver(model: Denoiser, process: MTProcess, init: SampleState, steps: int | None = 20, *,
-               generator: torch.Generator | None = None, callback: Callback | None = None,
-               clip: bool = False, constraint: Constraint | None = None) -> SampleState:
+def dpm_solver(
+    model: Denoiser,
+    process: MTProcess,
+    init: SampleState,
+    steps: int | None = 20,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    clip: bool = False,
+    constraint: Constraint | None = None,
+) -> SampleState:
     """DPM-Solver++(2M) (Lu et al., 2022), the multistep second-order solver of the probability-flow
     ODE in data prediction, on the y-chain. With lambda = log(sqrt(ab) / sqrt(1 - ab)) and
     h = lambda_s - lambda_t, one step is y_s = (sigma_s / sigma_t) y_t - alpha_s (e^-h - 1) D, where
@@ -187,8 +254,18 @@ def dpm_solver(model: Denoiser, process: MTProcess, init: SampleState, steps: in
         sigma_ratio = float(((1 - ab_s) / (1 - ab_t)).sqrt())
         return sigma_ratio * y - float(ab_s.sqrt()) * math.expm1(-h) * d
 
-    return _loop(step, model, process, init, steps, generator=generator, callback=callback, clip=clip,
-                 constraint=constraint, logsnr_spacing=True)
+    return _loop(
+        step,
+        model,
+        process,
+        init,
+        steps,
+        generator=generator,
+        callback=callback,
+        clip=clip,
+        constraint=constraint,
+        logsnr_spacing=True,
+    )
 
 
 SAMPLERS = {"ancestral": ancestral, "ddim": ddim, "dpm-solver": dpm_solver}

@@ -1,4 +1,5 @@
 """The three inference modes of one model (docs/DESIGN.md, section "Inference modes"): joint, conditional, inverse."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -10,34 +11,75 @@ from torch import Tensor
 from ..process import MTProcess
 from .samplers import SAMPLERS, Denoiser, SampleState, init_state
 
-__all__ = ["generate", "generate_joint", "generate_conditional", "restore", "inverse", "Restoration", "elbo_logits",
-           "elbo_timesteps"]
+__all__ = [
+    "generate",
+    "generate_joint",
+    "generate_conditional",
+    "restore",
+    "inverse",
+    "Restoration",
+    "elbo_logits",
+    "elbo_timesteps",
+]
 
 
-def generate(model: Denoiser, process: MTProcess, *, batch: int, z_shape: Sequence[int],
-             known: Mapping[str, Tensor] | None = None, unknown: Sequence[str] = (),
-             sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0, start: str = "marginal",
-             clip: bool = True, generator: torch.Generator | None = None, device=None,
-             callback=None, constraint=None) -> SampleState:
+def generate(
+    model: Denoiser,
+    process: MTProcess,
+    *,
+    batch: int,
+    z_shape: Sequence[int],
+    known: Mapping[str, Tensor] | None = None,
+    unknown: Sequence[str] = (),
+    sampler: str = "ddim",
+    steps: int | None = 50,
+    eta: float = 0.0,
+    start: str = "marginal",
+    clip: bool = True,
+    generator: torch.Generator | None = None,
+    device=None,
+    callback=None,
+    constraint=None,
+) -> SampleState:
     """Joint (nothing known) or conditional (some X known) generation of z_0 and the unknown X."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid: {sorted(SAMPLERS)}")
-    init = init_state(model, process, batch=batch, z_shape=z_shape, known=known, unknown=unknown,
-                      start=start, generator=generator, device=device)
+    init = init_state(
+        model,
+        process,
+        batch=batch,
+        z_shape=z_shape,
+        known=known,
+        unknown=unknown,
+        start=start,
+        generator=generator,
+        device=device,
+    )
     kw = {"eta": eta} if sampler == "ddim" else {}
-    return SAMPLERS[sampler](model, process, init, steps, generator=generator, callback=callback, clip=clip,
-                             constraint=constraint, **kw)
+    return SAMPLERS[sampler](
+        model, process, init, steps, generator=generator, callback=callback, clip=clip, constraint=constraint, **kw
+    )
 
 
-def generate_joint(model, process: MTProcess, *, batch: int, generator: torch.Generator | None = None,
-                   device=None, **kw) -> SampleState:
+def generate_joint(
+    model, process: MTProcess, *, batch: int, generator: torch.Generator | None = None, device=None, **kw
+) -> SampleState:
     """Joint generation from nothing: every modality is generated from its head, except those the
     backbone takes as input (-X), which get their "nothing known" value (``Modality.null``: the complete
     mask, the zero image, the uniform label ...), as in training with ``train.cond_drop_prob``."""
     known = model.null_data(model.conditioned, batch, device=device)
     unknown = [n for n in model.modalities if n not in known]
-    return generate(model, process, batch=batch, z_shape=model.z_shape, known=known, unknown=unknown,
-                    generator=generator, device=device, **kw)
+    return generate(
+        model,
+        process,
+        batch=batch,
+        z_shape=model.z_shape,
+        known=known,
+        unknown=unknown,
+        generator=generator,
+        device=device,
+        **kw,
+    )
 
 
 def generate_conditional(model, process: MTProcess, *, known: Mapping[str, Tensor], batch: int, **kw) -> SampleState:
@@ -51,14 +93,24 @@ class Restoration:
     """``restored`` keeps the known pixels exactly; ``raw`` is the model's own last z_0 estimate;
     ``drift`` is the mean absolute difference between ``raw`` and the input on the known pixels, per sample;
     ``keep`` the known-pixel mask [N, 1, H, W] (1 = known)."""
+
     restored: Tensor
     raw: Tensor
     drift: Tensor
     keep: Tensor | None = None
 
 
-def restore(model: Denoiser, process: MTProcess, masked: Tensor, keep: Tensor, *, modality: str = "masked",
-            unknown: Sequence[str] = (), project: bool = True, **kw) -> Restoration:
+def restore(
+    model: Denoiser,
+    process: MTProcess,
+    masked: Tensor,
+    keep: Tensor,
+    *,
+    modality: str = "masked",
+    unknown: Sequence[str] = (),
+    project: bool = True,
+    **kw,
+) -> Restoration:
     """Constrained restoration (Section 4.1): generate z_0 given the masked image and keep the known
     pixels exactly. With ``project`` each step's z_0 estimate takes the known pixels (hard data
     consistency), which keeps the deterministic chain from drifting off them; the known pixels are
@@ -68,8 +120,9 @@ def restore(model: Denoiser, process: MTProcess, masked: Tensor, keep: Tensor, *
     kw["device"] = masked.device
     if project:
         kw["constraint"] = lambda z0: keep * masked + (1 - keep) * z0
-    state = generate(model, process, batch=masked.shape[0], z_shape=masked.shape[1:], known={modality: masked},
-                     unknown=unknown, **kw)
+    state = generate(
+        model, process, batch=masked.shape[0], z_shape=masked.shape[1:], known={modality: masked}, unknown=unknown, **kw
+    )
     raw = state.raw_z0 if state.raw_z0 is not None else state.z
     restored = keep * masked + (1 - keep) * raw
     denom = (keep.expand_as(raw).flatten(1).sum(1)).clamp(min=1)
@@ -78,8 +131,16 @@ def restore(model: Denoiser, process: MTProcess, masked: Tensor, keep: Tensor, *
 
 
 @torch.no_grad()
-def inverse(model: Denoiser, process: MTProcess, z0: Tensor, name: str, *, t: int = 0,
-            known: Mapping[str, Tensor] | None = None, generator: torch.Generator | None = None) -> Tensor:
+def inverse(
+    model: Denoiser,
+    process: MTProcess,
+    z0: Tensor,
+    name: str,
+    *,
+    t: int = 0,
+    known: Mapping[str, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Inverse mode: z_0 known, modality ``name`` read from its head at time index t
     (image -> label is classification, photo -> mask is segmentation). The forward process and the
     -X backbone see ``name`` as "nothing known" (``Modality.null``), as in training with ``train.enc_drop_prob``;
@@ -99,8 +160,15 @@ def elbo_timesteps(num_timesteps: int, steps: int = 10) -> list[int]:
 
 
 @torch.no_grad()
-def elbo_logits(model: Denoiser, process: MTProcess, z0: Tensor, name: str, *, timesteps: Sequence[int],
-                generator: torch.Generator | None = None) -> Tensor:
+def elbo_logits(
+    model: Denoiser,
+    process: MTProcess,
+    z0: Tensor,
+    name: str,
+    *,
+    timesteps: Sequence[int],
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Classify by the diffusion loss: logit_c = -mean_t ||eps_theta(z_t(c), t) - eps||^2 with
     z_t(c) = q_sample(z_0, t, E(c), eps) and the same eps for every class c of label modality ``name``
     (a Monte-Carlo estimate of the eps term of the ELBO with the label set to c)."""

@@ -1,4 +1,5 @@
 """Training: the loop, EMA, checkpoints with exact resume."""
+
 from .ema import EMA
 from .trainer import Trainer, TrainingError, TrainingInterrupted, autocast_dtype
 

@@ -1,4 +1,5 @@
 """Exponential moving average of model weights."""
+
 from __future__ import annotations
 
 import copy
@@ -10,7 +11,8 @@ __all__ = ["EMA"]
 
 
 class EMA:
-    """theta_ema <- d theta_ema + (1 - d) theta, with d = min(decay, (1 + n) / (10 + n)) so short runs average over their own length."""
+    """theta_ema <- d theta_ema + (1 - d) theta, with d = min(decay, (1 + n) / (10 + n)) so short runs average
+    over their own length."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
@@ -22,7 +24,7 @@ class EMA:
         """One averaging step; ``weight`` (a device scalar, 0 for a skipped step) scales 1 - d without a host sync."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         ema = list(self.model.parameters())
-        if isinstance(weight, torch.Tensor):    # lerp with a tensor weight would read it on the host: add w (p - ema)
+        if isinstance(weight, torch.Tensor):  # lerp with a tensor weight would read it on the host: add w (p - ema)
             diff = torch._foreach_sub([p.detach() for p in model.parameters()], ema)
             torch._foreach_mul_(diff, weight * (1 - d))
             torch._foreach_add_(ema, diff)

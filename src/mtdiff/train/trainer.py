@@ -10,6 +10,7 @@ Every process draws the whole global batch's randomness (data, t, noise, masks) 
 generator and trains on its own rows, so K processes with global batch B take the same steps as
 one process with B (up to the order of floating-point sums), and a run resumes on any K.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,18 +30,25 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..build import build_model, build_process, build_space_map, load_data, resolve_class_names
-from ..checkpoint import has_checkpoints, latest_checkpoint, load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from ..checkpoint import (
+    has_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+)
 from ..config import Config, ConfigError, to_dict
 from ..data.imageset import ImageSet
 from ..data.loader import BatchStream
+from ..distributed import init_world, wrap_ddp
+from ..errors import MtdiffError
 from ..loss import mt_loss
 from ..memory import estimate_training_memory
 from ..process import Prediction
 from ..runs import CONFIG_FILE, resolve_device
 from ..sampling import generate_joint
 from ..viz import save_grid
-from ..distributed import init_world, wrap_ddp
-from ..errors import MtdiffError
 from .ema import EMA
 
 __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "autocast_dtype"]
@@ -77,7 +85,7 @@ def _stop_requests():
 
 def use_deterministic_kernels() -> None:
     """Deterministic kernels only (an op without one raises), so that a resumed GPU run is bit-identical."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")     # cuBLAS needs it before its first call
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
 
@@ -106,12 +114,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 class Trainer:
     """Train ``cfg`` into ``run_dir``. ``resume=True`` continues the latest checkpoint exactly."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, data: ImageSet | None = None,
-                 progress: bool = True):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        data: ImageSet | None = None,
+        progress: bool = True,
+    ):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         has_ckpt = has_checkpoints(self.run_dir)
         if has_ckpt and not resume:
-            raise ConfigError(f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
+            raise ConfigError(
+                f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose another --out"
+            )
         if resume and not has_ckpt:
             raise ConfigError(f"--resume: {self.run_dir} holds no checkpoint to resume")
         self.world, device = init_world(cfg.train.device)
@@ -121,19 +138,21 @@ class Trainer:
         self.amp_dtype = autocast_dtype(t.precision, self.device)
         self.data = data if data is not None else load_data(cfg)
         if t.batch_size > len(self.data):
-            raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(self.data)} images of {self.data.name!r}")
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} exceeds the {len(self.data)} images of {self.data.name!r}"
+            )
         resolve_class_names(cfg, self.data)
-        self.latent = build_space_map(cfg, self.device)              # frozen, outside the model and checkpoints
-        if cfg.data.autoencoder and cfg.data.latent_scale is None:   # record the VAE's scale in the run config
+        self.latent = build_space_map(cfg, self.device)  # frozen, outside the model and checkpoints
+        if cfg.data.autoencoder and cfg.data.latent_scale is None:  # record the VAE's scale in the run config
             cfg.data.latent_scale = self.latent.scale
         if t.deterministic:
             use_deterministic_kernels()
-        torch.manual_seed(t.seed)                                    # initial weights: the same on every process
+        torch.manual_seed(t.seed)  # initial weights: the same on every process
         self.process = build_process(cfg)
         self.model = build_model(cfg)
-        torch.manual_seed(t.seed + 1_000_003 * self.world.rank)       # dropout: each process its own masks
+        torch.manual_seed(t.seed + 1_000_003 * self.world.rank)  # dropout: each process its own masks
         if not resume:
-            self.model.prepare()                                     # frozen encoders; restored otherwise
+            self.model.prepare()  # frozen encoders; restored otherwise
         self.model.to(self.device)
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -141,20 +160,20 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.stream = BatchStream(self.data, t.batch_size, seed=t.seed, device=self.device)
-        self.gen = torch.Generator(self.device).manual_seed(t.seed)   # t, noise and masks
+        self.gen = torch.Generator(self.device).manual_seed(t.seed)  # t, noise and masks
         self.step = 0
-        self.streak = torch.zeros((), device=self.device)    # consecutive non-finite steps, on the device
+        self.streak = torch.zeros((), device=self.device)  # consecutive non-finite steps, on the device
         self.skipped_on_device = torch.zeros((), device=self.device)
         if resume:
             self._restore()
-        try:   # eager passes at batch 2 and 4, before compiling; advisory, so it never keeps a run from starting
+        try:  # eager passes at batch 2 and 4, before compiling; advisory, so it never keeps a run from starting
             self.memory = estimate_training_memory(self)
         except Exception as e:
             warnings.warn(f"no memory estimate ({type(e).__name__}: {e}); training goes on", stacklevel=2)
             self.memory = None
-        if t.compile:   # in place (parameter names stay unchanged); static shapes, so it compiles once
+        if t.compile:  # in place (parameter names stay unchanged); static shapes, so it compiles once
             self.model.backbone.compile(dynamic=False)
-        self.net = self.model                                # what the loss calls: the model, or its DDP wrapper
+        self.net = self.model  # what the loss calls: the model, or its DDP wrapper
         if self.world.distributed:
             self.net = wrap_ddp(self.model, self.device)
         if self.world.main:
@@ -173,9 +192,14 @@ class Trainer:
         tensors["rng.gen"] = self.gen.get_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {"config": to_dict(self.cfg), "data": self.stream.state_dict(), "optimizer": opt_meta,
-                "ema_updates": self.ema.updates, "scaler": self.scaler.state_dict(),
-                "counters": {"skipped_nonfinite": self.skipped, "nonfinite_streak": int(self.streak)}}
+        meta = {
+            "config": to_dict(self.cfg),
+            "data": self.stream.state_dict(),
+            "optimizer": opt_meta,
+            "ema_updates": self.ema.updates,
+            "scaler": self.scaler.state_dict(),
+            "counters": {"skipped_nonfinite": self.skipped, "nonfinite_streak": int(self.streak)},
+        }
         return tensors, meta
 
     def save(self) -> Path | None:
@@ -184,34 +208,47 @@ class Trainer:
             return None
         tensors, meta = self._state()
         try:
-            return save_checkpoint(self.run_dir / "checkpoints", step=self.step, model=self.model.state_dict(),
-                                   ema=self.ema.state_dict(), state=tensors, meta=meta, keep=self.cfg.train.keep_checkpoints)
-        except OSError as e:   # disk full, quota, permissions: the partial write is removed, older ones are intact
+            return save_checkpoint(
+                self.run_dir / "checkpoints",
+                step=self.step,
+                model=self.model.state_dict(),
+                ema=self.ema.state_dict(),
+                state=tensors,
+                meta=meta,
+                keep=self.cfg.train.keep_checkpoints,
+            )
+        except OSError as e:  # disk full, quota, permissions: the partial write is removed, older ones are intact
             raise self._write_failed(e, f"the checkpoint of step {self.step} to {self.run_dir / 'checkpoints'}") from e
 
     def _write_failed(self, e: OSError, what: str) -> TrainingError:
         """The error that stops a run whose files cannot be written: what failed, why, and what is intact."""
         previous = latest_checkpoint(self.run_dir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        return TrainingError(f"could not write {what}: {e.strerror or e}; {kept}. Free space (or fix the directory), "
-                             f"then continue with: mtdiff train --out {self.run_dir} --resume")
+        return TrainingError(
+            f"could not write {what}: {e.strerror or e}; {kept}. Free space (or fix the directory), "
+            f"then continue with: mtdiff train --out {self.run_dir} --resume"
+        )
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir)
         meta, state = ckpt["meta"], ckpt["state"]
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"], meta["ema_updates"])
-        optimizer_from_flat(self.opt, {k: v.to(self.device) for k, v in state.items() if k.startswith("optim.")},
-                            meta["optimizer"])
+        optimizer_from_flat(
+            self.opt, {k: v.to(self.device) for k, v in state.items() if k.startswith("optim.")}, meta["optimizer"]
+        )
         self.stream.load_state_dict(meta["data"])
         torch.set_rng_state(state["rng.cpu"])
         if state["rng.gen"].numel() == self.gen.get_state().numel():
             self.gen.set_state(state["rng.gen"])
-        else:                  # saved on another device type, whose generator state has another form
+        else:  # saved on another device type, whose generator state has another form
             saved_on = "a GPU" if "rng.cuda" in state else "the CPU"
-            warnings.warn(f"the checkpoint was written on {saved_on} and this run is on {self.device}: the random "
-                          f"stream (t, noise, masks) restarts from train.seed and the step, so the run continues "
-                          f"but not bit-identically", stacklevel=3)
+            warnings.warn(
+                f"the checkpoint was written on {saved_on} and this run is on {self.device}: the random "
+                f"stream (t, noise, masks) restarts from train.seed and the step, so the run continues "
+                f"but not bit-identically",
+                stacklevel=3,
+            )
             self.gen.manual_seed(self.cfg.train.seed + 1_000_003 * int(meta["step"]))
         if self.device.type == "cuda" and "rng.cuda" in state:
             torch.cuda.set_rng_state(state["rng.cuda"], self.device)
@@ -220,10 +257,12 @@ class Trainer:
         self.step = int(meta["step"])
         before = meta.get("config", {}).get("train", {}).get("steps", self.cfg.train.steps)
         if before != self.cfg.train.steps and self.cfg.train.lr_schedule != "constant":
-            warnings.warn(f"train.steps is now {self.cfg.train.steps}, was {before} when this run started: the "
-                          f"{self.cfg.train.lr_schedule} learning-rate decay from step {self.step} on follows the new "
-                          f"length, so the run differs from one trained for {self.cfg.train.steps} steps from the start",
-                          stacklevel=3)
+            warnings.warn(
+                f"train.steps is now {self.cfg.train.steps}, was {before} when this run started: the "
+                f"{self.cfg.train.lr_schedule} learning-rate decay from step {self.step} on follows the new "
+                f"length, so the run differs from one trained for {self.cfg.train.steps} steps from the start",
+                stacklevel=3,
+            )
         counters = meta.get("counters", {})
         self.skipped_on_device.fill_(counters.get("skipped_nonfinite", 0))
         self.streak.fill_(counters.get("nonfinite_streak", 0))
@@ -247,12 +286,12 @@ class Trainer:
         means the update was skipped.
         """
         t, model = self.cfg.train, self.model
-        batch = self.stream.next()                                               # the global batch
+        batch = self.stream.next()  # the global batch
         data = model.derive(batch, self.gen)
         B = batch["image"].shape[0]
         tt = (model.prediction or Prediction(self.process)).timesteps(B, self.gen, self.device)
         noise = torch.randn((B, *model.z_shape), generator=self.gen, device=self.device)
-        cond_drop = self._drop_masks(data, t.cond_drop_prob, model.conditioned)     # classifier-free guidance
+        cond_drop = self._drop_masks(data, t.cond_drop_prob, model.conditioned)  # classifier-free guidance
         enc_drop = self._drop_masks(data, t.enc_drop_prob, tuple(model.modalities))  # heads learn image -> x
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
@@ -266,9 +305,18 @@ class Trainer:
             last = i == len(chunks) - 1
             sync = nullcontext() if last or not self.world.distributed else self.net.no_sync()
             with sync, self._autocast():
-                loss, parts = mt_loss(model, self.process, z0, x, t=tt[rows], noise=noise[rows], lam=self.cfg.diffusion.lam,
-                                      inputs=_apply_drop(model, x, cond_drop, rows),
-                                      encoded=_apply_drop(model, x, enc_drop, rows), net=self.net)
+                loss, parts = mt_loss(
+                    model,
+                    self.process,
+                    z0,
+                    x,
+                    t=tt[rows],
+                    noise=noise[rows],
+                    lam=self.cfg.diffusion.lam,
+                    inputs=_apply_drop(model, x, cond_drop, rows),
+                    encoded=_apply_drop(model, x, enc_drop, rows),
+                    net=self.net,
+                )
                 self.scaler.scale(loss * (self.micro_batch / self.local_batch)).backward()
             for k, v in {"loss": loss.detach(), **parts}.items():
                 terms[k] = terms.get(k, 0.0) + v * (self.micro_batch / self.local_batch)
@@ -294,10 +342,10 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
         bad = (~torch.isfinite(grad_norm)).float()
         if self.scaler.is_enabled():
-            self.scaler.step(self.opt)                  # fp16: the scaler skips non-finite steps itself
+            self.scaler.step(self.opt)  # fp16: the scaler skips non-finite steps itself
             self.scaler.update()
         else:
-            self.opt.grad_scale, self.opt.found_inf = None, bad   # fused AdamW leaves everything as it was
+            self.opt.grad_scale, self.opt.found_inf = None, bad  # fused AdamW leaves everything as it was
             try:
                 self.opt.step()
             finally:
@@ -307,8 +355,9 @@ class Trainer:
         self.skipped_on_device.add_(bad)
         return grad_norm.detach()
 
-    def diffusion_data(self, batch: dict[str, torch.Tensor], data: dict[str, torch.Tensor]
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def diffusion_data(
+        self, batch: dict[str, torch.Tensor], data: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """z_0 and the modality data X of pixel images and their derived data: the images (z_0 and
         image modalities) go through the space map (identity, or the frozen autoencoder's encoder:
         latent diffusion, Appendix E.1)."""
@@ -320,7 +369,11 @@ class Trainer:
         probability ``prob``; None when prob is 0 (nothing is drawn from the generator then)."""
         if prob <= 0:
             return None
-        return {n: torch.rand(x.shape[0], generator=self.gen, device=self.device) < prob for n, x in data.items() if n in names}
+        return {
+            n: torch.rand(x.shape[0], generator=self.gen, device=self.device) < prob
+            for n, x in data.items()
+            if n in names
+        }
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
@@ -341,22 +394,26 @@ class Trainer:
             if self.progress and self.memory is not None:
                 print(self.memory.summary(), file=sys.stderr, flush=True)
             if self.step == 0:
-                self._log_prior(log_path, writer, **({"memory_estimate_bytes": self.memory.total()} if self.memory else {}))
-        bar = tqdm(total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train", dynamic_ncols=True)
+                self._log_prior(
+                    log_path, writer, **({"memory_estimate_bytes": self.memory.total()} if self.memory else {})
+                )
+        bar = tqdm(
+            total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train", dynamic_ncols=True
+        )
         last: dict[str, float] = {}
         acc: dict[str, torch.Tensor] = {}
         n_acc, t0 = 0, time.perf_counter()
         while self.step < t.steps:
             terms = self.train_step()
             good = torch.isfinite(terms["grad_norm"])
-            for k, v in terms.items():                # stays on the device: no host sync until logging
+            for k, v in terms.items():  # stays on the device: no host sync until logging
                 acc[k] = acc.get(k, 0.0) + torch.where(good, v, 0.0)
             acc["good"] = acc.get("good", 0.0) + good.float()
             self.step += 1
             n_acc += 1
             bar.update(1)
             log_step = self.step % t.log_every == 0 or self.step == t.steps
-            if self.world.distributed and log_step:      # every process stops at the same step
+            if self.world.distributed and log_step:  # every process stops at the same step
                 acc["stop"] = torch.tensor(float(stop["stop"]), device=self.device)
             if log_step:
                 acc = self.world.mean(acc)
@@ -364,8 +421,12 @@ class Trainer:
                 good_steps = float(acc.pop("good"))
                 dt = time.perf_counter() - t0
                 last = {k: float(v) / max(good_steps, 1e-12) for k, v in acc.items()}
-                last.update(step=self.step, lr=self.lr_at(self.step - 1), img_per_s=n_acc * t.batch_size / dt,
-                            skipped_nonfinite=self.skipped)
+                last.update(
+                    step=self.step,
+                    lr=self.lr_at(self.step - 1),
+                    img_per_s=n_acc * t.batch_size / dt,
+                    skipped_nonfinite=self.skipped,
+                )
                 if main:
                     _append_jsonl(log_path, last)
                     for k, v in last.items():
@@ -384,7 +445,7 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
-        self.world.barrier()                          # the last checkpoint is on disk for every process
+        self.world.barrier()  # the last checkpoint is on disk for every process
         return last
 
     def _interrupted(self, bar) -> None:
@@ -392,23 +453,30 @@ class Trainer:
         bar.close()
         path = latest_checkpoint(self.run_dir) if self.step % self.cfg.train.ckpt_every == 0 else self.save()
         self.world.barrier()
-        raise TrainingInterrupted(f"interrupted at step {self.step}: the checkpoint {path} is saved; continue with: "
-                                  f"mtdiff train --out {self.run_dir} --resume")
+        raise TrainingInterrupted(
+            f"interrupted at step {self.step}: the checkpoint {path} is saved; continue with: "
+            f"mtdiff train --out {self.run_dir} --resume"
+        )
 
     def _stop_if_diverged(self) -> None:
         """Stop with the last good weights saved once ``train.max_nonfinite`` steps in a row were skipped."""
         streak = int(self.streak)
         if streak >= self.cfg.train.max_nonfinite:
             path = self.save()
-            where = f"the last good weights are saved in {path}" if path else "the last good weights are saved by rank 0"
+            where = (
+                f"the last good weights are saved in {path}" if path else "the last good weights are saved by rank 0"
+            )
             raise TrainingError(
                 f"loss was NaN/Inf for {streak} consecutive steps at step {self.step} (max_nonfinite="
                 f"{self.cfg.train.max_nonfinite}); skipped steps change nothing, so {where}. Lower train.lr, "
-                f"raise train.warmup_steps, set train.grad_clip, or use train.precision=fp32 (or bf16 instead of fp16).")
+                f"raise train.warmup_steps, set train.grad_clip, or use train.precision=fp32 (or bf16 instead of fp16)."
+            )
 
     def _log_prior(self, log_path: Path, writer, **extra) -> None:
         """L0 = KL(q(z_T | z_0, X) || N(0, I)) on one batch: whether the schedules end at the prior."""
-        batch = BatchStream(self.data, min(256, len(self.data)), seed=self.cfg.train.seed + 1, device=self.device).next()
+        batch = BatchStream(
+            self.data, min(256, len(self.data)), seed=self.cfg.train.seed + 1, device=self.device
+        ).next()
         g = torch.Generator(self.device).manual_seed(0)
         with torch.no_grad():
             z0, data = self.diffusion_data(batch, self.model.derive(batch, g))
@@ -430,13 +498,16 @@ class Trainer:
 def _shares(batch_size: int, micro_batch: int, world_size: int) -> tuple[int, int]:
     """(rows per process, rows per micro-batch) of the global batch; they must divide evenly."""
     if batch_size % world_size:
-        raise ConfigError(f"train.batch_size={batch_size} is the global batch and must be divisible by the "
-                          f"{world_size} processes")
+        raise ConfigError(
+            f"train.batch_size={batch_size} is the global batch and must be divisible by the {world_size} processes"
+        )
     local = batch_size // world_size
     micro = micro_batch or local
     if local % micro:
-        raise ConfigError(f"train.micro_batch={micro_batch} must divide each process's share of the batch "
-                          f"({batch_size} / {world_size} processes = {local})")
+        raise ConfigError(
+            f"train.micro_batch={micro_batch} must divide each process's share of the batch "
+            f"({batch_size} / {world_size} processes = {local})"
+        )
     return local, micro
 
 
@@ -452,7 +523,7 @@ def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
     line = json.dumps({k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in entry.items()}) + "\n"
     try:
         with open(path, "ab+") as f:
-            if f.seek(0, 2):                    # not empty: does the last line end?
+            if f.seek(0, 2):  # not empty: does the last line end?
                 f.seek(-1, 2)
                 if f.read(1) != b"\n":
                     line = "\n" + line
