@@ -34,6 +34,28 @@ def tiny(preset: str = "mnist-masked-x", *extra: str):
     )
 
 
+def toy_images(n: int = 32, labels: bool = True, seed: int = 0):
+    """``n`` random 32x32 one-channel images (uint8) with random labels among ten classes, as an ImageSet."""
+    from mtdiff.data.imageset import ImageSet
+
+    g = torch.Generator().manual_seed(seed)
+    images = (torch.rand(n, 1, 32, 32, generator=g) * 255).to(torch.uint8)
+    return ImageSet(
+        images, torch.randint(0, 10, (n,), generator=g) if labels else None, [str(i) for i in range(10)], "toy"
+    )
+
+
+def tiny_run(out, preset: str, *extra: str, steps: int = 2, data=None, labels: bool = True):
+    """Train ``preset`` shrunk by :func:`tiny` for ``steps`` steps of batch 4 (on ``data``, else random images)
+    into ``out`` and return ``out``: a real run directory for the commands and the API to load."""
+    from mtdiff.train import Trainer
+
+    settings = (f"train.steps={steps}", f"train.ckpt_every={steps}", "train.sample_every=0", "train.batch_size=4")
+    cfg = tiny(preset, *settings, *extra)
+    Trainer(cfg, out, data=toy_images(labels=labels) if data is None else data, progress=False).run()
+    return out
+
+
 def paired_folder(root, splits=("train", "test"), n: int = 4, size: int = 16, seed: int = 0):
     """A synthetic pix2pix folder root/<split>/<i>.png, each A|B side by side (A = 255 - B)."""
     import numpy as np

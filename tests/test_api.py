@@ -7,40 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny
+from conftest import tiny_run
 
 import mtdiff
-from mtdiff.data.sources import ImageSet
-from mtdiff.train import Trainer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _train(out, preset, steps=2):
-    g = torch.Generator().manual_seed(0)
-    data = ImageSet(
-        (torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8),
-        torch.randint(0, 10, (32,), generator=g),
-        [str(i) for i in range(10)],
-        "toy",
-    )
-    cfg = tiny(
-        preset,
-        f"train.steps={steps}",
-        f"train.ckpt_every={steps}",
-        "train.sample_every=0",
-        "train.batch_size=4",
-        "sample.steps=4",
-    )
-    Trainer(cfg, out, data=data, progress=False).run()
-    return out
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
     for name, preset in [("demo", "mnist-masked-x"), ("m", "mnist-label-m"), ("seg", "mnist-seg2img")]:
-        _train(root / "runs" / name, preset)
+        tiny_run(root / "runs" / name, preset, "sample.steps=4")
     return root
 
 

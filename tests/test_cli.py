@@ -3,40 +3,16 @@
 import json
 
 import pytest
-import torch
-from conftest import tiny
+from conftest import tiny_run
 from PIL import Image
 
 from mtdiff.cli.main import main
 from mtdiff.data import ImageSet
-from mtdiff.train import Trainer
-
-
-def _tiny_run(out, preset, *extra, labels=True, steps=2, data=None):
-    """Train ``preset`` shrunk to a tiny model for a few steps on random images; returns the run dir."""
-    g = torch.Generator().manual_seed(0)
-    if data is None:
-        data = ImageSet(
-            (torch.rand(32, 1, 32, 32, generator=g) * 255).to(torch.uint8),
-            torch.randint(0, 10, (32,), generator=g) if labels else None,
-            [str(i) for i in range(10)],
-            "toy",
-        )
-    cfg = tiny(
-        preset,
-        f"train.steps={steps}",
-        f"train.ckpt_every={steps}",
-        "train.sample_every=0",
-        "train.batch_size=4",
-        *extra,
-    )
-    Trainer(cfg, out, data=data, progress=False).run()
-    return out
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return _tiny_run(tmp_path_factory.mktemp("runs") / "x", "mnist-masked-x")
+    return tiny_run(tmp_path_factory.mktemp("runs") / "x", "mnist-masked-x")
 
 
 def test_sample_writes_a_grid(run_dir, tmp_path, capsys):
@@ -74,7 +50,7 @@ def test_missing_run_and_missing_checkpoint_are_clear(tmp_path, capsys):
 
 
 def test_restore_needs_a_masked_image_run(tmp_path, capsys):
-    run = _tiny_run(tmp_path / "d", "mnist-ddpm", labels=False, steps=1)
+    run = tiny_run(tmp_path / "d", "mnist-ddpm", labels=False, steps=1)
     assert main(["restore", "--run", str(run), "--out", str(tmp_path / "x.png")]) == 2
     assert "restore needs a run with a masked_image modality" in capsys.readouterr().err
 
@@ -86,7 +62,7 @@ def test_presets_command_lists_presets(capsys):
 
 @pytest.fixture(scope="module")
 def label_run(tmp_path_factory):
-    return _tiny_run(tmp_path_factory.mktemp("runs") / "m", "mnist-label-m")
+    return tiny_run(tmp_path_factory.mktemp("runs") / "m", "mnist-label-m")
 
 
 def test_joint_and_class_conditional_samples_carry_labels(label_run, tmp_path, capsys):
@@ -129,7 +105,7 @@ def test_guidance_flags(run_dir, label_run, tmp_path, capsys):
     out = str(tmp_path / "g.png")
     assert main(["sample", "--run", str(run_dir), "--num", "2", "--steps", "2", "--guidance", "2", "--out", out]) == 2
     assert "guidance needs a run trained with train.cond_drop_prob > 0" in capsys.readouterr().err
-    guided = _tiny_run(tmp_path / "cfg", "mnist-masked-x", "train.cond_drop_prob=0.2", steps=1)
+    guided = tiny_run(tmp_path / "cfg", "mnist-masked-x", "train.cond_drop_prob=0.2", steps=1)
     assert main(["sample", "--run", str(guided), "--num", "2", "--steps", "2", "--guidance", "2", "--out", out]) == 0
     assert (
         main(
@@ -161,7 +137,7 @@ def test_translate_mask_to_image_writes_triplets_and_table4_scores(tmp_path, cap
 
     test = load_mnist("test")
     data = ImageSet(test.images[:32], test.labels[:32], test.class_names, "mnist-head")
-    _tiny_run(tmp_path / "seg", "mnist-seg2img", data=data)
+    tiny_run(tmp_path / "seg", "mnist-seg2img", data=data)
     out = tmp_path / "t.png"
     assert main(["translate", "--run", str(tmp_path / "seg"), "--num", "4", "--steps", "2", "--out", str(out)]) == 0
     scores = json.loads(capsys.readouterr().out)
@@ -203,7 +179,7 @@ def test_translate_edges_to_image_scores_the_edges_of_the_generated_images(tmp_p
 
     test = load_mnist("test")
     data = ImageSet(test.images[:32], test.labels[:32], test.class_names, "mnist-head")
-    _tiny_run(tmp_path / "edges", "fashion-edges2img", data=data)
+    tiny_run(tmp_path / "edges", "fashion-edges2img", data=data)
     grid, scores = translate(load_run(tmp_path / "edges"), data, modality="edges", num=4, steps=2)
     assert grid.shape == (12, 1, 32, 32) and scores["columns"] == 3
     assert 0 <= scores["edges_of_generated/pixel_accuracy"] <= 1 and 0 <= scores["edges_of_generated/class_iou"] <= 1

@@ -8,32 +8,20 @@ import pkgutil
 
 import numpy as np
 import pytest
-import torch
-from conftest import tiny
+from conftest import tiny_run, toy_images
 from PIL import Image
 
 import mtdiff
 from mtdiff.cli.main import main
-from mtdiff.data.imageset import ImageSet
 from mtdiff.errors import MtdiffError
-from mtdiff.train import Trainer
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    g = torch.Generator().manual_seed(0)
-    data = ImageSet(
-        (torch.rand(16, 1, 32, 32, generator=g) * 255).to(torch.uint8),
-        torch.randint(0, 10, (16,), generator=g),
-        [str(i) for i in range(10)],
-        "toy",
-    )
     root = tmp_path_factory.mktemp("err-runs")
+    data = toy_images(16)
     for name in ("mnist-masked-x", "mnist-label-m"):
-        cfg = tiny(
-            name, "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4", "sample.steps=2"
-        )
-        Trainer(cfg, root / name, data=data, progress=False).run()
+        tiny_run(root / name, name, "sample.steps=2", data=data)
     return {"x": str(root / "mnist-masked-x"), "m": str(root / "mnist-label-m")}
 
 

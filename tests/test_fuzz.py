@@ -172,22 +172,12 @@ ARGS = [
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """A masked-image run and a label run, trained two steps: the commands check their arguments against them."""
-    from conftest import tiny
+    from conftest import tiny_run, toy_images
 
-    from mtdiff.data.imageset import ImageSet
-    from mtdiff.train import Trainer
-
-    g = torch.Generator().manual_seed(0)
-    data = ImageSet(
-        (torch.rand(16, 1, 32, 32, generator=g) * 255).to(torch.uint8),
-        torch.randint(0, 10, (16,), generator=g),
-        [str(i) for i in range(10)],
-        "toy",
-    )
     root = tmp_path_factory.mktemp("fuzz-runs")
+    data = toy_images(16)
     for name in ("mnist-masked-x", "mnist-label-m"):
-        cfg = tiny(name, "train.steps=2", "train.ckpt_every=2", "train.sample_every=0", "train.batch_size=4")
-        Trainer(cfg, root / name, data=data, progress=False).run()
+        tiny_run(root / name, name, data=data)
     return [str(root / "mnist-masked-x"), str(root / "mnist-label-m"), str(root / "not-a-run")]
 
 
