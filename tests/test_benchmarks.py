@@ -68,11 +68,11 @@ def test_throughput_compares_mtdiff_with_diffusers_and_mt_with_single_task(tmp_p
 
 def test_sampling_table_has_the_ratio_to_the_reference(tmp_path, monkeypatch):
     pytest.importorskip("ccexam")
-    from test_cli import _tiny_run
+    from conftest import tiny_run
 
     sampling = _load("sampling")
     monkeypatch.setattr(sampling, "REFERENCE", ("ddim", 6))  # the reference at the longest step count
-    run = _tiny_run(tmp_path / "run", "mnist-ddpm", labels=False, steps=1)
+    run = tiny_run(tmp_path / "run", "mnist-ddpm", labels=False, steps=1)
     r = sampling.main(["--run", str(run), "--num", "4", "--batch", "4", "--steps", "2,6", "--out-dir", str(tmp_path)])
     rows = {(row["sampler"], row["steps"]): row for row in r["rows"]}
     assert set(rows) == {("ddim", 6), ("ddim", 2), ("dpm-solver", 2)}

@@ -5,7 +5,7 @@ import importlib.util
 import json
 
 import pytest
-from test_cli import _tiny_run
+from conftest import tiny_run
 
 from mtdiff.cli.evaluate import default_extractor
 from mtdiff.cli.main import main
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return _tiny_run(tmp_path_factory.mktemp("runs") / "ddpm", "mnist-ddpm", labels=False, steps=1)
+    return tiny_run(tmp_path_factory.mktemp("runs") / "ddpm", "mnist-ddpm", labels=False, steps=1)
 
 
 def test_evaluate_writes_labelled_scores_and_reuses_the_reference_cache(run_dir, tmp_path, capsys):

@@ -264,16 +264,16 @@ def test_a_real_full_disk_at_every_kind_of_write_loses_nothing(tmp_path, folder)
 
 @pytest.fixture(scope="module")
 def masked_run(tmp_path_factory):
-    from test_cli import _tiny_run
+    from conftest import tiny_run
 
-    return _tiny_run(tmp_path_factory.mktemp("runs") / "x", "mnist-masked-x")
+    return tiny_run(tmp_path_factory.mktemp("runs") / "x", "mnist-masked-x")
 
 
 @pytest.fixture(scope="module")
 def label_run(tmp_path_factory):
-    from test_cli import _tiny_run
+    from conftest import tiny_run
 
-    return _tiny_run(tmp_path_factory.mktemp("runs") / "m", "mnist-label-m")
+    return tiny_run(tmp_path_factory.mktemp("runs") / "m", "mnist-label-m")
 
 
 def _png(path, size=32, value=None, mode="L"):
