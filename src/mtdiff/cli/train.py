@@ -31,6 +31,12 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("demo", help="train a small MT-Diffusion-X on MNIST on the CPU, then sample and restore")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo; resumes)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the mnist-demo preset's)")
+    p.add_argument(
+        "--sample-steps",
+        type=positive_int,
+        default=None,
+        help="sampler steps for the pictures (default: the preset's sample config, ancestral 250)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -74,8 +80,9 @@ def cmd_demo(args) -> int:
     Trainer(cfg, out, resume=resume, progress=not args.quiet).run()
     run = load_run(out)
     print_memory_estimate(run, 64, lambda n, **over: run.sample(n, **over))
-    samples = save_grid(run.sample(64, seed=0).images, out / "samples.png", nrow=8)
-    grid, ncol, stats = restoration_grid(run, load_data(run.config, "test"), num=16, per_input=2, seed=0)
+    steps = {"steps": args.sample_steps} if args.sample_steps else {}
+    samples = save_grid(run.sample(64, seed=0, **steps).images, out / "samples.png", nrow=8)
+    grid, ncol, stats = restoration_grid(run, load_data(run.config, "test"), num=16, per_input=2, seed=0, **steps)
     restorations = save_grid(grid, out / "restorations.png", nrow=ncol * 2)
     summary = {
         "samples": str(samples),
