@@ -207,7 +207,7 @@ def mtdiff_config(preset: str, overrides: list[str], steps: int, curve: int, see
 
 def mtdiff_budget(name: str, preset: str, overrides: list[str], args, data) -> tuple[int, float | None, list[str]]:
     """(steps, calibrated seconds per step or None, overrides without train.steps) of an mtdiff arm."""
-    from mtdiff.train import Trainer
+    from mtdiff.train import steps_for_minutes
 
     shutil.rmtree(Path(args.runs) / name, ignore_errors=True)  # scratch space of this benchmark
     own = [o for o in overrides if o.startswith("train.steps=")]  # an arm's own steps: equal minutes set by hand
@@ -216,14 +216,9 @@ def mtdiff_budget(name: str, preset: str, overrides: list[str], args, data) -> t
         return int(own[-1].split("=", 1)[1]), None, rest
     if not args.minutes:
         return args.steps, None, rest
-    probe = Trainer(
-        mtdiff_config(preset, rest, 10**6, 0, args.seed),
-        Path(args.runs) / name / "calibrate",
-        data=data,
-        progress=False,
-    )
-    sec = timed(probe.train_step, args.calibrate)
-    return max(1, int(args.minutes * 60 / sec)), sec, rest
+    cfg = mtdiff_config(preset, rest, 10**6, 0, args.seed)
+    steps, sec = steps_for_minutes(cfg, args.minutes, data=data, calibrate=args.calibrate)
+    return steps, sec, rest
 
 
 def train_mtdiff(name: str, preset: str, overrides: list[str], budget, args, data) -> dict:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -304,3 +305,22 @@ def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, toy_
     assert trainer.model.backbone._compiled_call_impl is not None
     assert not any("_orig_mod" in k for k in load_checkpoint(tmp_path / "r")["model"])
     assert load_run(tmp_path / "r").step == 2
+
+
+def test_steps_for_minutes_divides_the_budget_by_the_timed_step(monkeypatch):
+    """A training step made to take 40 ms: a 0.1-minute budget is at most 150 steps (the slow warm-up steps untimed),
+    and the throwaway probe leaves no run directory behind."""
+    import tempfile
+
+    from conftest import toy_images
+
+    from mtdiff.train import steps_for_minutes
+    from mtdiff.train.trainer import Trainer as T
+
+    calls = []
+    monkeypatch.setattr(T, "train_step", lambda self: (calls.append(1), time.sleep(0.04 if len(calls) > 2 else 1.0)))
+    before = set(Path(tempfile.gettempdir()).glob("mtdiff-probe-*"))
+    steps, seconds = steps_for_minutes(tiny("mnist-ddpm"), 0.1, data=toy_images(labels=False), calibrate=5, warm=2)
+    assert len(calls) == 7 and 0.04 <= seconds < 0.06
+    assert 100 <= steps <= 150
+    assert set(Path(tempfile.gettempdir()).glob("mtdiff-probe-*")) == before

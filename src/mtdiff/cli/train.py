@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from .args import positive_int
+from .args import positive_float, positive_int
 from .common import print_memory_estimate
 
 __all__ = ["add_parsers", "COMMANDS"]
@@ -30,7 +30,13 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("demo", help="train a small MT-Diffusion-X on MNIST on the CPU, then sample and restore")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo; resumes)")
-    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the mnist-demo preset's)")
+    p.add_argument(
+        "--minutes",
+        type=positive_float,
+        default=6.0,
+        help="training budget: the steps that fit, timed here, up to the preset's 2,700 (default 6)",
+    )
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (instead of --minutes)")
     p.add_argument(
         "--sample-steps",
         type=positive_int,
@@ -68,16 +74,29 @@ def cmd_demo(args) -> int:
     from ..checkpoint import has_checkpoints
     from ..config import load_config
     from ..evaluate import restoration_grid
-    from ..runs import load_run
-    from ..train import Trainer
+    from ..runs import load_run, read_run_config
+    from ..train import Trainer, steps_for_minutes
     from ..viz import save_grid
 
     t0 = time.perf_counter()
-    cfg = load_config("mnist-demo", [f"train.steps={args.steps}"] if args.steps else [])
     out = Path(args.out)
     resume = has_checkpoints(out)
+    data = None
+    if resume:  # the steps it was started with
+        cfg = read_run_config(out, [f"train.steps={args.steps}"] if args.steps else [])
+    elif args.steps:
+        cfg = load_config("mnist-demo", [f"train.steps={args.steps}"])
+    else:  # as many steps as fit in --minutes on this machine, at most the preset's
+        cfg = load_config("mnist-demo")
+        data = load_data(cfg, "train")
+        fit, seconds = steps_for_minutes(cfg, args.minutes, data=data)
+        print(
+            f"[demo] {seconds * 1000:.0f} ms per training step here: {min(fit, cfg.train.steps)} of the preset's "
+            f"{cfg.train.steps} steps fit in {args.minutes:g} minutes"
+        )
+        cfg = load_config("mnist-demo", [f"train.steps={min(fit, cfg.train.steps)}"])
     print(f"[demo] training {cfg.name} ({cfg.train.steps} steps) into {out}" + (" (resuming)" if resume else ""))
-    Trainer(cfg, out, resume=resume, progress=not args.quiet).run()
+    Trainer(cfg, out, resume=resume, data=data, progress=not args.quiet).run()
     run = load_run(out)
     print_memory_estimate(run, 64, lambda n, **over: run.sample(n, **over))
     steps = {"steps": args.sample_steps} if args.sample_steps else {}
