@@ -75,31 +75,20 @@ ARMS = {
     ),
 }
 
+_DEMO_RECIPE = {
+    "lr": 2e-3,
+    "warmup": 100,
+    "schedule": "constant",
+    "betas": (0.9, 0.999),
+    "weight_decay": 0.0,
+    "eps": 1e-8,
+    "batch": 32,
+    "clip": 1.0,
+    "ema": {"decay": 0.999},
+}
 PEERS = {
-    "demo-recipe": {
-        "lr": 2e-3,
-        "warmup": 100,
-        "schedule": "constant",
-        "betas": (0.9, 0.999),
-        "weight_decay": 0.0,
-        "eps": 1e-8,
-        "batch": 32,
-        "clip": 1.0,
-        "ema": {"decay": 0.999},
-    },
-    "mtdiff-recipe": {
-        "lr": 2e-3,
-        "warmup": 100,
-        "schedule": "cosine",
-        "betas": (0.9, 0.999),
-        "weight_decay": 0.0,
-        "eps": 1e-8,
-        "batch": 32,
-        "clip": 1.0,
-        "ema": {"decay": 0.999},
-        "snr_gamma": 5.0,
-        "bf16": True,
-    },
+    "demo-recipe": _DEMO_RECIPE,
+    "mtdiff-recipe": {**_DEMO_RECIPE, "schedule": "cosine", "snr_gamma": 5.0, "bf16": True},  # mtdiff's defaults on top
     "example": {
         "lr": 1e-4,
         "warmup": 500,

@@ -47,7 +47,7 @@ def default_extractor(channels: int, image_size: int) -> str:
     return "mnist-cnn" if (channels, image_size) == (1, 32) else "efficientnet-lite0"
 
 
-def _samples(run, opts: dict, num: int, batch: int, seed: int, world):
+def _samples(run, opts: dict, steps: int, num: int, batch: int, seed: int, world):
     """``num`` joint samples [num, C, H, W] in pixels (decoded from latents for autoencoder runs), on the CPU.
 
     Batch b is drawn with its own seed, (seed, b), and the batches are shared out over the torchrun
@@ -62,7 +62,6 @@ def _samples(run, opts: dict, num: int, batch: int, seed: int, world):
     d = run.config.data
     out = [torch.empty(0, d.channels, d.image_size, d.image_size)]
     mine = shard(len(starts), world)
-    steps = run.sampler_kwargs(**opts)["steps"]
     with tqdm(
         total=len(mine) * steps, desc="sample", unit="step", disable=not world.main, dynamic_ncols=True
     ) as bar:  # moves with every sampler step
@@ -107,7 +106,7 @@ def cmd_evaluate(args) -> int:
     if world.main:
         print_memory_estimate(run, min(args.batch, args.num), lambda n, **over: run.sample(n, **{**opts, **over}))
     try:
-        images = _samples(run, opts, args.num, args.batch, args.seed, world)
+        images = _samples(run, opts, kw["steps"], args.num, args.batch, args.seed, world)
     finally:
         close_world()
     if not world.main:
