@@ -1,14 +1,21 @@
 """Shared test helpers. The tests run on the CPU on every machine (a GPU is hidden from them and from the
-processes they start); the GPU paths are exercised by benchmarks/gpu_check.py."""
+processes they start; decoded image folders go to a temporary data cache); the GPU paths are exercised by
+benchmarks/gpu_check.py."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA
+os.environ["MTDIFF_CACHE"] = tempfile.mkdtemp(prefix="mtdiff-test-cache-")  # decoded folders: not in the user's cache
 
 import pytest
 import torch
 
 from mtdiff.config import load_config
+
+atexit.register(shutil.rmtree, os.environ["MTDIFF_CACHE"], True)
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,18 @@
 """Run by tests/test_distributed.py under torchrun: train a tiny model, save this rank's parameters.
 
 usage: ddp_worker.py OUT_DIR DUMP_PREFIX [--resume] [--preset=NAME] [KEY=VALUE ...]   (preset: mnist-masked-x)
+
+With ``data.source=...`` among the overrides the trainer loads that source itself (else random toy images),
+and each rank writes how many image folders it decoded to DUMP_PREFIX-rankR.decoded.
 """
 
 import sys
+from pathlib import Path
 
 import torch
 from conftest import tiny
 
+import mtdiff.data
 from mtdiff.data import ImageSet
 from mtdiff.distributed import close_world
 from mtdiff.train import Trainer
@@ -25,9 +30,16 @@ def main(argv: list[str]) -> None:
     preset = next((a.split("=", 1)[1] for a in rest if a.startswith("--preset=")), "mnist-masked-x")
     overrides = [a for a in rest if a != "--resume" and not a.startswith("--preset=")]
     torch.set_num_threads(1)
-    trainer = Trainer(tiny(preset, *overrides), out, data=toy_data(), resume=resume, progress=False)
+    decoded = []
+    real = mtdiff.data.load_image_folder
+    mtdiff.data.load_image_folder = lambda *a, **k: decoded.append(1) or real(*a, **k)
+    own_data = any(a.startswith("data.source=") for a in overrides)
+    trainer = Trainer(
+        tiny(preset, *overrides), out, data=None if own_data else toy_data(), resume=resume, progress=False
+    )
     trainer.run()
     close_world()
+    Path(f"{prefix}-rank{trainer.world.rank}.decoded").write_text(str(len(decoded)))
     torch.save(
         {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, f"{prefix}-rank{trainer.world.rank}.pt"
     )

@@ -92,6 +92,25 @@ def test_two_processes_equal_one_with_an_image_backbone_input(tmp_path):
     _assert_close(two[0], one[0])
 
 
+def test_ranks_decode_an_image_folder_once(tmp_path):
+    """Rank 0 decodes the image folder into the data cache; rank 1 maps it from there instead of decoding the
+    folder again (a copy per process of ImageNet-64 would be ~16 GB each); both train on the same images."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(16):
+        (tmp_path / "folder" / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        pixels = (torch.rand(32, 32, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / "folder" / str(i % 2) / f"{i}.png")
+    folder = ["data.source=folder", f"data.root={tmp_path / 'folder'}", f"data.cache={tmp_path / 'cache'}"]
+    two = _launch(tmp_path, 2, "two", 2, *folder, "modalities.label.num_classes=2")
+    decoded = [int((tmp_path / f"two-2p-2-rank{r}.decoded").read_text()) for r in range(2)]
+    assert decoded == [1, 0]
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # one entry, no leftover temporary folder
+    for k in two[0]:
+        torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)
+
+
 def test_resume_on_another_number_of_processes(tmp_path):
     """2 steps on 2 processes, then resumed to 4 on 1: the parameters of 4 uninterrupted steps on 1."""
     _launch(tmp_path, 2, "mixed", 2)

@@ -132,8 +132,8 @@ def scalar_kind():
         def config_options(cls, mc, *, context_dim: int, latent: bool) -> dict:
             return {"seed": mc.seed, "hidden": mc.hidden}
 
-        def derive(self, batch, generator):
-            return batch["image"].float().mean((1, 2, 3))[:, None]
+        def derive(self, batch, generator, rows=slice(None)):
+            return batch["image"][rows].float().mean((1, 2, 3))[:, None]
 
         def null(self, batch, *, device=None, dtype=torch.float32):
             return torch.zeros(batch, 1, device=device, dtype=dtype)
@@ -189,3 +189,19 @@ def test_a_new_kind_is_one_subclass(scalar_kind, tmp_path):
 def test_unknown_kinds_are_refused_by_name():
     with pytest.raises(ConfigError, match=r"modalities.m.kind: 'audio' is not valid; choose one of \[.*'label'"):
         tiny("mnist-ddpm", "modalities.m.kind=audio")
+
+
+@pytest.mark.parametrize("preset", ["mnist-demo", "mnist-label-m", "mnist-seg2img", "fashion-edges2img"])
+def test_a_process_derives_only_its_rows_but_draws_for_the_whole_batch(preset):
+    """Under torchrun each process derives the modality data of its own rows of the global batch; what it gets
+    is those rows of the whole batch's data, and its generator advances as if it had derived them all."""
+    model = build_model(tiny(preset))
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(8, 1, 32, 32, generator=g) * 2 - 1, "label": torch.randint(0, 10, (8,), generator=g)}
+    whole, mine = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    full, part = model.derive(batch, whole), model.derive(batch, mine, slice(2, 6))
+    assert part.keys() == full.keys() and full
+    for name in full:
+        assert part[name].shape[0] == 4
+        torch.testing.assert_close(part[name], full[name][2:6], rtol=0, atol=0)
+    assert torch.equal(whole.get_state(), mine.get_state())

@@ -84,6 +84,11 @@ def test_training_encodes_captions_once_and_the_run_samples_without_the_encoder(
     assert all(any(torch.allclose(d, cap.captions[3, j]) for j in range(4)) for d in derived)
     rep = trainer.model.modalities["representation"].derive(batch, None)
     assert rep.shape == (4, 128) and torch.allclose(rep.norm(dim=1), torch.full((4,), 128**0.5))
+    batch = {"label": torch.tensor([1, 5, 7, 9]), "image": torch.rand(4, 1, 32, 32) * 2 - 1}
+    full = trainer.model.derive(batch, torch.Generator().manual_seed(1))
+    part = trainer.model.derive(batch, torch.Generator().manual_seed(1), slice(1, 3))  # one process's rows
+    torch.testing.assert_close(part["caption"], full["caption"][1:3], rtol=0, atol=0)
+    torch.testing.assert_close(part["representation"], full["representation"][1:3])  # the CNN on 2 images, not 4
     trainer.run()
 
     run = load_run(tmp_path / "r")

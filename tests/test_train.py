@@ -236,11 +236,11 @@ def test_dropping_encodings_and_inputs(tmp_path, toy_data):
     trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
     data = {"label": torch.tensor([1, 2, 3, 4]), "masked": torch.ones(4, 1, 32, 32)}
     rows = slice(0, 4)
-    assert trainer._drop_masks(data, 0.0, ("label",)) is None
-    every = _apply_drop(trainer.model, data, trainer._drop_masks(data, 1.0, ("label",)), rows)
+    assert trainer._drop_masks(4, 0.0, ("label",)) is None
+    every = _apply_drop(trainer.model, data, trainer._drop_masks(4, 1.0, ("label",)), rows)
     torch.testing.assert_close(every["label"], torch.full((4, 10), 0.1))
     assert every["masked"] is data["masked"]  # not among the names: untouched
-    some = _apply_drop(trainer.model, data, trainer._drop_masks(data, 0.5, ("label", "masked")), rows)
+    some = _apply_drop(trainer.model, data, trainer._drop_masks(4, 0.5, ("label", "masked")), rows)
     # every sample is either kept whole or whole "nothing known"
     assert bool(((some["masked"] == 1).flatten(1).all(1) | (some["masked"] == 0).flatten(1).all(1)).all())
     trainer.run()  # trains with both kinds of dropout

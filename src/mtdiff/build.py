@@ -8,6 +8,7 @@ import torch
 
 from .config import Config, ConfigError
 from .data import load_source
+from .data.cache import cache_dir
 from .data.imageset import ImageSet
 from .modalities import MODALITY_KINDS
 from .models import MTModel, UNet
@@ -136,6 +137,7 @@ def load_data(cfg: Config, split: str = "train") -> ImageSet:
     kw: dict[str, Any] = {}
     if d.source in ("folder", "paired"):
         kw = {"root": d.root, "image_size": d.image_size, "channels": d.channels, "on_bad": d.on_bad}
+        kw["cache"] = cache_dir(d.cache)
         if d.source == "paired":
             kw["direction"] = d.direction
     elif d.root:

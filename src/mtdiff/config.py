@@ -47,6 +47,7 @@ class DataConfig:
     channels: int = 1
     on_bad: Literal["error", "skip"] = "error"  # what to do with an unreadable image file
     direction: Literal["AtoB", "BtoA"] = "AtoB"  # paired: source = left half A, target = right half B (or reverse)
+    cache: bool | str = True  # folder, paired: decode once, memory-map after (true: ~/.cache/mtdiff; or a directory)
     autoencoder: str | None = (
         None  # directory of a diffusers AutoencoderKL (save_pretrained): diffuse in its latent space
     )
@@ -186,7 +187,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        for tp_i in inner[:-1]:  # the first type that takes the value
+            try:
+                return _coerce(tp_i, value, key)
+            except ConfigError:
+                pass
+        return _coerce(inner[-1], value, key)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not valid; choose one of {list(args)}")
@@ -405,6 +411,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.source='folder' needs data.root (a folder of class subfolders)")
     if cfg.data.source == "paired" and not cfg.data.root:
         raise ConfigError("data.source='paired' needs data.root (a folder with train/ and test/ or val/ of A|B images)")
+    if isinstance(cfg.data.cache, str) and not cfg.data.cache.strip():
+        raise ConfigError("data.cache must be true, false or a directory, got an empty string")
     if cfg.data.autoencoder:
         _validate_latent(cfg, kinds)
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):

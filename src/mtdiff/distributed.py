@@ -10,12 +10,16 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "init_world", "close_world", "shard", "wrap_ddp"]
+__all__ = ["World", "init_world", "close_world", "main_first", "shard", "wrap_ddp"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,19 @@ def close_world() -> None:
     """Leave the process group (at the end of a torchrun command; nothing otherwise)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def main_first(world: World, fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0, then on the other ranks: what rank 0 leaves on disk (decoded images in the data
+    cache) the others reuse instead of making it again. If rank 0 fails, the others still run ``fn`` and
+    fail with the same message rather than wait forever."""
+    if not world.main:
+        world.barrier()
+    try:
+        return fn()
+    finally:
+        if world.main:
+            world.barrier()
 
 
 def shard(n: int, world: World) -> range:

@@ -3,13 +3,15 @@
 
 Layers, each importing only those below it: :mod:`.imageset` (``ImageSet``, ``DataError``);
 :mod:`.sources` (the built-in MNIST and Fashion-MNIST), :mod:`.folder` and :mod:`.paired` (image
-folders); this package (the dispatcher over all of them).
+folders), :mod:`.cache` (decoded folders memory-mapped from disk); this package (the dispatcher over all of them).
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+from .cache import cached, fingerprint
 from .folder import load_image_folder
 from .imageset import DataError, ImageSet, check_split
 from .loader import BatchStream
@@ -45,14 +47,15 @@ _ALIASES = {
 }
 
 
-def load_source(name: str, split: str, **kw) -> ImageSet:
+def load_source(name: str, split: str, *, cache: str | Path | None = None, **kw) -> ImageSet:
     """Load a data source by name: "mnist", "fashion-mnist", "folder" or "paired".
 
     "fashion-mnist" accepts ``root=``. "folder" needs ``root=`` and ``image_size=``
     (plus optional ``channels=``, ``on_bad=``); if ``root/<split>`` is a directory it is
     used (e.g. ``root/train``, ``root/test``), otherwise ``root`` itself. "paired" takes the
     folder options plus ``direction=`` and reads ``root/train``, or ``root/test`` (``root/val``
-    when there is no test/, as in pix2pix's Cityscapes) for split "test".
+    when there is no test/, as in pix2pix's Cityscapes) for split "test". With ``cache`` (a directory) the
+    two folder sources are decoded once and memory-mapped from there afterwards (:mod:`.cache`).
     """
     key = _ALIASES.get(str(name).strip().lower())
     if key is None:
@@ -77,8 +80,10 @@ def load_source(name: str, split: str, **kw) -> ImageSet:
     if key == "paired":
         if split == "test" and not (root / "test").is_dir() and (root / "val").is_dir():
             split = "val"
-        return load_paired_folder(root, split, **kw)
-    sub = root / split
-    if sub.is_dir():
-        root = sub
-    return load_image_folder(root, **kw)
+        folder, load = root / split, functools.partial(load_paired_folder, root, split, **kw)
+    else:
+        folder = root / split if (root / split).is_dir() else root
+        load = functools.partial(load_image_folder, folder, **kw)
+    if cache is None or not folder.is_dir():  # a missing folder fails in the loader, with its message
+        return load()
+    return cached(load, Path(cache), fingerprint(folder, {"source": key, "folder": folder.resolve(), **kw}))

@@ -30,10 +30,11 @@ from .heads import HEADS
 if TYPE_CHECKING:
     from ..config import ModalityConfig
 
-__all__ = ["Modality", "BackboneEncode", "MODALITY_KINDS"]
+__all__ = ["ALL", "Modality", "BackboneEncode", "MODALITY_KINDS"]
 
 # (context tokens [B, L, D]) -> backbone eps output at z = 0, t = 0 (the "U-Net as encoder" option)
 BackboneEncode = Callable[[Tensor], Tensor]
+ALL = slice(None)  # every row of a batch
 
 MODALITY_KINDS: dict[str, type[Modality]] = {}
 """Kind name (``modalities.<name>.kind``) -> class; a subclass that sets ``kind`` enters it when defined."""
@@ -151,13 +152,16 @@ class Modality(nn.Module):
         from scratch and lazily at inference; a no-op for most kinds."""
 
     # -- data ------------------------------------------------------------------------------
-    def derive(self, batch: Mapping[str, Tensor], generator: torch.Generator | None) -> Tensor:
-        """This modality's data x_i from a training batch: ``batch[source]``, or a modality derived
-        from the image (``source`` = "class_mask" or "edges", see ``mtdiff.data.derived``)."""
+    def derive(self, batch: Mapping[str, Tensor], generator: torch.Generator | None, rows: slice = ALL) -> Tensor:
+        """This modality's data x_i for the ``rows`` of a training batch: ``batch[source]``, or a modality
+        derived from the image (``source`` = "class_mask" or "edges", see ``mtdiff.data.derived``). A kind
+        that draws at random (masks, caption templates) draws for the whole batch and keeps ``rows``, so
+        every process of a torchrun job draws the same and computes only its own share."""
         if self.source in batch:
-            return batch[self.source]
+            return batch[self.source][rows]
         if self.source in DERIVED:
-            return derive(self.source, batch["image"], batch.get("label"))
+            labels = batch.get("label")
+            return derive(self.source, batch["image"][rows], None if labels is None else labels[rows])
         raise KeyError(
             f"modality {self.name!r} reads batch[{self.source!r}], but the batch has {sorted(batch)} "
             f"and the derived modalities are {sorted(DERIVED)}"

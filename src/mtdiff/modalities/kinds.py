@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.masking import apply_mask, make_mask
-from .base import BackboneEncode, Modality
+from .base import ALL, BackboneEncode, Modality
 
 if TYPE_CHECKING:
     from ..config import ModalityConfig
@@ -177,9 +177,9 @@ class MaskedImageModality(ImageModality):
             keep = keep * (~full).to(keep).reshape(-1, 1, 1, 1)
         return keep
 
-    def derive(self, batch, generator):
+    def derive(self, batch, generator, rows=ALL):
         image = batch[self.source]
-        return apply_mask(image, self.keep_mask(image.shape[0], generator=generator, device=image.device))
+        return apply_mask(image[rows], self.keep_mask(image.shape[0], generator=generator, device=image.device)[rows])
 
     def init_unknown(self, batch, *, generator, device):
         # generated from the "complete mask" (Section 4.1), not from noise: all zeros, the image's null
@@ -414,10 +414,10 @@ class VectorModality(Modality):
         net = self._extractor[0].to(images.device)
         return F.normalize(net(images).float(), dim=1) * math.sqrt(self.dim)
 
-    def derive(self, batch, generator):
+    def derive(self, batch, generator, rows=ALL):
         if self.extractor_name and self.source not in batch:
-            return self.represent(batch["image"])
-        return super().derive(batch, generator)
+            return self.represent(batch["image"][rows])
+        return super().derive(batch, generator, rows)
 
     def null(self, batch, *, device=None, dtype=torch.float32):
         # "Nothing known" is the zero vector (E(0) = 0 for the fixed encoder), not a random one: a random
@@ -544,9 +544,9 @@ class TextModality(Modality):
         template = torch.zeros_like(labels) if template is None else template
         return self.captions[labels.long(), template.long()]
 
-    def derive(self, batch, generator):
+    def derive(self, batch, generator, rows=ALL):
         if self.source in batch:
-            return batch[self.source]
+            return batch[self.source][rows]
         labels = batch["label"]
         template = torch.randint(
             0,
@@ -555,7 +555,7 @@ class TextModality(Modality):
             generator=generator,
             device=_generator_device(generator, labels.device),
         ).to(labels.device)
-        return self.from_labels(labels, template)
+        return self.from_labels(labels[rows], template[rows])
 
     def null(self, batch, *, device=None, dtype=torch.float32):
         return torch.zeros(batch, self.dim, device=device, dtype=dtype)  # no caption

@@ -59,9 +59,12 @@ class MTModel(nn.Module):
             m.prepare()
         return self
 
-    def derive(self, batch: Mapping[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
-        """The modality data X of a pixel batch, each modality's from its source (masks drawn from ``generator``)."""
-        return {name: m.derive(batch, generator) for name, m in self.modalities.items()}
+    def derive(
+        self, batch: Mapping[str, Tensor], generator: torch.Generator | None, rows: slice = slice(None)
+    ) -> dict[str, Tensor]:
+        """The modality data X of the ``rows`` of a pixel batch, each modality's from its source (masks drawn
+        from ``generator`` for the whole batch, the same on every process)."""
+        return {name: m.derive(batch, generator, rows) for name, m in self.modalities.items()}
 
     # -- encoders ------------------------------------------------------------------------
     def _backbone_encode(self, context: Tensor) -> Tensor:

@@ -41,7 +41,7 @@ from ..checkpoint import (
 from ..config import Config, ConfigError, to_dict
 from ..data.imageset import ImageSet
 from ..data.loader import BatchStream
-from ..distributed import init_world, wrap_ddp
+from ..distributed import init_world, main_first, wrap_ddp
 from ..errors import MtdiffError
 from ..loss import mt_loss
 from ..memory import estimate_training_memory
@@ -136,7 +136,7 @@ class Trainer:
         t = cfg.train
         self.local_batch, self.micro_batch = _shares(t.batch_size, t.micro_batch, self.world.size)
         self.amp_dtype = autocast_dtype(t.precision, self.device)
-        self.data = data if data is not None else load_data(cfg)
+        self.data = data if data is not None else main_first(self.world, lambda: load_data(cfg))
         if t.batch_size > len(self.data):
             raise ConfigError(
                 f"train.batch_size={t.batch_size} exceeds the {len(self.data)} images of {self.data.name!r}"
@@ -286,22 +286,22 @@ class Trainer:
         means the update was skipped.
         """
         t, model = self.cfg.train, self.model
-        batch = self.stream.next()  # the global batch
-        data = model.derive(batch, self.gen)
+        batch = self.stream.next()  # the global batch: every random draw is made for all of it, on every process
+        mine = self.world.rank * self.local_batch
+        data = model.derive(batch, self.gen, slice(mine, mine + self.local_batch))  # this process's rows only
         B = batch["image"].shape[0]
         tt = (model.prediction or Prediction(self.process)).timesteps(B, self.gen, self.device)
         noise = torch.randn((B, *model.z_shape), generator=self.gen, device=self.device)
-        cond_drop = self._drop_masks(data, t.cond_drop_prob, model.conditioned)  # classifier-free guidance
-        enc_drop = self._drop_masks(data, t.enc_drop_prob, tuple(model.modalities))  # heads learn image -> x
+        cond_drop = self._drop_masks(B, t.cond_drop_prob, model.conditioned)  # classifier-free guidance
+        enc_drop = self._drop_masks(B, t.enc_drop_prob, tuple(model.modalities))  # heads learn image -> x
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
         self.opt.zero_grad(set_to_none=True)
-        mine = self.world.rank * self.local_batch
         chunks = range(mine, mine + self.local_batch, self.micro_batch)
         terms: dict[str, torch.Tensor] = {}
         for i, start in enumerate(chunks):
-            rows = slice(start, start + self.micro_batch)
-            z0, x = self.diffusion_data({"image": batch["image"][rows]}, {n: v[rows] for n, v in data.items()})
+            rows, own = slice(start, start + self.micro_batch), slice(start - mine, start - mine + self.micro_batch)
+            z0, x = self.diffusion_data({"image": batch["image"][rows]}, {n: v[own] for n, v in data.items()})
             last = i == len(chunks) - 1
             sync = nullcontext() if last or not self.world.distributed else self.net.no_sync()
             with sync, self._autocast():
@@ -364,14 +364,14 @@ class Trainer:
         with torch.no_grad():
             return self.latent.encode(batch["image"]), self.latent.encode_data(data, self.model.modalities)
 
-    def _drop_masks(self, data: dict[str, torch.Tensor], prob: float, names) -> dict[str, torch.Tensor] | None:
-        """Per sample of the global batch, True where each of ``names`` becomes "nothing known", with
-        probability ``prob``; None when prob is 0 (nothing is drawn from the generator then)."""
+    def _drop_masks(self, batch: int, prob: float, names) -> dict[str, torch.Tensor] | None:
+        """Per sample of the global batch, True where each modality of ``names`` becomes "nothing known",
+        with probability ``prob``; None when prob is 0 (nothing is drawn from the generator then)."""
         if prob <= 0:
             return None
         return {
-            n: torch.rand(x.shape[0], generator=self.gen, device=self.device) < prob
-            for n, x in data.items()
+            n: torch.rand(batch, generator=self.gen, device=self.device) < prob
+            for n in self.model.modalities
             if n in names
         }
 

@@ -1,0 +1,123 @@
+"""Decoded image folders kept on disk as memory-mapped arrays.
+
+Decoding a large image folder (ImageNet-64: 1.28M JPEGs, about 16 GB decoded) takes long and, done by
+every process of a torchrun job, would hold one copy per process in host memory. :func:`cached` decodes
+once and writes the :class:`ImageSet` as ``.npy`` files under a directory named by a fingerprint of the
+folder (every image file's relative path, size and modification time) and of the decoding options; every
+later load, and every other process, maps those files read-only-shared (``mmap_mode="c"``: the operating
+system keeps one copy in its page cache for all processes, and a write would stay private to the writer).
+A changed, added or removed file changes the fingerprint, so a stale entry is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .imageset import IMAGE_EXTENSIONS, ImageSet
+
+__all__ = ["cached", "cache_dir", "fingerprint"]
+
+FORMAT = 1  # bumped when the layout of an entry changes
+_META = "meta.json"
+
+
+def cache_dir(setting: bool | str) -> Path | None:
+    """The directory of the config's ``data.cache``: false -> None; true -> ``$MTDIFF_CACHE``, else
+    ``$XDG_CACHE_HOME/mtdiff``, else ``~/.cache/mtdiff``; a string is the directory itself."""
+    if setting is False:
+        return None
+    if isinstance(setting, str):
+        return Path(setting).expanduser()
+    if os.environ.get("MTDIFF_CACHE"):
+        return Path(os.environ["MTDIFF_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "mtdiff"
+
+
+def fingerprint(root: Path, options: dict) -> str:
+    """A digest of ``options`` and of every image file under ``root``: relative path, size, mtime (ns)."""
+    h = hashlib.sha256(json.dumps({"format": FORMAT, **options}, sort_keys=True, default=str).encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                path = Path(dirpath) / name
+                st = path.stat()
+                h.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def cached(load: Callable[[], ImageSet], directory: Path, key: str) -> ImageSet:
+    """``load()``'s ImageSet, from ``directory/key`` when it holds one, else decoded and written there first.
+
+    The warnings ``load`` gave (skipped files) are kept with the entry and given again on every load. A cache
+    that cannot be written (read-only, full disk) costs speed, not the run: a warning, and the decoded set.
+    """
+    entry = directory / key
+    if (entry / _META).is_file():
+        try:
+            return _read(entry)
+        except (OSError, ValueError, KeyError) as e:  # a damaged entry: decode again and replace it
+            warnings.warn(f"damaged cache entry {entry} ({e}); decoding the images again", stacklevel=2)
+            shutil.rmtree(entry, ignore_errors=True)
+    if not (entry / _META).is_file():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = load()
+        notes = [str(w.message) for w in caught]
+        try:
+            _write(data, entry, notes)
+        except OSError as e:
+            for note in notes:
+                warnings.warn(note, stacklevel=3)
+            warnings.warn(
+                f"cannot keep the decoded images in {entry} ({e.strerror or e}); every load decodes them again "
+                "(set data.cache to a writable directory, or false)",
+                stacklevel=3,
+            )
+            return data
+    return _read(entry)
+
+
+def _write(data: ImageSet, entry: Path, notes: list[str]) -> None:
+    """The set's tensors as .npy files and its metadata, in a private folder renamed into place at once."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.parent / f".{entry.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        arrays = {"images": data.images, **({"labels": data.labels} if data.labels is not None else {})}
+        arrays.update({f"extra.{k}": v for k, v in data.extras.items()})
+        for name, x in arrays.items():
+            np.save(tmp / f"{name}.npy", x.numpy())
+        meta = {"format": FORMAT, "name": data.name, "class_names": data.class_names, "warnings": notes}
+        (tmp / _META).write_text(json.dumps(meta))
+        try:
+            tmp.rename(entry)
+        except OSError:
+            if not (entry / _META).is_file():  # another process renamed its copy first: keep that one
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read(entry: Path) -> ImageSet:
+    meta = json.loads((entry / _META).read_text())
+    for note in meta["warnings"]:
+        warnings.warn(note, stacklevel=3)
+
+    def mapped(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.load(entry / f"{name}.npy", mmap_mode="c"))
+
+    labels = mapped("labels") if (entry / "labels.npy").is_file() else None
+    extras = {p.stem[len("extra.") :]: mapped(p.stem) for p in sorted(entry.glob("extra.*.npy"))}
+    return ImageSet(mapped("images"), labels, meta["class_names"], meta["name"], extras)
