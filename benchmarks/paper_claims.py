@@ -1,12 +1,19 @@
 """The paper's comparisons rerun at MNIST scale: Tables 1, 2, 4 and Figure 6 of Chen et al. (ICLR 2024).
 
-    python benchmarks/paper_claims.py --scale smoke|cpu|gpu [--runs runs/paper_claims] [--out-dir benchmarks/results]
+    python benchmarks/paper_claims.py --scale smoke|cpu|gpu [--seeds 0,1,2] [--runs runs/paper_claims] [--out-dir ...]
 
 Every arm has the same backbone, training steps, batch, learning rate and seed; every evaluation the same
-sampler, steps and seed. Arms are trained with ``mtdiff.train.Trainer`` into ``RUNS/<arm>`` and reused when
-that directory holds a finished run of the same resolved config (a partial one is resumed), so an
-interrupted benchmark continues where it stopped. Writes ``paper_claims.json`` and ``paper_claims.md``
-(tables laid out like the paper's, its numbers beside ours, and whether each claim holds here).
+sampler, steps and seed. Arms are trained with ``mtdiff.train.Trainer`` into ``RUNS/seed-<s>/<arm>`` and reused
+when that directory holds a finished run of the same resolved config (a partial one is resumed), so an
+interrupted benchmark continues where it stopped, arm by arm. Writes ``paper_claims.json`` and
+``paper_claims.md`` (tables laid out like the paper's, its numbers beside ours, and whether each claim holds).
+
+With several ``--seeds`` every arm is trained and evaluated once per seed (the seed of its initial weights,
+data order, noise and of its evaluation); the tables show mean ± standard deviation over the seeds, and a
+claim holds only when its difference points the paper's way and exceeds the spread of that difference
+(the two sides' standard deviations added in quadrature); one the other way beyond the spread does not
+hold; anything nearer is "within the spread". With one seed the spread is unknown and the verdict is the
+direction alone, marked "1 seed".
 
 Scales: ``smoke`` (8 channels, 3 steps, 16 samples: checks that the pipeline runs, numbers mean nothing),
 ``cpu`` (the MNIST presets' backbone, 16 channels x (1, 2, 4), 1000 steps at batch 32, 1000 samples with
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import statistics
@@ -310,10 +318,12 @@ def calibrate(cfgs: dict[str, Config], ddpm: Config, data, batch: int) -> dict:
     return {"sec_per_step": per_step, "sec_per_forward_image": forward}
 
 
-def estimate(scale: Scale, remaining: dict[str, int], speed: dict, num_test: int) -> dict[str, float]:
+def estimate(
+    scale: Scale, remaining: dict[str, int], speed: dict, num_test: int, evaluations: int = 1
+) -> dict[str, float]:
     """Seconds for the remaining training steps of each arm (x its measured seconds per step) and for all
-    evaluations (network evaluations x measured seconds per image forward, and the FID-family scoring),
-    plus 30 s for data and reference features."""
+    ``evaluations`` (one per seed: network evaluations x measured seconds per image forward, and the
+    FID-family scoring), plus 30 s for data and reference features."""
     s = scale.sample_steps
     forwards = {
         "table2": 5 * scale.num_samples * s,
@@ -322,8 +332,8 @@ def estimate(scale: Scale, remaining: dict[str, int], speed: dict, num_test: int
         "figure6": 4 * (scale.num_classify or num_test),
     }
     out = {"training": sum(n * speed["sec_per_step"].get(arm, 0.0) for arm, n in remaining.items())}
-    out.update({k: n * speed["sec_per_forward_image"] for k, n in forwards.items()})
-    out["table2_scoring"] = 5 * (2 + scale.num_samples / 100)  # FID-family metrics: about 12 s per 1000 samples
+    out.update({k: evaluations * n * speed["sec_per_forward_image"] for k, n in forwards.items()})
+    out["table2_scoring"] = evaluations * 5 * (2 + scale.num_samples / 100)  # FID family: ~12 s per 1000 samples
     out["total"] = sum(out.values()) + 30
     return out
 
@@ -485,106 +495,162 @@ def figure6_classification(runs: Path, scale: Scale, test, seed: int, device) ->
 # ---------------------------------------------------------------------------- claims and markdown
 
 
-def _compare(a: float, b: float, *, lower: bool, digits: int = 2) -> tuple[bool, str]:
-    """(a is better than b, "a vs b"); better is lower for distances, at least as high for accuracies."""
-    return (a < b if lower else a >= b), f"{a:.{digits}f} vs {b:.{digits}f}"
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: the mean over seeds and its standard deviation (None with one seed)."""
+
+    mean: float
+    sd: float | None = None
+
+    def text(self, digits: int) -> str:
+        return f"{self.mean:.{digits}f}" + (f" ± {self.sd:.{digits}f}" if self.sd is not None else "")
 
 
-def _below_everywhere(a: list[float], b: list[float]) -> tuple[bool, str]:
-    """(a below b at every mask size, "range of a vs range of b")."""
-    return all(x < y for x, y in zip(a, b)), f"{min(a):.3f}-{max(a):.3f} vs {min(b):.3f}-{max(b):.3f}"
+HOLDS, FAILS, WITHIN = "holds", "does not hold", "within the spread"
 
 
-def claims(r: dict) -> list[dict]:
-    """Each comparison the paper draws from these tables, whether it holds in our numbers, and the numbers."""
+def verdict(a: Side, b: Side, *, lower: bool) -> str:
+    """Whether ``a`` beats ``b`` (lower is better for distances; at least as high for scores): HOLDS when the
+    difference points that way and exceeds its spread (the sds added in quadrature), FAILS when it points the
+    other way beyond the spread, else WITHIN. With one seed (no sd) the direction alone decides."""
+    better = a.mean < b.mean if lower else a.mean >= b.mean
+    if a.sd is None or b.sd is None:
+        return HOLDS if better else FAILS
+    if abs(a.mean - b.mean) <= math.hypot(a.sd, b.sd):
+        return WITHIN
+    return HOLDS if better else FAILS
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim made of several comparisons (every mask size, every score): FAILS if one fails, HOLDS if all hold."""
+    return FAILS if FAILS in verdicts else HOLDS if all(v == HOLDS for v in verdicts) else WITHIN
+
+
+def claims(r: dict, sd: dict | None = None) -> list[dict]:
+    """Each comparison the paper draws from these tables, its verdict here, and the numbers (``r``: the tables'
+    means over seeds; ``sd``: their standard deviations, None with one seed)."""
+
+    def side(*path) -> Side:
+        mean, spread = r, sd
+        for key in path:
+            mean, spread = mean[key], None if spread is None else spread[key]
+        return Side(float(mean), None if spread is None else float(spread))
+
     fid = next(k for k in r["table2"]["rows"]["ddpm"] if k.startswith("FID"))
-    f = {a: v[fid] for a, v in r["table2"]["rows"].items()}
-    t1 = {row: [v[f"mask-{k}"]["perceptual"] for k in PATCHES] for row, v in r["table1"]["rows"].items()}
-    t4, f6 = r["table4"]["rows"], r["figure6"]["rows"]
-    seg = {arm: "/".join(f"{t4[arm][m]:.3f}" for m in SEG_METRICS) for arm in t4}
+    f = {a: side("table2", "rows", a, fid) for a in r["table2"]["rows"]}
+    t1 = {row: [side("table1", "rows", row, f"mask-{k}", "perceptual") for k in PATCHES] for row in r["table1"]["rows"]}
+    t4 = {arm: [side("table4", "rows", arm, m) for m in SEG_METRICS] for arm in r["table4"]["rows"]}
+    f6 = {arm: side("figure6", "rows", arm, "accuracy") for arm in r["figure6"]["rows"]}
+
+    def pair(a: Side, b: Side, lower: bool, digits: int = 2):
+        return [verdict(a, b, lower=lower)], f"{a.text(digits)} vs {b.text(digits)}"
+
+    def everywhere(a: list[Side], b: list[Side], lower: bool, digits: int = 3):
+        rng = lambda xs: f"{min(x.mean for x in xs):.{digits}f}-{max(x.mean for x in xs):.{digits}f}"
+        return [verdict(x, y, lower=lower) for x, y in zip(a, b)], f"{rng(a)} vs {rng(b)}"
+
+    seg = {arm: "/".join(x.text(3) for x in t4[arm]) for arm in t4}
+    ddpm_vs_mte = [verdict(f["ddpm"], f[arm], lower=True) for arm in ("label-m", "label-e")]
     out = [
         (
             "Table 2",
             "MT-Diffusion-X beats single-task DDPM (FID)",
-            *_compare(f["masked-x"], f["ddpm"], lower=True),
+            *pair(f["masked-x"], f["ddpm"], True),
             "9.85 vs 23.22",
         ),
         (
             "Table 2",
             "MT-Diffusion-U beats single-task DDPM (FID; the paper's text says so, its table does not)",
-            *_compare(f["masked-u"], f["ddpm"], lower=True),
+            *pair(f["masked-u"], f["ddpm"], True),
             "26.00 vs 23.22",
         ),
         (
             "Table 2",
             "MT-Diffusion-X beats MT-Diffusion-U (FID)",
-            *_compare(f["masked-x"], f["masked-u"], lower=True),
+            *pair(f["masked-x"], f["masked-u"], True),
             "9.85 vs 26.00",
         ),
         (
             "Table 2",
             "MT-Diffusion-M beats MT-Diffusion-E (FID)",
-            *_compare(f["label-m"], f["label-e"], lower=True),
+            *pair(f["label-m"], f["label-e"], True),
             "33.92 vs 41.00",
         ),
         (
             "Table 2",
             "joint image-label training costs image quality: DDPM beats M and E (FID)",
-            f["ddpm"] < min(f["label-m"], f["label-e"]),
-            f"{f['ddpm']:.2f} vs {f['label-m']:.2f}, {f['label-e']:.2f}",
+            ddpm_vs_mte,
+            f"{f['ddpm'].text(2)} vs {f['label-m'].text(2)}, {f['label-e'].text(2)}",
             "23.22 vs 33.92, 41.00",
         ),
         (
             "Table 1",
             "MT-Diffusion-X is closer to the original than the masked input, every mask size",
-            *_below_everywhere(t1["mt_x"], t1["clean_masked"]),
+            *everywhere(t1["mt_x"], t1["clean_masked"], True),
             "0.035-0.133 vs 0.311-0.491",
         ),
         (
             "Table 1",
             "MT-Diffusion-X is closer to the original than SDEdit, every mask size",
-            *_below_everywhere(t1["mt_x"], t1["sdedit"]),
+            *everywhere(t1["mt_x"], t1["sdedit"], True),
             "0.035-0.133 vs 0.400-0.513",
         ),
         (
             "Table 1",
             "the masked input is closer to the original than SDEdit, every mask size",
-            *_below_everywhere(t1["clean_masked"], t1["sdedit"]),
+            *everywhere(t1["clean_masked"], t1["sdedit"], True),
             "0.311-0.491 vs 0.400-0.513",
         ),
         (
             "Table 4",
             "MT-Diffusion beats single-task conditional diffusion on all three scores",
-            all(t4["seg2img"][m] > t4["seg2img-single"][m] for m in SEG_METRICS),
+            [verdict(a, b, lower=False) for a, b in zip(t4["seg2img"], t4["seg2img-single"])],
             f"{seg['seg2img']} vs {seg['seg2img-single']}",
             "0.95/0.85/0.70 vs 0.72/0.54/0.32",
         ),
         (
             "Figure 6",
             "the MT-Diffusion-M label head classifies at least as well as classifier-only training",
-            *_compare(f6["label-m"]["accuracy"], f6["label-m-classifier-only"]["accuracy"], lower=False, digits=3),
+            *pair(f6["label-m"], f6["label-m-classifier-only"], False, 3),
             "figure only (ImageNet)",
         ),
         (
             "Figure 6",
             "the MT-Diffusion-E label head classifies at least as well as classifier-only training",
-            *_compare(f6["label-e"]["accuracy"], f6["label-e-classifier-only"]["accuracy"], lower=False, digits=3),
+            *pair(f6["label-e"], f6["label-e-classifier-only"], False, 3),
             "figure only (ImageNet)",
         ),
     ]
-    return [{"table": t, "claim": c, "holds": bool(h), "ours": o, "paper": p} for t, c, h, o, p in out]
+    found = []
+    for table, claim, verdicts, ours, paper in out:
+        v = combine(verdicts)
+        found.append({"table": table, "claim": claim, "verdict": v, "holds": v == HOLDS, "ours": ours, "paper": paper})
+    return found
 
 
-def _cell(ours: float, paper: float | None, digits: int, paper_digits: int) -> str:
-    """ "ours (paper)", each with its digits; just ours where the paper has no number."""
-    return f"{ours:.{digits}f}" + (f" ({paper:.{paper_digits}f})" if paper is not None else "")
+def _cell(ours: float, paper: float | None, digits: int, paper_digits: int, sd: float | None = None) -> str:
+    """ "ours ± sd (paper)", each with its digits; without the sd for one seed, the paper where it has a number."""
+    return (
+        f"{ours:.{digits}f}"
+        + (f" ± {sd:.{digits}f}" if sd is not None else "")
+        + (f" ({paper:.{paper_digits}f})" if paper is not None else "")
+    )
+
+
+def _sd(sd: dict | None, *path):
+    """The standard deviation at ``path`` of the sd tree, or None (one seed)."""
+    for key in path:
+        if sd is None:
+            return None
+        sd = sd[key]
+    return sd
 
 
 def _header(cols) -> list[str]:
     return ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
 
 
-def _md_table2(t2: dict) -> list[str]:
+def _md_table2(t2: dict, sd: dict | None) -> list[str]:
     ddpm = t2["rows"]["ddpm"]
     names = [next(k for k in ddpm if k == met or k.startswith(met + " (")) for met in TABLE2_METRICS]
     lines = [
@@ -597,14 +663,14 @@ def _md_table2(t2: dict) -> list[str]:
     ]
     for arm, row in t2["rows"].items():
         cells = [
-            _cell(row[n], t2["paper"][arm][met], 2 if met in ("IS", "FID", "sFID") else 3, 2)
+            _cell(row[n], t2["paper"][arm][met], 2 if met in ("IS", "FID", "sFID") else 3, 2, _sd(sd, "rows", arm, n))
             for n, met in zip(names, TABLE2_METRICS)
         ]
         lines.append(f"| {NAMES[arm]} ({t2['paper_rows'][arm]}) | " + " | ".join(cells) + " |")
     return lines
 
 
-def _md_table1(t1: dict) -> list[str]:
+def _md_table1(t1: dict, sd: dict | None) -> list[str]:
     masks = [f"mask-{k}" for k in PATCHES]
     cols = ["model", *(f"Mask-{k}" for k in PATCHES)]
     lines = [
@@ -617,7 +683,10 @@ def _md_table1(t1: dict) -> list[str]:
     ]
     lines += [
         f"| {NAMES[row]} | "
-        + " | ".join(_cell(v[m]["perceptual"], t1["paper"].get(row, {}).get(m), 3, 3) for m in masks)
+        + " | ".join(
+            _cell(v[m]["perceptual"], t1["paper"].get(row, {}).get(m), 3, 3, _sd(sd, "rows", row, m, "perceptual"))
+            for m in masks
+        )
         + " |"
         for row, v in t1["rows"].items()
     ]
@@ -631,13 +700,15 @@ def _md_table1(t1: dict) -> list[str]:
         *_header(cols),
     ]
     lines += [
-        f"| {NAMES[row]} | " + " | ".join(f"{v[m]['mse_masked']:.3f}" for m in masks) + " |"
+        f"| {NAMES[row]} | "
+        + " | ".join(_cell(v[m]["mse_masked"], None, 3, 3, _sd(sd, "rows", row, m, "mse_masked")) for m in masks)
+        + " |"
         for row, v in t1["rows"].items()
     ]
     return lines
 
 
-def _md_table4(t4: dict) -> list[str]:
+def _md_table4(t4: dict, sd: dict | None) -> list[str]:
     lines = [
         (
             f"### Table 4: class mask -> image ({t4['rows']['seg2img']['all']['n']} test masks; generated digits "
@@ -647,12 +718,14 @@ def _md_table4(t4: dict) -> list[str]:
         *_header(["model", "per-pixel acc.", "per-class acc.", "class IoU"]),
     ]
     return lines + [
-        f"| {NAMES[arm]} | " + " | ".join(_cell(v[m], t4["paper"][arm][m], 3, 2) for m in SEG_METRICS) + " |"
+        f"| {NAMES[arm]} | "
+        + " | ".join(_cell(v[m], t4["paper"][arm][m], 3, 2, _sd(sd, "rows", arm, m)) for m in SEG_METRICS)
+        + " |"
         for arm, v in t4["rows"].items()
     ]
 
 
-def _md_figure6(f6: dict) -> list[str]:
+def _md_figure6(f6: dict, sd: dict | None) -> list[str]:
     rows = f6["rows"]
     lines = [
         (
@@ -663,23 +736,39 @@ def _md_figure6(f6: dict) -> list[str]:
         *_header(["model", "accuracy", "ECE (15 bins)", "NLL"]),
     ]
     return lines + [
-        f"| {NAMES[arm]} | {v['accuracy']:.3f} | {v['ece']:.3f} | {v['nll']:.3f} |" for arm, v in rows.items()
+        f"| {NAMES[arm]} | "
+        + " | ".join(_cell(v[k], None, 3, 3, _sd(sd, "rows", arm, k)) for k in ("accuracy", "ece", "nll"))
+        + " |"
+        for arm, v in rows.items()
     ]
 
 
-def _md_claims(found: list[dict]) -> list[str]:
+def _md_claims(found: list[dict], seeds: int) -> list[str]:
+    one = " (1 seed)" if seeds == 1 else ""
     lines = ["### Do the paper's claims hold here?", "", *_header(["source", "claim", "here", "ours", "paper"])]
     lines += [
-        f"| {c['table']} | {c['claim']} | {'holds' if c['holds'] else '**does not hold**'} | {c['ours']} | "
-        f"{c['paper']} |"
+        f"| {c['table']} | {c['claim']} | {c['verdict'] if c['holds'] else '**' + c['verdict'] + '**'}{one} | "
+        f"{c['ours']} | {c['paper']} |"
         for c in found
     ]
-    failed = sum(not c["holds"] for c in found)
+    held, failed = (sum(c["verdict"] == v for c in found) for v in (HOLDS, FAILS))
+    within = len(found) - held - failed
     return lines + [
         "",
-        f"{len(found) - failed} of {len(found)} claims hold at this scale"
-        + (f"; {failed} do not (a result, not a bug to hide)." if failed else "."),
+        f"{held} of {len(found)} claims hold at this scale"
+        + (f"; {failed} do not (a result, not a bug to hide)" if failed else "")
+        + (f"; {within} are within the spread of the seeds" if within else "")
+        + ".",
     ]
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    if len(seeds) == 1:
+        return f"One seed ({seeds[0]}) for training and evaluation: no spread is known."
+    return (
+        f"Seeds {', '.join(map(str, seeds))} (each arm trained and evaluated once per seed): mean ± standard "
+        "deviation over the seeds."
+    )
 
 
 def markdown(r: dict) -> str:
@@ -697,8 +786,8 @@ def markdown(r: dict) -> str:
         ),
         "",
         (
-            f"Every arm: {s['backbone']}, {s['steps']} steps at batch {s['batch_size']}, lr {s['lr']}, "
-            f"seed {s['seed']}; every sampler DDIM (eta 0), {s['sample_steps']} steps, seed {s['seed']}. Our numbers "
+            f"Every arm: {s['backbone']}, {s['steps']} steps at batch {s['batch_size']}, lr {s['lr']}; every sampler "
+            f"DDIM (eta 0), {s['sample_steps']} steps. {_seeds_text(s['seeds'])} Our numbers "
             "first, the paper's in parentheses: **other data (MNIST 32 px here; ImageNet and Cityscapes there), other "
             "scale (minutes on a CPU here; 1M iterations on GPUs there), other feature networks**: compare the "
             "direction of each comparison, not the values."
@@ -706,18 +795,53 @@ def markdown(r: dict) -> str:
     ]
     if r["scale"] == "smoke":
         lines += ["", "**Smoke scale: a test that the pipeline runs. These numbers mean nothing.**"]
+    sd = r["sd"] or {}
     for part in (
-        _md_table2(r["table2"]),
-        _md_table1(r["table1"]),
-        _md_table4(r["table4"]),
-        _md_figure6(r["figure6"]),
-        _md_claims(r["claims"]),
+        _md_table2(r["table2"], sd.get("table2")),
+        _md_table1(r["table1"], sd.get("table1")),
+        _md_table4(r["table4"], sd.get("table4")),
+        _md_figure6(r["figure6"], sd.get("figure6")),
+        _md_claims(r["claims"], len(s["seeds"])),
     ):
         lines += ["", *part]
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------- seeds
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def mean_and_sd(trees: list) -> tuple:
+    """The element-wise mean and sample standard deviation of equally shaped nested dicts (other leaves are
+    taken from the first tree; the sd tree holds None there). With one tree the sd tree is None."""
+    if len(trees) == 1:
+        return trees[0], None
+
+    def walk(xs):
+        if isinstance(xs[0], dict):
+            pairs = {k: walk([x[k] for x in xs]) for k in xs[0]}
+            return {k: m for k, (m, _) in pairs.items()}, {k: d for k, (_, d) in pairs.items()}
+        if all(_is_number(x) for x in xs):
+            return statistics.fmean(xs), statistics.stdev(xs)
+        return xs[0], None
+
+    return walk(trees)
+
+
 # ---------------------------------------------------------------------------- main
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -738,7 +862,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="torch CPU threads (default: the scale's; 1 can be much faster when other jobs share the cores)",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=[0],
+        metavar="S,...",
+        help="train and evaluate every arm once per seed; tables show mean ± sd (default: 0)",
+    )
     ap.add_argument(
         "--set",
         dest="overrides",
@@ -752,18 +882,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def plan(args, scale: Scale, cfgs: dict[str, Config], train, test) -> tuple[dict, dict]:
-    """Steps still to train per arm, speeds measured now, and the time estimate (printed up front)."""
+def arm_dir(runs: Path, seed: int, arm: str) -> Path:
+    return runs / f"seed-{seed}" / arm
+
+
+def objective(arm: str) -> str:
+    return "classifier-only" if arm in CLASSIFIER_ONLY else "diffusion"
+
+
+def plan(args, scale: Scale, cfgs: dict[int, dict[str, Config]], train, test) -> tuple[dict, dict]:
+    """Steps still to train per arm (over all seeds), speeds measured now, and the time estimate (printed first)."""
     remaining = {
-        a: c.train.steps - run_state(args.runs / a, c, "classifier-only" if a in CLASSIFIER_ONLY else "diffusion")
-        for a, c in cfgs.items()
+        arm: sum(
+            c[arm].train.steps - run_state(arm_dir(args.runs, s, arm), c[arm], objective(arm)) for s, c in cfgs.items()
+        )
+        for arm in cfgs[args.seeds[0]]
     }
-    speed = calibrate({a: c for a, c in cfgs.items() if remaining[a] > 0}, cfgs["ddpm"], train, scale.batch)
-    guess = estimate(scale, remaining, speed, len(test))
+    first = cfgs[args.seeds[0]]
+    speed = calibrate({a: c for a, c in first.items() if remaining[a] > 0}, first["ddpm"], train, scale.batch)
+    guess = estimate(scale, remaining, speed, len(test), evaluations=len(cfgs))
     steps_per_s = {a: round(1 / v, 2) for a, v in speed["sec_per_step"].items()}
     print(
-        f"[paper_claims] scale {args.scale}: {len(cfgs)} arms x {cfgs['ddpm'].train.steps} steps, "
-        f"{sum(remaining.values())} still to train; measured now: training steps/s {steps_per_s}, "
+        f"[paper_claims] scale {args.scale}: {len(first)} arms x {first['ddpm'].train.steps} steps x {len(cfgs)} "
+        f"seed(s), {sum(remaining.values())} still to train; measured now: training steps/s {steps_per_s}, "
         f"{1 / speed['sec_per_forward_image']:.0f} img/s per sampling step. Estimate: "
         f"{guess['training'] / 60:.1f} min training + {(guess['total'] - guess['training']) / 60:.1f} min evaluation "
         f"= {guess['total'] / 60:.1f} min",
@@ -772,14 +913,9 @@ def plan(args, scale: Scale, cfgs: dict[str, Config], train, test) -> tuple[dict
     return speed, guess
 
 
-def evaluate_all(args, scale: Scale, test) -> tuple[dict, dict]:
-    """The four tables, and the seconds each took."""
-    from mtdiff.pretrained.images import load_image_features
-    from mtdiff.pretrained.lpips import load_lpips
-
-    runs, seed, device = args.runs, args.seed, scale.device
-    extractor = load_image_features(args.features, device)
-    lpips = load_lpips("alex", args.lpips_weights).to(device) if args.lpips_weights else None
+def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips) -> tuple[dict, dict]:
+    """The four tables of one seed's arms, evaluated with that seed, and the seconds each took."""
+    runs, device = args.runs / f"seed-{seed}", scale.device
     tables = {
         "table2": lambda: table2_generation(runs, scale, test, extractor, seed, device),
         "table1": lambda: table1_restoration(runs, scale, test, extractor, lpips, seed, device),
@@ -791,11 +927,14 @@ def evaluate_all(args, scale: Scale, test) -> tuple[dict, dict]:
         t0 = time.perf_counter()
         result[key] = fn()
         seconds[key] = round(time.perf_counter() - t0, 1)
-        print(f"[paper_claims] {key} done in {seconds[key]:.0f} s", flush=True)
+        print(f"[paper_claims] seed {seed}: {key} done in {seconds[key]:.0f} s", flush=True)
     return result, seconds
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from mtdiff.pretrained.images import load_image_features
+    from mtdiff.pretrained.lpips import load_lpips
+
     args = parse_args(argv)
     t_start = time.perf_counter()
     scale = SCALES[args.scale]
@@ -803,19 +942,31 @@ def main(argv: list[str] | None = None) -> dict:
         scale = replace(scale, device=args.device, overrides=(*scale.overrides, f"train.device={args.device}"))
     if args.threads or scale.threads:
         torch.set_num_threads(args.threads or scale.threads)
-    cfgs = {arm: arm_config(arm, scale, args.seed, args.overrides) for arm in [*ARMS, *CLASSIFIER_ONLY]}
-    train, test = load_data(cfgs["ddpm"], "train"), load_data(cfgs["ddpm"], "test")
+    arms = [*ARMS, *CLASSIFIER_ONLY]
+    cfgs = {seed: {arm: arm_config(arm, scale, seed, args.overrides) for arm in arms} for seed in args.seeds}
+    c = cfgs[args.seeds[0]]["ddpm"]
+    train, test = load_data(c, "train"), load_data(c, "test")
     speed, guess = plan(args, scale, cfgs, train, test)
     if args.estimate_only:
         return {"estimate_seconds": guess, "speed_measured": speed}
 
     t0 = time.perf_counter()
     progress = not args.quiet and sys.stdout.isatty()
-    arms = {arm: train_arm(arm, cfg, args.runs / arm, train, progress=progress) for arm, cfg in cfgs.items()}
+    trained = {
+        f"seed-{seed}/{arm}": train_arm(arm, cfg, arm_dir(args.runs, seed, arm), train, progress=progress)
+        for seed, by_arm in cfgs.items()
+        for arm, cfg in by_arm.items()
+    }
     seconds = {"training": round(time.perf_counter() - t0, 1)}
-    tables, eval_seconds = evaluate_all(args, scale, test)
-    seconds.update(eval_seconds, total=round(time.perf_counter() - t_start, 1))
-    c = cfgs["ddpm"]
+    extractor = load_image_features(args.features, scale.device)
+    lpips = load_lpips("alex", args.lpips_weights).to(scale.device) if args.lpips_weights else None
+    per_seed = {}
+    for seed in args.seeds:
+        per_seed[str(seed)], taken = evaluate_all(args, scale, test, seed, extractor, lpips)
+        for key, v in taken.items():
+            seconds[key] = round(seconds.get(key, 0.0) + v, 1)
+    seconds["total"] = round(time.perf_counter() - t_start, 1)
+    tables, sd = mean_and_sd(list(per_seed.values()))
     result = {
         "benchmark": "paper_claims",
         "scale": args.scale,
@@ -828,7 +979,7 @@ def main(argv: list[str] | None = None) -> dict:
             "steps": c.train.steps,
             "batch_size": c.train.batch_size,
             "lr": c.train.lr,
-            "seed": args.seed,
+            "seeds": args.seeds,
             "sampler": "ddim",
             "eta": 0.0,
             "sample_steps": scale.sample_steps,
@@ -839,10 +990,12 @@ def main(argv: list[str] | None = None) -> dict:
         "estimate_seconds": guess,
         "speed_measured": speed,
         "seconds": seconds,
-        "arms": arms,
-        **tables,
+        "arms": trained,
+        **tables,  # the means over seeds (one seed: its numbers)
+        "sd": sd,  # their standard deviations (None for one seed)
+        "per_seed": per_seed if len(per_seed) > 1 else None,
     }
-    result["claims"] = claims(result)
+    result["claims"] = claims(tables, sd)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "paper_claims.json").write_text(json.dumps(result, indent=1))
     (args.out_dir / "paper_claims.md").write_text(markdown(result))

@@ -84,6 +84,7 @@ def test_json_holds_the_four_tables_with_finite_numbers(smoke):
     assert single["alpha_tilde_max"] == 0 and single["lam"] == 0  # the single-task arm really is one
     assert r["table4"]["rows"]["seg2img"]["alpha_tilde_max"] > 0
     assert len(r["claims"]) == 11 and all(isinstance(c["holds"], bool) for c in r["claims"])
+    assert r["sd"] is None and r["settings"]["seeds"] == [0]
     assert {a["status"] for a in r["arms"].values()} == {"trained"} and len(r["arms"]) == 9
 
 
@@ -104,6 +105,8 @@ def test_markdown_names_the_machine_the_command_and_the_paper(smoke):
         "(23.22)",
         "(0.95)",
         "these numbers mean nothing",
+        "(1 seed)",
+        "no spread is known",
     ):
         assert text.lower() in md.lower(), text
     assert r["command"].startswith("python benchmarks/paper_claims.py --scale smoke")
@@ -115,7 +118,7 @@ def test_figure6_accuracy_is_that_of_mtdiff_classify(smoke):
     from mtdiff.runs import load_run
 
     tmp, r, _ = smoke
-    run = load_run(tmp / "runs" / "label-m-classifier-only")
+    run = load_run(tmp / "runs" / "seed-0" / "label-m-classifier-only")
     got = classify(run, load_data(run.config, "test"), method="head", num=64)
     assert got["accuracy"] == r["figure6"]["rows"]["label-m-classifier-only"]["accuracy"]
     assert got["nll"] == pytest.approx(r["figure6"]["rows"]["label-m-classifier-only"]["nll"], rel=1e-5)
@@ -146,3 +149,43 @@ def test_partial_arm_is_resumed_finished_reused_and_another_run_refused(tmp_path
         bench.run_state(run, bench.arm_config("ddpm", bench.SCALES["smoke"], 0, ["train.lr=1e-5"]), "diffusion")
     with pytest.raises(SystemExit, match="objective"):
         bench.run_state(run, cfg, "classifier-only")
+
+
+def test_a_claim_holds_only_beyond_the_spread_of_the_seeds():
+    bench = _benchmark()
+    v, S = bench.verdict, bench.Side
+    assert v(S(1.0), S(2.0), lower=True) == bench.HOLDS  # one seed: the direction decides
+    assert v(S(3.0), S(2.0), lower=True) == bench.FAILS
+    assert v(S(1.0, 0.3), S(2.0, 0.3), lower=True) == bench.HOLDS  # 1.0 > hypot(0.3, 0.3) = 0.42
+    assert v(S(1.0, 0.8), S(2.0, 0.8), lower=True) == bench.WITHIN  # 1.0 < 1.13
+    assert v(S(0.90, 0.01), S(0.95, 0.01), lower=False) == bench.FAILS  # accuracy: higher is better
+    assert v(S(0.95, 0.01), S(0.95, 0.01), lower=False) == bench.WITHIN
+    assert bench.combine([bench.HOLDS, bench.HOLDS]) == bench.HOLDS
+    assert bench.combine([bench.HOLDS, bench.WITHIN]) == bench.WITHIN
+    assert bench.combine([bench.WITHIN, bench.FAILS, bench.HOLDS]) == bench.FAILS
+
+
+def test_seeds_give_mean_and_sd_and_the_verdicts_use_them(smoke):
+    """Two seeds' tables (the smoke run's, and a copy with every number moved): the tables hold the means, the sd
+    tree the spread of each number, and the markdown prints mean ± sd."""
+    bench = _benchmark()
+    _, r, _ = smoke
+    one = {k: r[k] for k in ("table2", "table1", "table4", "figure6")}
+
+    def moved(x, by):
+        if isinstance(x, dict):
+            return {k: moved(v, by) for k, v in x.items()}
+        return x * by if isinstance(x, float) else x
+
+    mean, sd = bench.mean_and_sd([one, moved(one, 1.2)])
+    fid = next(k for k in one["table2"]["rows"]["ddpm"] if k.startswith("FID"))
+    a = one["table2"]["rows"]["ddpm"][fid]
+    assert mean["table2"]["rows"]["ddpm"][fid] == pytest.approx(1.1 * a)
+    assert sd["table2"]["rows"]["ddpm"][fid] == pytest.approx(0.2 * a / 2**0.5)
+    assert mean["table2"]["rows"]["ddpm"]["n"] == one["table2"]["rows"]["ddpm"]["n"]  # a count equal in every seed stays itself
+    assert bench.mean_and_sd([one]) == (one, None)
+    found = bench.claims(mean, sd)
+    assert len(found) == 11 and all(c["verdict"] in (bench.HOLDS, bench.FAILS, bench.WITHIN) for c in found)
+    assert "±" in found[0]["ours"]
+    md = bench.markdown({**r, **mean, "sd": sd, "claims": found, "settings": {**r["settings"], "seeds": [0, 1]}})
+    assert "Seeds 0, 1" in md and " ± " in md and "(1 seed)" not in md
