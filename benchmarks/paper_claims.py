@@ -6,7 +6,8 @@ Every arm has the same backbone, training steps, batch, learning rate and seed; 
 sampler, steps and seed. Arms are trained with ``mtdiff.train.Trainer`` into ``RUNS/seed-<s>/<arm>`` and reused
 when that directory holds a finished run of the same resolved config (a partial one is resumed), so an
 interrupted benchmark continues where it stopped, arm by arm. Writes ``paper_claims.json`` and
-``paper_claims.md`` (tables laid out like the paper's, its numbers beside ours, and whether each claim holds).
+``paper_claims.md`` (``paper_claims-SCALE.*`` for scales other than cpu: tables laid out like the paper's, its
+numbers beside ours, and whether each claim holds) and, for scales with a curve, ``-curve.png``.
 
 With several ``--seeds`` every arm is trained and evaluated once per seed (the seed of its initial weights,
 data order, noise and of its evaluation); the tables show mean ± standard deviation over the seeds, and a
@@ -124,6 +125,8 @@ class Scale:
     num_classify: int | None  # Figure 6 (None: the whole test split)
     batch: int  # images per sampling batch
     threads: int | None = None  # torch CPU threads (None: torch's default, one per core)
+    curve: int = 0  # earlier checkpoints per arm scored for the convergence curve (0: none)
+    curve_num: int = 200  # samples (masks, test images x 5) per curve point
 
 
 def _backbone(channels, mult, blocks, attention, heads):
@@ -156,6 +159,8 @@ SCALES = {
         num_classify=64,
         batch=16,
         threads=1,
+        curve=1,
+        curve_num=8,
     ),  # tiny networks: one thread is fastest on busy cores
     "cpu": Scale(
         overrides=_backbone(16, (1, 2, 4), 1, (8,), 4)
@@ -176,6 +181,30 @@ SCALES = {
         num_translate=200,
         num_classify=None,
         batch=250,
+    ),
+    # The cpu scale trained until the quality curves flatten (the curve shows whether they did): 8x the steps,
+    # with lr decay over the whole run; about 4.5 h per seed on 2 idle bf16 CPU cores (9 arms x 8000 steps at
+    # ~0.2 s), twice that without bf16. Resumable arm by arm: rerun the same command to continue.
+    "converged": Scale(
+        overrides=_backbone(16, (1, 2, 4), 1, (8,), 4)
+        + (
+            "train.steps=8000",
+            "train.batch_size=32",
+            "train.lr=2e-3",
+            "train.warmup_steps=100",
+            "train.ema_decay=0.999",
+            "train.log_every=100",
+            "train.device=cpu",
+        ),
+        device="cpu",
+        sample_steps=25,
+        num_samples=1000,
+        num_restore=200,
+        num_translate=200,
+        num_classify=None,
+        batch=250,
+        curve=4,
+        curve_num=200,
     ),
     "gpu": Scale(
         overrides=_backbone(64, (1, 2, 4), 2, (8, 16), 4)
@@ -201,9 +230,18 @@ SCALES = {
 
 
 def arm_config(arm: str, scale: Scale, seed: int, extra: list[str]) -> Config:
-    """The resolved config of an arm: its preset, the scale's backbone and training, one seed for all."""
+    """The resolved config of an arm: its preset, the scale's backbone and training, one seed for all (and with
+    a curve, a checkpoint kept at each of its points)."""
     preset, own = ARMS[CLASSIFIER_ONLY.get(arm, arm)]
-    return load_config(preset, [*own, *scale.overrides, f"train.seed={seed}", *extra])
+    cfg = load_config(preset, [*own, *scale.overrides, f"train.seed={seed}", *extra])
+    if scale.curve:
+        every = math.ceil(cfg.train.steps / (scale.curve + 1))
+        cfg = load_config(
+            preset,
+            [*own, *scale.overrides, f"train.seed={seed}", *extra]
+            + [f"train.ckpt_every={every}", f"train.keep_checkpoints={scale.curve + 2}"],
+        )
+    return cfg
 
 
 # ---------------------------------------------------------------------------- training (reused when finished)
@@ -492,6 +530,66 @@ def figure6_classification(runs: Path, scale: Scale, test, seed: int, device) ->
     return {"rows": rows, "method": "label head, inverse mode, t = 0"}
 
 
+CURVE_METRIC = {
+    **{arm: "FID" for arm in PAPER_TABLE2},
+    **{arm: "class IoU" for arm in PAPER_TABLE4},
+    **{arm: "accuracy" for arm in ("label-m-classifier-only", "label-e-classifier-only")},
+}
+
+
+def convergence(runs: Path, scale: Scale, test, extractor, seed: int, device) -> dict:
+    """Quality against training steps, from the checkpoints each arm kept: Table 2's arms by FID of
+    ``curve_num`` joint samples, Table 4's by class IoU of ``curve_num`` translations, Figure 6's by label-head
+    accuracy on 5 x ``curve_num`` test images (the label arms get both: FID and accuracy). Small samples: compare
+    points of one arm, not with the tables."""
+    from mtdiff.checkpoint import checkpoint_steps
+
+    out = {}
+    for arm in [*ARMS, *CLASSIFIER_ONLY]:
+        points = []
+        for step in checkpoint_steps(runs / arm):
+            run, point = load_run(runs / arm, device=device, step=step), {"step": step}
+            if arm in PAPER_TABLE2:
+                images = joint_images(run, scale.curve_num, batch=scale.batch, **sample_kw(scale, seed))
+                scores = sample_quality(images, test, extractor, seed=seed, cache_dir=runs / "eval")
+                point["FID"] = scores[next(k for k in scores if k.startswith("FID"))]
+            if arm in PAPER_TABLE4:
+                _, scores = translate(run, test, modality="mask", num=scale.curve_num, **sample_kw(scale, seed))
+                point["class IoU"] = scores[SEG_PREFIX + "class_iou"]
+            if arm in ("label-m", "label-e", *CLASSIFIER_ONLY):
+                probs, labels = head_probs(run, test, 5 * scale.curve_num, seed, device)
+                point["accuracy"] = float((probs.argmax(1) == labels).double().mean())
+            points.append(point)
+        out[arm] = points
+    return out
+
+
+def plot_convergence(curves: dict, path: Path) -> None:
+    """One panel per curve metric, one line per arm (the first seed's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["FID", "class IoU", "accuracy"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, metric in zip(axes, metrics):
+        for i, (arm, points) in enumerate(curves.items()):
+            pts = [p for p in points if metric in p]
+            if pts:
+                ax.plot(
+                    [p["step"] for p in pts], [p[metric] for p in pts], marker="o", color=f"C{i % 10}", label=NAMES[arm]
+                )
+        ax.set_xlabel("training steps")
+        ax.set_ylabel(metric + (" (MNIST-CNN features)" if metric == "FID" else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------- claims and markdown
 
 
@@ -762,6 +860,24 @@ def _md_claims(found: list[dict], seeds: int) -> list[str]:
     ]
 
 
+def _md_curve(curves: dict) -> list[str]:
+    """Quality against steps, the first seed's: one row per arm and metric, one column per checkpoint."""
+    seed, arms = next(iter(curves.items()))
+    steps = sorted({p["step"] for points in arms.values() for p in points})
+    lines = [
+        f"### Convergence (seed {seed}; small samples: read along a row, not against the tables)",
+        "",
+        *_header(["arm", "metric", *(f"step {k}" for k in steps)]),
+    ]
+    for arm, points in arms.items():
+        for metric in ("FID", "class IoU", "accuracy"):
+            at = {p["step"]: p[metric] for p in points if metric in p}
+            if at:
+                cells = [f"{at[k]:.{1 if metric == 'FID' else 3}f}" if k in at else "-" for k in steps]
+                lines.append(f"| {NAMES[arm]} | {metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _seeds_text(seeds: list[int]) -> str:
     if len(seeds) == 1:
         return f"One seed ({seeds[0]}) for training and evaluation: no spread is known."
@@ -802,6 +918,7 @@ def markdown(r: dict) -> str:
         _md_table4(r["table4"], sd.get("table4")),
         _md_figure6(r["figure6"], sd.get("figure6")),
         _md_claims(r["claims"], len(s["seeds"])),
+        *([_md_curve(r["curve"])] if r.get("curve") else []),
     ):
         lines += ["", *part]
     return "\n".join(lines) + "\n"
@@ -922,6 +1039,8 @@ def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips) -> tuple
         "table4": lambda: table4_translation(runs, scale, test, seed, device),
         "figure6": lambda: figure6_classification(runs, scale, test, seed, device),
     }
+    if scale.curve:
+        tables["curve"] = lambda: convergence(runs, scale, test, extractor, seed, device)
     result, seconds = {}, {}
     for key, fn in tables.items():
         t0 = time.perf_counter()
@@ -966,6 +1085,7 @@ def main(argv: list[str] | None = None) -> dict:
         for key, v in taken.items():
             seconds[key] = round(seconds.get(key, 0.0) + v, 1)
     seconds["total"] = round(time.perf_counter() - t_start, 1)
+    curves = {seed: t.pop("curve") for seed, t in per_seed.items() if "curve" in t}
     tables, sd = mean_and_sd(list(per_seed.values()))
     result = {
         "benchmark": "paper_claims",
@@ -994,13 +1114,17 @@ def main(argv: list[str] | None = None) -> dict:
         **tables,  # the means over seeds (one seed: its numbers)
         "sd": sd,  # their standard deviations (None for one seed)
         "per_seed": per_seed if len(per_seed) > 1 else None,
+        "curve": curves or None,  # per seed: quality against steps of every arm
     }
     result["claims"] = claims(tables, sd)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "paper_claims.json").write_text(json.dumps(result, indent=1))
-    (args.out_dir / "paper_claims.md").write_text(markdown(result))
+    stem = args.out_dir / ("paper_claims" if args.scale == "cpu" else f"paper_claims-{args.scale}")
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem.with_suffix(".md").write_text(markdown(result))
+    if curves:
+        plot_convergence(next(iter(curves.values())), stem.parent / f"{stem.name}-curve.png")
     print(markdown(result))
-    print(f"[paper_claims] wrote {args.out_dir}/paper_claims.json and .md in {seconds['total']:.0f} s", flush=True)
+    print(f"[paper_claims] wrote {stem}.json and .md in {seconds['total']:.0f} s", flush=True)
     return result
 
 

@@ -66,13 +66,13 @@ def smoke(tmp_path_factory):
     assert "Estimate:" in proc.stdout.splitlines()[0]  # the estimate comes first
     return (
         tmp,
-        json.loads((tmp / "results" / "paper_claims.json").read_text()),
-        (tmp / "results" / "paper_claims.md").read_text(),
+        json.loads((tmp / "results" / "paper_claims-smoke.json").read_text()),
+        (tmp / "results" / "paper_claims-smoke.md").read_text(),
     )
 
 
 def test_json_holds_the_four_tables_with_finite_numbers(smoke):
-    _, r, _ = smoke
+    tmp, r, _ = smoke
     for key, rows in (("table2", 5), ("table1", 4), ("table4", 2), ("figure6", 4)):
         assert len(r[key]["rows"]) == rows, key
         numbers = _numbers(r[key]["rows"])
@@ -85,6 +85,12 @@ def test_json_holds_the_four_tables_with_finite_numbers(smoke):
     assert r["table4"]["rows"]["seg2img"]["alpha_tilde_max"] > 0
     assert len(r["claims"]) == 11 and all(isinstance(c["holds"], bool) for c in r["claims"])
     assert r["sd"] is None and r["settings"]["seeds"] == [0]
+    curve = r["curve"]["0"]  # the smoke scale keeps one earlier checkpoint per arm: two points
+    assert len(curve) == 9
+    assert all([p["step"] for p in points] == [2, 3] for points in curve.values())
+    assert {m for p in curve["label-m"] for m in p} == {"step", "FID", "accuracy"}
+    assert {m for p in curve["seg2img"] for m in p} == {"step", "class IoU"}
+    assert (tmp / "results" / "paper_claims-smoke-curve.png").stat().st_size > 0
     assert {a["status"] for a in r["arms"].values()} == {"trained"} and len(r["arms"]) == 9
 
 
@@ -107,6 +113,7 @@ def test_markdown_names_the_machine_the_command_and_the_paper(smoke):
         "these numbers mean nothing",
         "(1 seed)",
         "no spread is known",
+        "### Convergence",
     ):
         assert text.lower() in md.lower(), text
     assert r["command"].startswith("python benchmarks/paper_claims.py --scale smoke")
@@ -182,7 +189,9 @@ def test_seeds_give_mean_and_sd_and_the_verdicts_use_them(smoke):
     a = one["table2"]["rows"]["ddpm"][fid]
     assert mean["table2"]["rows"]["ddpm"][fid] == pytest.approx(1.1 * a)
     assert sd["table2"]["rows"]["ddpm"][fid] == pytest.approx(0.2 * a / 2**0.5)
-    assert mean["table2"]["rows"]["ddpm"]["n"] == one["table2"]["rows"]["ddpm"]["n"]  # a count equal in every seed stays itself
+    assert (
+        mean["table2"]["rows"]["ddpm"]["n"] == one["table2"]["rows"]["ddpm"]["n"]
+    )  # a count equal in every seed stays itself
     assert bench.mean_and_sd([one]) == (one, None)
     found = bench.claims(mean, sd)
     assert len(found) == 11 and all(c["verdict"] in (bench.HOLDS, bench.FAILS, bench.WITHIN) for c in found)
