@@ -192,3 +192,42 @@ def test_head_guidance_follows_the_gradient_of_the_label_head():
     h = 1e-5
     numeric = (logp(z + h * v) - logp(z - h * v)) / (2 * h)
     torch.testing.assert_close((grad * v).sum(), numeric, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["M", "E"])
+def test_head_detach_keeps_the_head_loss_out_of_the_backbone_in_training_only(variant):
+    """With ``head_detach`` the label head's loss trains the head and leaves every backbone gradient at zero;
+    without it the same loss reaches the backbone. In eval mode the head reads the features as they are, so
+    the gradient with respect to z_t that head guidance follows is the same with and without the switch."""
+    batch, t = _batch(), torch.full((B,), 300)
+    grads, z_grads = {}, {}
+    for detach in (False, True):
+        torch.manual_seed(0)  # the same weights both times
+        model, _ = _randomised(
+            tiny("mnist-masked-u", *ALL[:1], f"model.variant={variant}", f"modalities.label.head_detach={detach}")
+        )
+        model.train()
+        z = batch["image"].clone().requires_grad_(True)
+        _, preds = model(z, t, {})
+        torch.nn.functional.cross_entropy(preds["label"], batch["label"]).backward()
+        grads[detach] = {n: p.grad for n, p in model.backbone.named_parameters()}
+        assert all(
+            p.grad is not None and p.grad.abs().sum() > 0
+            for p in model.modalities["label"].parameters()
+            if p.requires_grad
+        )
+        model.eval()
+        z = batch["image"].clone().requires_grad_(True)
+        torch.nn.functional.cross_entropy(model(z, t, {})[1]["label"], batch["label"]).backward()
+        z_grads[detach] = z.grad
+    assert all(g is None or g.abs().sum() == 0 for g in grads[True].values())
+    assert sum(float(g.abs().sum()) for g in grads[False].values() if g is not None) > 0
+    torch.testing.assert_close(z_grads[True], z_grads[False])
+    assert z_grads[True].abs().sum() > 0
+
+
+def test_head_detach_needs_a_head():
+    from mtdiff.config import ConfigError
+
+    with pytest.raises(ConfigError, match="caption.head_detach"):
+        tiny("mnist-text2img", "modalities.caption.head_detach=true")

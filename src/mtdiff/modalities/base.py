@@ -95,6 +95,8 @@ class Modality(nn.Module):
                     f"{key}.{what}: {value!r} is not valid for kind {cls.kind!r}; choose one of {list(choices)}"
                 )
         mc.source = mc.source or cls.default_source or None
+        if mc.head_detach and not cls.has_head:
+            raise ValueError(f"{key}.head_detach: kind {cls.kind!r} has no head to detach")
 
     @classmethod
     def config_options(cls, mc: ModalityConfig, *, context_dim: int, latent: bool) -> dict[str, Any]:
@@ -122,6 +124,7 @@ class Modality(nn.Module):
             head=mc.head,
             encoder=mc.encoder,
             source=mc.source,
+            head_detach=mc.head_detach,
             **cls.config_options(mc, context_dim=context_dim, latent=latent),
         )
 
@@ -134,6 +137,7 @@ class Modality(nn.Module):
         head: str,
         encoder: str,
         source: str | None = None,
+        head_detach: bool = False,
     ):
         super().__init__()
         for what, value, choices in (("head", head, self.head_choices), ("encoder", encoder, self.encoder_choices)):
@@ -142,6 +146,7 @@ class Modality(nn.Module):
         self.name, self.z_shape, self.head_name, self.encoder_name = name, tuple(z_shape), head, encoder
         self.source = source or name
         self.features = dict(features)
+        self.head_detach = head_detach  # in training, the head reads the backbone's features under stop-gradient
 
     def _build_head(self, out: int, **kw) -> nn.Module:
         head = HEADS[self.head_name]

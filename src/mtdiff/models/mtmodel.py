@@ -105,10 +105,14 @@ class MTModel(nn.Module):
         self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """(backbone output, {name: head output}) for z_t [B, C, H, W] at timesteps t [B]; the output is
-        eps_theta, or v or z_0 where ``prediction`` says so (:meth:`predict` always returns eps)."""
+        eps_theta, or v or z_0 where ``prediction`` says so (:meth:`predict` always returns eps). In training a
+        head with ``head_detach`` reads the features under stop-gradient (its loss then shapes only the head);
+        in eval mode it reads them as they are, so head guidance still differentiates through the backbone."""
         cond, context = self._inputs(data)
         feats = self.backbone(z, t, cond=cond, context=context)
-        return feats["eps"], {name: m.head(feats) for name, m in self.modalities.items() if m.has_head}
+        detached = {k: v.detach() for k, v in feats.items()} if self.training else feats
+        heads = {n: m.head(detached if m.head_detach else feats) for n, m in self.modalities.items() if m.has_head}
+        return feats["eps"], heads
 
     @torch.no_grad()
     def predict(
