@@ -71,30 +71,28 @@ def _assert_close(a: dict, b: dict, atol: float = 2e-5) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """4 steps on 1 process: what 2 processes must match, and what a resumed run must reach."""
+    return _launch(tmp_path_factory.mktemp("one"), 1, "one", 4)
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, one_process):
     """2 processes x 4 rows (with condition and encoding dropout, micro-batches of 2) take the same 4
     steps as 1 process x 8 rows; every rank holds the same parameters."""
     two = _launch(tmp_path, 2, "two", 4, "train.micro_batch=2")
-    one = _launch(tmp_path, 1, "one", 4)
+    one = one_process
     for k in two[0]:
         torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)  # ranks agree exactly
     _assert_close(two[0], one[0])
     torch.testing.assert_close(load_checkpoint(tmp_path / "two")["model"], two[0])  # rank 0 saved them
 
 
-def test_two_processes_equal_one_with_an_image_backbone_input(tmp_path):
+def test_two_processes_equal_one_with_an_image_backbone_input_from_an_image_folder(tmp_path):
     """The same with an image modality as the -X backbone input (edges -> image), dropped with cond_drop_prob:
-    its "nothing known" value is fixed, not drawn per process, so 2 processes still take 1 process's steps."""
-    two = _launch(tmp_path, 2, "two", 2, "train.micro_batch=2", preset="fashion-edges2img")
-    one = _launch(tmp_path, 1, "one", 2, preset="fashion-edges2img")
-    for k in two[0]:
-        torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)
-    _assert_close(two[0], one[0])
-
-
-def test_ranks_decode_an_image_folder_once(tmp_path):
-    """Rank 0 decodes the image folder into the data cache; rank 1 maps it from there instead of decoding the
-    folder again (a copy per process of ImageNet-64 would be ~16 GB each); both train on the same images."""
+    its "nothing known" value is fixed, not drawn per process, so 2 processes still take 1 process's steps.
+    The images come from a folder: rank 0 decodes it into the data cache and rank 1 maps it from there rather
+    than decode it again (a copy per process of ImageNet-64 would be ~16 GB each); so does the later run."""
     from PIL import Image
 
     g = torch.Generator().manual_seed(0)
@@ -103,20 +101,24 @@ def test_ranks_decode_an_image_folder_once(tmp_path):
         pixels = (torch.rand(32, 32, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(tmp_path / "folder" / str(i % 2) / f"{i}.png")
     folder = ["data.source=folder", f"data.root={tmp_path / 'folder'}", f"data.cache={tmp_path / 'cache'}"]
-    two = _launch(tmp_path, 2, "two", 2, *folder, "modalities.label.num_classes=2")
-    decoded = [int((tmp_path / f"two-2p-2-rank{r}.decoded").read_text()) for r in range(2)]
-    assert decoded == [1, 0]
+    two = _launch(tmp_path, 2, "two", 2, "train.micro_batch=2", *folder, preset="fashion-edges2img")
+    one = _launch(tmp_path, 1, "one", 2, *folder, preset="fashion-edges2img")
+    decoded = [
+        int((tmp_path / f"{run}-rank{r}.decoded").read_text())
+        for run, r in (("two-2p-2", 0), ("two-2p-2", 1), ("one-1p-2", 0))
+    ]
+    assert decoded == [1, 0, 0]
     assert len(list((tmp_path / "cache").iterdir())) == 1  # one entry, no leftover temporary folder
     for k in two[0]:
         torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)
+    _assert_close(two[0], one[0])
 
 
-def test_resume_on_another_number_of_processes(tmp_path):
+def test_resume_on_another_number_of_processes(tmp_path, one_process):
     """2 steps on 2 processes, then resumed to 4 on 1: the parameters of 4 uninterrupted steps on 1."""
     _launch(tmp_path, 2, "mixed", 2)
     resumed = _launch(tmp_path, 1, "mixed", 4, resume=True)
-    straight = _launch(tmp_path, 1, "straight", 4)
-    _assert_close(resumed[0], straight[0])
+    _assert_close(resumed[0], one_process[0])
 
 
 def test_batch_must_split_evenly(tmp_path):
