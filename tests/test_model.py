@@ -39,6 +39,7 @@ ALL = [
         ("E", ALL),
         ("X", ALL),
         ("X", ALL + ["modalities.label.encoder=backbone", "modalities.vec.encoder=backbone"]),
+        ("X", ALL + ["modalities.seg.head=middle-up"]),
     ],
 )
 def test_every_modality_trains_through_the_loss(variant, extra):

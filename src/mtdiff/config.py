@@ -75,7 +75,7 @@ class DiffusionConfig:
 class ModalityConfig:
     kind: str = "masked_image"  # image | masked_image | label | segmentation | vector | text (MODALITY_KINDS)
     source: str | None = None  # batch key the data comes from (default: image for masks, label for labels)
-    head: str = "auto"  # output | middle | classifier; auto picks by kind and model.variant
+    head: str = "auto"  # output | middle | classifier | middle-up; auto picks by kind and model.variant
     head_detach: bool = False  # stop-gradient in training: the head's loss trains the head, not the shared backbone
     encoder: str = "auto"  # identity | fixed | backbone; auto picks the kind's first
     aggregation: Literal["bridge", "constant", "paper"] = "bridge"

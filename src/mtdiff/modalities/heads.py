@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.unet import group_norm, output_block
 
-__all__ = ["OutputHead", "MLPHead", "ClassifierHead", "HEADS"]
+__all__ = ["OutputHead", "MLPHead", "ClassifierHead", "UpsampledMiddleHead", "HEADS"]
 
 
 class SpatialMean(nn.Module):
@@ -71,4 +72,23 @@ class ClassifierHead(nn.Module):
         return self.net(features[self.feature])  # [B, out]
 
 
-HEADS = {"output": OutputHead, "middle": MLPHead, "classifier": ClassifierHead}
+class UpsampledMiddleHead(nn.Module):
+    """A dense head on the ``middle`` features: Conv3x3 there (GroupNorm, SiLU first), nearest upsampling to
+    the output size, then an output block. Unlike the output-block replica, every output pixel sees the
+    middle block's whole-image context (a per-pixel class that depends on the whole digit)."""
+
+    feature = "middle"
+
+    def __init__(self, in_channels: int, out_channels: int, *, image_size: int, hidden: int = 0, **_):
+        super().__init__()
+        ch = hidden or in_channels
+        self.size = image_size
+        self.inner = nn.Sequential(group_norm(in_channels), nn.SiLU(), nn.Conv2d(in_channels, ch, 3, padding=1))
+        self.out = output_block(ch, out_channels)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        h = F.interpolate(self.inner(features[self.feature]), size=(self.size, self.size), mode="nearest")
+        return self.out(h)  # [B, out, H, W]
+
+
+HEADS = {"output": OutputHead, "middle": MLPHead, "classifier": ClassifierHead, "middle-up": UpsampledMiddleHead}

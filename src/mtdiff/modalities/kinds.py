@@ -283,10 +283,11 @@ class LabelModality(_Discrete):
 class SegmentationModality(_Discrete):
     """Per-pixel classes [B, H, W] (image translation, Appendix E.1). E maps each class to a fixed
     random vector in the diffusion space's channels; the head replicates the output block with
-    one logit per class; the KL term is a per-pixel cross-entropy."""
+    one logit per class (``middle-up``: a dense head on the middle block, upsampled); the KL term is a
+    per-pixel cross-entropy."""
 
     kind = "segmentation"
-    head_choices = ("output",)
+    head_choices = ("output", "middle-up")
     encoder_choices = ("fixed",)
     default_source = "segmentation"
     latent_refusal = (
@@ -309,7 +310,7 @@ class SegmentationModality(_Discrete):
         super().__init__(name, head=head, encoder=encoder, **kw)
         self.num_classes = num_classes
         self.cond_channels = num_classes
-        self.decoder = self._build_head(num_classes)
+        self.decoder = self._build_head(num_classes, image_size=self.z_shape[-1])
         self.register_buffer("class_values", _fixed_normal(seed, num_classes, self.z_shape[0]))
 
     def null(self, batch, *, device=None, dtype=torch.float32):
