@@ -110,6 +110,15 @@ def test_sigkill_at_random_moments_over_many_cycles(tmp_path, folder):
     startup = time.perf_counter() - t0  # imports, data, model: until the first step is saved
     assert ref.wait() == 0
     run, kills, during_write, finished = tmp_path / "killed", 0, 0, False
+    for resume in (False, True):  # the window fits a resumed start-up (restoring costs more than a fresh one)
+        t0, before = time.perf_counter(), latest_checkpoint(run)
+        proc = subprocess.Popen(_cmd(run, folder, steps, resume=resume), env=env, stdout=subprocess.DEVNULL)
+        while latest_checkpoint(run) == before and proc.poll() is None:
+            time.sleep(0.01)
+        startup = max(startup, time.perf_counter() - t0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
     for _ in range(60):
         proc = subprocess.Popen(
             _cmd(run, folder, steps, resume=latest_checkpoint(run) is not None),
