@@ -69,22 +69,21 @@ def cached(load: Callable[[], ImageSet], directory: Path, key: str) -> ImageSet:
         except (OSError, ValueError, KeyError) as e:  # a damaged entry: decode again and replace it
             warnings.warn(f"damaged cache entry {entry} ({e}); decoding the images again", stacklevel=2)
             shutil.rmtree(entry, ignore_errors=True)
-    if not (entry / _META).is_file():
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            data = load()
-        notes = [str(w.message) for w in caught]
-        try:
-            _write(data, entry, notes)
-        except OSError as e:
-            for note in notes:
-                warnings.warn(note, stacklevel=3)
-            warnings.warn(
-                f"cannot keep the decoded images in {entry} ({e.strerror or e}); every load decodes them again "
-                "(set data.cache to a writable directory, or false)",
-                stacklevel=3,
-            )
-            return data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load()
+    notes = [str(w.message) for w in caught]
+    try:
+        _write(data, entry, notes)
+    except OSError as e:
+        for note in notes:
+            warnings.warn(note, stacklevel=3)
+        warnings.warn(
+            f"cannot keep the decoded images in {entry} ({e.strerror or e}); every load decodes them again "
+            "(set data.cache to a writable directory, or false)",
+            stacklevel=3,
+        )
+        return data
     return _read(entry)
 
 

@@ -110,7 +110,8 @@ class MTModel(nn.Module):
         in eval mode it reads them as they are, so head guidance still differentiates through the backbone."""
         cond, context = self._inputs(data)
         feats = self.backbone(z, t, cond=cond, context=context)
-        detached = {k: v.detach() for k, v in feats.items()} if self.training else feats
+        detach = self.training and any(m.head_detach for m in self.modalities.values())
+        detached = {k: v.detach() for k, v in feats.items()} if detach else feats
         heads = {n: m.head(detached if m.head_detach else feats) for n, m in self.modalities.items() if m.has_head}
         return feats["eps"], heads
 
