@@ -9,6 +9,11 @@ interrupted benchmark continues where it stopped, arm by arm. Writes ``paper_cla
 ``paper_claims.md`` (``paper_claims-SCALE.*`` for scales other than cpu: tables laid out like the paper's, its
 numbers beside ours, and whether each claim holds) and, for scales with a curve, ``-curve.png``.
 
+``--tables table4,figure6`` trains and evaluates only the arms of those tables. Results add up: a run whose
+settings (all but the seeds) match the JSON already in ``--out-dir`` puts its tables and seeds beside the ones
+there, so a scale too long for one sitting can be run table by table and seed by seed, on different days and
+machines (each part's machine and day are kept in ``provenance``); a run of other settings replaces the file.
+
 With several ``--seeds`` every arm is trained and evaluated once per seed (the seed of its initial weights,
 data order, noise and of its evaluation); the tables show mean ± standard deviation over the seeds, and a
 claim holds only when its difference points the paper's way and exceeds the spread of that difference
@@ -97,6 +102,14 @@ ARMS = {
     "seg2img-single": ("mnist-seg2img", SINGLE_TASK),
 }
 CLASSIFIER_ONLY = {"label-m-classifier-only": "label-m", "label-e-classifier-only": "label-e"}
+# The arms each table reads; ``--tables`` trains and evaluates only the arms of the tables it names.
+TABLES = {
+    "table2": ("ddpm", "masked-u", "masked-x", "label-m", "label-e"),
+    "table1": ("ddpm", "masked-x"),
+    "table4": ("seg2img", "seg2img-single"),
+    "figure6": ("label-m", "label-m-classifier-only", "label-e", "label-e-classifier-only"),
+}
+TITLES = {"table2": "Table 2", "table1": "Table 1", "table4": "Table 4", "figure6": "Figure 6"}
 NAMES = {
     "ddpm": "single-task DDPM",
     "masked-u": "MT-Diffusion-U",
@@ -341,11 +354,16 @@ def calibrate(cfgs: dict[str, Config], ddpm: Config, data, batch: int) -> dict:
 
 
 def estimate(
-    scale: Scale, remaining: dict[str, int], speed: dict, num_test: int, evaluations: int = 1
+    scale: Scale,
+    remaining: dict[str, int],
+    speed: dict,
+    num_test: int,
+    evaluations: int = 1,
+    tables: tuple[str, ...] = tuple(TABLES),
 ) -> dict[str, float]:
     """Seconds for the remaining training steps of each arm (x its measured seconds per step) and for all
-    ``evaluations`` (one per seed: network evaluations x measured seconds per image forward, and the
-    FID-family scoring), plus 30 s for data and reference features."""
+    ``evaluations`` of ``tables`` (one per seed: network evaluations x measured seconds per image forward, and
+    the FID-family scoring), plus 30 s for data and reference features."""
     s = scale.sample_steps
     forwards = {
         "table2": 5 * scale.num_samples * s,
@@ -354,8 +372,9 @@ def estimate(
         "figure6": 4 * (scale.num_classify or num_test),
     }
     out = {"training": sum(n * speed["sec_per_step"].get(arm, 0.0) for arm, n in remaining.items())}
-    out.update({k: evaluations * n * speed["sec_per_forward_image"] for k, n in forwards.items()})
-    out["table2_scoring"] = evaluations * 5 * (2 + scale.num_samples / 100)  # FID family: ~12 s per 1000 samples
+    out.update({k: evaluations * n * speed["sec_per_forward_image"] for k, n in forwards.items() if k in tables})
+    if "table2" in tables:
+        out["table2_scoring"] = evaluations * 5 * (2 + scale.num_samples / 100)  # FID family: ~12 s per 1000 samples
     out["total"] = sum(out.values()) + 30
     return out
 
@@ -521,7 +540,7 @@ CURVE_METRIC = {
 }
 
 
-def convergence(runs: Path, scale: Scale, test, extractor, seed: int, device) -> dict:
+def convergence(runs: Path, scale: Scale, test, extractor, seed: int, device, arms: list[str]) -> dict:
     """Quality against training steps, from the checkpoints each arm kept: Table 2's arms by FID of
     ``curve_num`` joint samples, Table 4's by class IoU of ``curve_num`` translations, Figure 6's by label-head
     accuracy on 5 x ``curve_num`` test images (the label arms get both: FID and accuracy). Small samples: compare
@@ -529,7 +548,7 @@ def convergence(runs: Path, scale: Scale, test, extractor, seed: int, device) ->
     from mtdiff.checkpoint import checkpoint_steps
 
     out = {}
-    for arm in [*ARMS, *CLASSIFIER_ONLY]:
+    for arm in arms:
         points = []
         for step in checkpoint_steps(runs / arm):
             run, point = load_run(runs / arm, device=device, step=step), {"step": step}
@@ -609,20 +628,15 @@ def combine(verdicts: list[str]) -> str:
 
 
 def claims(r: dict, sd: dict | None = None) -> list[dict]:
-    """Each comparison the paper draws from these tables, its verdict here, and the numbers (``r``: the tables'
-    means over seeds; ``sd``: their standard deviations, None with one seed)."""
+    """Each comparison the paper draws from the tables in ``r`` (their means over seeds; ``sd``: their standard
+    deviations, None or a None table with one seed), its verdict here and the numbers; a table not in ``r``
+    (not run yet) decides none of its claims."""
 
     def side(*path) -> Side:
         mean, spread = r, sd
         for key in path:
             mean, spread = mean[key], None if spread is None else spread[key]
         return Side(float(mean), None if spread is None else float(spread))
-
-    fid = next(k for k in r["table2"]["rows"]["ddpm"] if k.startswith("FID"))
-    f = {a: side("table2", "rows", a, fid) for a in r["table2"]["rows"]}
-    t1 = {row: [side("table1", "rows", row, f"mask-{k}", "perceptual") for k in PATCHES] for row in r["table1"]["rows"]}
-    t4 = {arm: [side("table4", "rows", arm, m) for m in SEG_METRICS] for arm in r["table4"]["rows"]}
-    f6 = {arm: side("figure6", "rows", arm, "accuracy") for arm in r["figure6"]["rows"]}
 
     def pair(a: Side, b: Side, lower: bool, digits: int = 2):
         return [verdict(a, b, lower=lower)], f"{a.text(digits)} vs {b.text(digits)}"
@@ -631,82 +645,106 @@ def claims(r: dict, sd: dict | None = None) -> list[dict]:
         rng = lambda xs: f"{min(x.mean for x in xs):.{digits}f}-{max(x.mean for x in xs):.{digits}f}"
         return [verdict(x, y, lower=lower) for x, y in zip(a, b)], f"{rng(a)} vs {rng(b)}"
 
-    seg = {arm: "/".join(x.text(3) for x in t4[arm]) for arm in t4}
-    ddpm_vs_mte = [verdict(f["ddpm"], f[arm], lower=True) for arm in ("label-m", "label-e")]
-    out = [
-        (
-            "Table 2",
-            "MT-Diffusion-X beats single-task DDPM (FID)",
-            *pair(f["masked-x"], f["ddpm"], True),
-            "9.85 vs 23.22",
-        ),
-        (
-            "Table 2",
-            "MT-Diffusion-U beats single-task DDPM (FID; the paper's text says so, its table does not)",
-            *pair(f["masked-u"], f["ddpm"], True),
-            "26.00 vs 23.22",
-        ),
-        (
-            "Table 2",
-            "MT-Diffusion-X beats MT-Diffusion-U (FID)",
-            *pair(f["masked-x"], f["masked-u"], True),
-            "9.85 vs 26.00",
-        ),
-        (
-            "Table 2",
-            "MT-Diffusion-M beats MT-Diffusion-E (FID)",
-            *pair(f["label-m"], f["label-e"], True),
-            "33.92 vs 41.00",
-        ),
-        (
-            "Table 2",
-            "joint image-label training costs image quality: DDPM beats M and E (FID)",
-            ddpm_vs_mte,
-            f"{f['ddpm'].text(2)} vs {f['label-m'].text(2)}, {f['label-e'].text(2)}",
-            "23.22 vs 33.92, 41.00",
-        ),
-        (
-            "Table 1",
-            "MT-Diffusion-X is closer to the original than the masked input, every mask size",
-            *everywhere(t1["mt_x"], t1["clean_masked"], True),
-            "0.035-0.133 vs 0.311-0.491",
-        ),
-        (
-            "Table 1",
-            "MT-Diffusion-X is closer to the original than SDEdit, every mask size",
-            *everywhere(t1["mt_x"], t1["sdedit"], True),
-            "0.035-0.133 vs 0.400-0.513",
-        ),
-        (
-            "Table 1",
-            "the masked input is closer to the original than SDEdit, every mask size",
-            *everywhere(t1["clean_masked"], t1["sdedit"], True),
-            "0.311-0.491 vs 0.400-0.513",
-        ),
-        (
-            "Table 4",
-            "MT-Diffusion beats single-task conditional diffusion on all three scores",
-            [verdict(a, b, lower=False) for a, b in zip(t4["seg2img"], t4["seg2img-single"])],
-            f"{seg['seg2img']} vs {seg['seg2img-single']}",
-            "0.95/0.85/0.70 vs 0.72/0.54/0.32",
-        ),
-        (
-            "Figure 6",
-            "the MT-Diffusion-M label head classifies at least as well as classifier-only training",
-            *pair(f6["label-m"], f6["label-m-classifier-only"], False, 3),
-            "figure only (ImageNet)",
-        ),
-        (
-            "Figure 6",
-            "the MT-Diffusion-E label head classifies at least as well as classifier-only training",
-            *pair(f6["label-e"], f6["label-e-classifier-only"], False, 3),
-            "figure only (ImageNet)",
-        ),
-    ]
+    out = []
+    if "table2" in r:
+        fid = next(k for k in r["table2"]["rows"]["ddpm"] if k.startswith("FID"))
+        f = {a: side("table2", "rows", a, fid) for a in r["table2"]["rows"]}
+        out += [
+            (
+                "table2",
+                "MT-Diffusion-X beats single-task DDPM (FID)",
+                *pair(f["masked-x"], f["ddpm"], True),
+                "9.85 vs 23.22",
+            ),
+            (
+                "table2",
+                "MT-Diffusion-U beats single-task DDPM (FID; the paper's text says so, its table does not)",
+                *pair(f["masked-u"], f["ddpm"], True),
+                "26.00 vs 23.22",
+            ),
+            (
+                "table2",
+                "MT-Diffusion-X beats MT-Diffusion-U (FID)",
+                *pair(f["masked-x"], f["masked-u"], True),
+                "9.85 vs 26.00",
+            ),
+            (
+                "table2",
+                "MT-Diffusion-M beats MT-Diffusion-E (FID)",
+                *pair(f["label-m"], f["label-e"], True),
+                "33.92 vs 41.00",
+            ),
+            (
+                "table2",
+                "joint image-label training costs image quality: DDPM beats M and E (FID)",
+                [verdict(f["ddpm"], f[arm], lower=True) for arm in ("label-m", "label-e")],
+                f"{f['ddpm'].text(2)} vs {f['label-m'].text(2)}, {f['label-e'].text(2)}",
+                "23.22 vs 33.92, 41.00",
+            ),
+        ]
+    if "table1" in r:
+        t1 = {
+            row: [side("table1", "rows", row, f"mask-{k}", "perceptual") for k in PATCHES]
+            for row in r["table1"]["rows"]
+        }
+        out += [
+            (
+                "table1",
+                "MT-Diffusion-X is closer to the original than the masked input, every mask size",
+                *everywhere(t1["mt_x"], t1["clean_masked"], True),
+                "0.035-0.133 vs 0.311-0.491",
+            ),
+            (
+                "table1",
+                "MT-Diffusion-X is closer to the original than SDEdit, every mask size",
+                *everywhere(t1["mt_x"], t1["sdedit"], True),
+                "0.035-0.133 vs 0.400-0.513",
+            ),
+            (
+                "table1",
+                "the masked input is closer to the original than SDEdit, every mask size",
+                *everywhere(t1["clean_masked"], t1["sdedit"], True),
+                "0.311-0.491 vs 0.400-0.513",
+            ),
+        ]
+    if "table4" in r:
+        t4 = {arm: [side("table4", "rows", arm, m) for m in SEG_METRICS] for arm in r["table4"]["rows"]}
+        seg = {arm: "/".join(x.text(3) for x in t4[arm]) for arm in t4}
+        out.append(
+            (
+                "table4",
+                "MT-Diffusion beats single-task conditional diffusion on all three scores",
+                [verdict(a, b, lower=False) for a, b in zip(t4["seg2img"], t4["seg2img-single"])],
+                f"{seg['seg2img']} vs {seg['seg2img-single']}",
+                "0.95/0.85/0.70 vs 0.72/0.54/0.32",
+            )
+        )
+    if "figure6" in r:
+        f6 = {arm: side("figure6", "rows", arm, "accuracy") for arm in r["figure6"]["rows"]}
+        out += [
+            (
+                "figure6",
+                f"the MT-Diffusion-{h} label head classifies at least as well as classifier-only training",
+                *pair(f6[arm], f6[f"{arm}-classifier-only"], False, 3),
+                "figure only (ImageNet)",
+            )
+            for h, arm in (("M", "label-m"), ("E", "label-e"))
+        ]
     found = []
     for table, claim, verdicts, ours, paper in out:
         v = combine(verdicts)
-        found.append({"table": table, "claim": claim, "verdict": v, "holds": v == HOLDS, "ours": ours, "paper": paper})
+        one = sd is None or sd.get(table) is None
+        found.append(
+            {
+                "table": TITLES[table],
+                "claim": claim,
+                "verdict": v,
+                "holds": v == HOLDS,
+                "one_seed": one,
+                "ours": ours,
+                "paper": paper,
+            }
+        )
     return found
 
 
@@ -825,12 +863,11 @@ def _md_figure6(f6: dict, sd: dict | None) -> list[str]:
     ]
 
 
-def _md_claims(found: list[dict], seeds: int) -> list[str]:
-    one = " (1 seed)" if seeds == 1 else ""
+def _md_claims(found: list[dict], missing: list[str]) -> list[str]:
     lines = ["### Do the paper's claims hold here?", "", *_header(["source", "claim", "here", "ours", "paper"])]
     lines += [
-        f"| {c['table']} | {c['claim']} | {c['verdict'] if c['holds'] else '**' + c['verdict'] + '**'}{one} | "
-        f"{c['ours']} | {c['paper']} |"
+        f"| {c['table']} | {c['claim']} | {c['verdict'] if c['holds'] else '**' + c['verdict'] + '**'}"
+        f"{' (1 seed)' if c['one_seed'] else ''} | {c['ours']} | {c['paper']} |"
         for c in found
     ]
     held, failed = (sum(c["verdict"] == v for c in found) for v in (HOLDS, FAILS))
@@ -839,8 +876,9 @@ def _md_claims(found: list[dict], seeds: int) -> list[str]:
         "",
         f"{held} of {len(found)} claims hold at this scale"
         + (f"; {failed} do not (a result, not a bug to hide)" if failed else "")
-        + (f"; {within} are within the spread of the seeds" if within else "")
-        + ".",
+        + (f"; {within} {'is' if within == 1 else 'are'} within the spread of the seeds" if within else "")
+        + "."
+        + (f" Not run yet at this scale: {', '.join(TITLES[t] for t in missing)}." if missing else ""),
     ]
 
 
@@ -862,13 +900,21 @@ def _md_curve(curves: dict) -> list[str]:
     return lines
 
 
-def _seeds_text(seeds: list[int]) -> str:
-    if len(seeds) == 1:
-        return f"One seed ({seeds[0]}) for training and evaluation: no spread is known."
-    return (
-        f"Seeds {', '.join(map(str, seeds))} (each arm trained and evaluated once per seed): mean ± standard "
-        "deviation over the seeds."
-    )
+def _seeds_text(seeds: dict[str, list[int]]) -> str:
+    """``seeds``: the seeds each table was run with (the same for all after one complete run)."""
+    texts = {}
+    for table, ss in seeds.items():
+        if len(ss) == 1:
+            text = f"one seed ({ss[0]}) for training and evaluation: no spread is known"
+        else:
+            text = (
+                f"seeds {', '.join(map(str, ss))} (each arm trained and evaluated once per seed): mean ± standard "
+                "deviation over the seeds"
+            )
+        texts.setdefault(text, []).append(TITLES[table])
+    if len(texts) == 1:
+        return next(iter(texts)).capitalize() + "."
+    return " ".join(f"{', '.join(tables)}: {text}." for text, tables in texts.items())
 
 
 def markdown(r: dict) -> str:
@@ -887,7 +933,7 @@ def markdown(r: dict) -> str:
         "",
         (
             f"Every arm: {s['backbone']}, {s['steps']} steps at batch {s['batch_size']}, lr {s['lr']}; every sampler "
-            f"DDIM (eta 0), {s['sample_steps']} steps. {_seeds_text(s['seeds'])} Our numbers "
+            f"DDIM (eta 0), {s['sample_steps']} steps. {_seeds_text(r['seeds'])} Our numbers "
             "first, the paper's in parentheses: **other data (MNIST 32 px here; ImageNet and Cityscapes there), other "
             "scale (minutes on a CPU here; 1M iterations on GPUs there), other feature networks**: compare the "
             "direction of each comparison, not the values."
@@ -895,13 +941,20 @@ def markdown(r: dict) -> str:
     ]
     if r["scale"] == "smoke":
         lines += ["", "**Smoke scale: a test that the pipeline runs. These numbers mean nothing.**"]
+    runs_on: dict[str, list[str]] = {}
+    for seed, where in (r.get("provenance") or {}).items():
+        for table, text in where.items():
+            runs_on.setdefault(text, []).append(f"{TITLES[table]} seed {seed}")
+    if len(runs_on) > 1:
+        lines += [
+            "",
+            "Put together from several runs: " + "; ".join(f"{', '.join(p)} on {w}" for w, p in runs_on.items()) + ".",
+        ]
     sd = r["sd"] or {}
+    draw = {"table2": _md_table2, "table1": _md_table1, "table4": _md_table4, "figure6": _md_figure6}
     for part in (
-        _md_table2(r["table2"], sd.get("table2")),
-        _md_table1(r["table1"], sd.get("table1")),
-        _md_table4(r["table4"], sd.get("table4")),
-        _md_figure6(r["figure6"], sd.get("figure6")),
-        _md_claims(r["claims"], len(s["seeds"])),
+        *(draw[t](r[t], sd.get(t)) for t in TABLES if t in r),
+        _md_claims(r["claims"], [t for t in TABLES if t not in r]),
         *([_md_curve(r["curve"])] if r.get("curve") else []),
     ):
         lines += ["", *part]
@@ -926,6 +979,8 @@ def mean_and_sd(trees: list) -> tuple:
             pairs = {k: walk([x[k] for x in xs]) for k in xs[0]}
             return {k: m for k, (m, _) in pairs.items()}, {k: d for k, (_, d) in pairs.items()}
         if all(_is_number(x) for x in xs):
+            if all(x == xs[0] for x in xs):  # a count (samples, steps) stays an int
+                return xs[0], 0.0
             return statistics.fmean(xs), statistics.stdev(xs)
         return xs[0], None
 
@@ -933,6 +988,14 @@ def mean_and_sd(trees: list) -> tuple:
 
 
 # ---------------------------------------------------------------------------- main
+
+
+def _table_list(text: str) -> tuple[str, ...]:
+    tables = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in tables if t not in TABLES]
+    if not tables or unknown:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(TABLES)}, got {text!r}")
+    return tuple(t for t in TABLES if t in tables)
 
 
 def _seed_list(text: str) -> list[int]:
@@ -971,6 +1034,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train and evaluate every arm once per seed; tables show mean ± sd (default: 0)",
     )
     ap.add_argument(
+        "--tables",
+        type=_table_list,
+        default=tuple(TABLES),
+        metavar="T,...",
+        help=f"train and evaluate only the arms of these tables ({', '.join(TABLES)}; default: all); results "
+        "add to those already written with the same settings, so a long scale can be run table by table",
+    )
+    ap.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -1000,22 +1071,25 @@ def plan(args, scale: Scale, cfgs: dict[int, dict[str, Config]], train, test) ->
         for arm in cfgs[args.seeds[0]]
     }
     first = cfgs[args.seeds[0]]
-    speed = calibrate({a: c for a, c in first.items() if remaining[a] > 0}, first["ddpm"], train, scale.batch)
-    guess = estimate(scale, remaining, speed, len(test), evaluations=len(cfgs))
+    reference = first.get("ddpm") or arm_config("ddpm", scale, args.seeds[0], args.overrides)  # sampling speed
+    speed = calibrate({a: c for a, c in first.items() if remaining[a] > 0}, reference, train, scale.batch)
+    guess = estimate(scale, remaining, speed, len(test), evaluations=len(cfgs), tables=args.tables)
     steps_per_s = {a: round(1 / v, 2) for a, v in speed["sec_per_step"].items()}
+    steps = next(iter(first.values())).train.steps
     print(
-        f"[paper_claims] scale {args.scale}: {len(first)} arms x {first['ddpm'].train.steps} steps x {len(cfgs)} "
-        f"seed(s), {sum(remaining.values())} still to train; measured now: training steps/s {steps_per_s}, "
-        f"{1 / speed['sec_per_forward_image']:.0f} img/s per sampling step. Estimate: "
-        f"{guess['training'] / 60:.1f} min training + {(guess['total'] - guess['training']) / 60:.1f} min evaluation "
-        f"= {guess['total'] / 60:.1f} min",
+        f"[paper_claims] scale {args.scale}, {', '.join(TITLES[t] for t in args.tables)}: {len(first)} arms x "
+        f"{steps} steps x {len(cfgs)} seed(s), {sum(remaining.values())} still to train; measured now: "
+        f"training steps/s {steps_per_s}, {1 / speed['sec_per_forward_image']:.0f} img/s per sampling step. "
+        f"Estimate: {guess['training'] / 60:.1f} min training + {(guess['total'] - guess['training']) / 60:.1f} min "
+        f"evaluation = {guess['total'] / 60:.1f} min",
         flush=True,
     )
     return speed, guess
 
 
-def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips) -> tuple[dict, dict]:
-    """The four tables of one seed's arms, evaluated with that seed, and the seconds each took."""
+def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips, arms: list[str]) -> tuple[dict, dict]:
+    """The chosen tables (and with a curve, the convergence of their arms) of one seed, evaluated with that
+    seed, and the seconds each took."""
     runs, device = args.runs / f"seed-{seed}", scale.device
     tables = {
         "table2": lambda: table2_generation(runs, scale, test, extractor, seed, device),
@@ -1023,8 +1097,9 @@ def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips) -> tuple
         "table4": lambda: table4_translation(runs, scale, test, seed, device),
         "figure6": lambda: figure6_classification(runs, scale, test, seed, device),
     }
+    tables = {t: fn for t, fn in tables.items() if t in args.tables}
     if scale.curve:
-        tables["curve"] = lambda: convergence(runs, scale, test, extractor, seed, device)
+        tables["curve"] = lambda: convergence(runs, scale, test, extractor, seed, device, arms)
     result, seconds = {}, {}
     for key, fn in tables.items():
         t0 = time.perf_counter()
@@ -1032,6 +1107,72 @@ def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips) -> tuple
         seconds[key] = round(time.perf_counter() - t0, 1)
         print(f"[paper_claims] seed {seed}: {key} done in {seconds[key]:.0f} s", flush=True)
     return result, seconds
+
+
+def _comparable(settings: dict) -> dict:
+    """The settings two runs must share for their tables to be put together (all but the seeds), as JSON has them."""
+    return json.loads(json.dumps({k: v for k, v in settings.items() if k != "seeds"}))
+
+
+def earlier_results(path: Path, settings: dict) -> dict | None:
+    """What an earlier run with the same settings wrote to ``path``, as ``per_seed`` / ``curve`` / ``provenance`` /
+    ``arms`` (a file of the single-seed layout is read as its one seed); None when there is none, and (said)
+    when it was made with other settings: this run's results then replace it."""
+    if not path.is_file():
+        return None
+    try:
+        prev = json.loads(path.read_text())
+        theirs = prev["settings"]
+    except (ValueError, KeyError, TypeError):
+        print(f"[paper_claims] {path} is not a paper_claims result; it is replaced", flush=True)
+        return None
+    ours = _comparable(settings)
+    diff = sorted(k for k in set(ours) | set(_comparable(theirs)) if ours.get(k) != _comparable(theirs).get(k))
+    if diff:
+        print(
+            f"[paper_claims] {path} holds results of other settings ({', '.join(diff)}); they are replaced", flush=True
+        )
+        return None
+    seed = str(theirs["seeds"][0])
+    where = _where(prev["machine"], prev.get("date"))
+    return {
+        "per_seed": prev.get("per_seed") or {seed: {t: prev[t] for t in TABLES if t in prev}},
+        "curve": prev.get("curve") or {},
+        "provenance": prev.get("provenance") or {seed: {t: where for t in TABLES if t in prev}},
+        "arms": prev.get("arms") or {},
+    }
+
+
+def _where(m: dict, date: str | None) -> str:
+    return f"{m['device_name']} ({m['cpu_count']} CPUs, torch {m['torch']})" + (f", {date}" if date else "")
+
+
+def put_together(now: dict, before: dict | None) -> dict:
+    """This run's per-seed tables, curves, provenance and arms over an earlier run's (``earlier_results``); then
+    each table's mean and sd over the seeds that have it (sd None for one seed; the whole sd None when no table
+    has two) and the seeds per table."""
+    merged = {key: {} for key in ("per_seed", "curve", "provenance", "arms")}
+    for part in (before or {}, now):
+        for key, by_seed in part.items():
+            if key == "arms":
+                merged[key].update(by_seed)
+                continue
+            for seed, items in by_seed.items():
+                merged[key].setdefault(seed, {}).update(items)
+    seeds = {
+        t: sorted((s for s in merged["per_seed"] if t in merged["per_seed"][s]), key=int)
+        for t in TABLES
+        if any(t in tabs for tabs in merged["per_seed"].values())
+    }
+    tables, sd = {}, {}
+    for t, ss in seeds.items():
+        tables[t], sd[t] = mean_and_sd([merged["per_seed"][s][t] for s in ss])
+    return {
+        **merged,
+        "tables": tables,
+        "sd": sd if any(v is not None for v in sd.values()) else None,
+        "seeds": {t: [int(s) for s in ss] for t, ss in seeds.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -1045,9 +1186,9 @@ def main(argv: list[str] | None = None) -> dict:
         scale = replace(scale, device=args.device, overrides=(*scale.overrides, f"train.device={args.device}"))
     if args.threads or scale.threads:
         torch.set_num_threads(args.threads or scale.threads)
-    arms = [*ARMS, *CLASSIFIER_ONLY]
+    arms = [arm for arm in [*ARMS, *CLASSIFIER_ONLY] if any(arm in TABLES[t] for t in args.tables)]
     cfgs = {seed: {arm: arm_config(arm, scale, seed, args.overrides) for arm in arms} for seed in args.seeds}
-    c = cfgs[args.seeds[0]]["ddpm"]
+    c = cfgs[args.seeds[0]][arms[0]]
     train, test = load_data(c, "train"), load_data(c, "test")
     speed, guess = plan(args, scale, cfgs, train, test)
     if args.estimate_only:
@@ -1065,48 +1206,60 @@ def main(argv: list[str] | None = None) -> dict:
     lpips = load_lpips("alex", args.lpips_weights).to(scale.device) if args.lpips_weights else None
     per_seed = {}
     for seed in args.seeds:
-        per_seed[str(seed)], taken = evaluate_all(args, scale, test, seed, extractor, lpips)
+        per_seed[str(seed)], taken = evaluate_all(args, scale, test, seed, extractor, lpips, arms)
         for key, v in taken.items():
             seconds[key] = round(seconds.get(key, 0.0) + v, 1)
     seconds["total"] = round(time.perf_counter() - t_start, 1)
     curves = {seed: t.pop("curve") for seed, t in per_seed.items() if "curve" in t}
-    tables, sd = mean_and_sd(list(per_seed.values()))
+    settings = {
+        "backbone": f"U-Net {c.model.channels} channels x {tuple(c.model.channel_mult)}, "
+        f"{c.model.num_res_blocks} res block(s), attention at "
+        f"{tuple(c.model.attention_resolutions)}",
+        "steps": c.train.steps,
+        "batch_size": c.train.batch_size,
+        "lr": c.train.lr,
+        "seeds": args.seeds,
+        "sampler": "ddim",
+        "eta": 0.0,
+        "sample_steps": scale.sample_steps,
+        "features": args.features,
+        "scale": asdict(scale),
+        "overrides": args.overrides,
+    }
+    stem = args.out_dir / ("paper_claims" if args.scale == "cpu" else f"paper_claims-{args.scale}")
+    mach, date = machine(scale.device), time.strftime("%Y-%m-%d")
+    now = {
+        "per_seed": per_seed,
+        "curve": curves,
+        "provenance": {seed: {t: _where(mach, date) for t in tabs} for seed, tabs in per_seed.items()},
+        "arms": trained,
+    }
+    whole = put_together(now, earlier_results(stem.with_suffix(".json"), settings))
+    settings["seeds"] = sorted({s for ss in whole["seeds"].values() for s in ss})
     result = {
         "benchmark": "paper_claims",
         "scale": args.scale,
-        "machine": machine(scale.device),
+        "machine": mach,
+        "date": date,
         "command": shlex.join(["python", "benchmarks/paper_claims.py", *(sys.argv[1:] if argv is None else argv)]),
-        "settings": {
-            "backbone": f"U-Net {c.model.channels} channels x {tuple(c.model.channel_mult)}, "
-            f"{c.model.num_res_blocks} res block(s), attention at "
-            f"{tuple(c.model.attention_resolutions)}",
-            "steps": c.train.steps,
-            "batch_size": c.train.batch_size,
-            "lr": c.train.lr,
-            "seeds": args.seeds,
-            "sampler": "ddim",
-            "eta": 0.0,
-            "sample_steps": scale.sample_steps,
-            "features": args.features,
-            "scale": asdict(scale),
-            "overrides": args.overrides,
-        },
+        "settings": settings,
         "estimate_seconds": guess,
         "speed_measured": speed,
-        "seconds": seconds,
-        "arms": trained,
-        **tables,  # the means over seeds (one seed: its numbers)
-        "sd": sd,  # their standard deviations (None for one seed)
-        "per_seed": per_seed if len(per_seed) > 1 else None,
-        "curve": curves or None,  # per seed: quality against steps of every arm
+        "seconds": seconds,  # of this run
+        "arms": whole["arms"],
+        **whole["tables"],  # the means over each table's seeds (one seed: its numbers)
+        "sd": whole["sd"],  # their standard deviations (None for one seed)
+        "seeds": whole["seeds"],  # per table
+        "per_seed": whole["per_seed"],
+        "curve": whole["curve"] or None,  # per seed: quality against steps of every arm
+        "provenance": whole["provenance"],  # per seed and table: the machine and day it ran on
     }
-    result["claims"] = claims(tables, sd)
+    result["claims"] = claims(whole["tables"], whole["sd"])
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / ("paper_claims" if args.scale == "cpu" else f"paper_claims-{args.scale}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     stem.with_suffix(".md").write_text(markdown(result))
-    if curves:
-        plot_convergence(next(iter(curves.values())), stem.parent / f"{stem.name}-curve.png")
+    if whole["curve"]:
+        plot_convergence(next(iter(whole["curve"].values())), stem.parent / f"{stem.name}-curve.png")
     print(markdown(result))
     print(f"[paper_claims] wrote {stem}.json and .md in {seconds['total']:.0f} s", flush=True)
     return result

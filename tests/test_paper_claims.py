@@ -189,12 +189,75 @@ def test_seeds_give_mean_and_sd_and_the_verdicts_use_them(smoke):
     a = one["table2"]["rows"]["ddpm"][fid]
     assert mean["table2"]["rows"]["ddpm"][fid] == pytest.approx(1.1 * a)
     assert sd["table2"]["rows"]["ddpm"][fid] == pytest.approx(0.2 * a / 2**0.5)
-    assert (
-        mean["table2"]["rows"]["ddpm"]["n"] == one["table2"]["rows"]["ddpm"]["n"]
-    )  # a count equal in every seed stays itself
+    n = mean["table2"]["rows"]["ddpm"]["n"]
+    assert n == one["table2"]["rows"]["ddpm"]["n"] and type(n) is int  # a count equal in every seed stays itself
     assert bench.mean_and_sd([one]) == (one, None)
     found = bench.claims(mean, sd)
     assert len(found) == 11 and all(c["verdict"] in (bench.HOLDS, bench.FAILS, bench.WITHIN) for c in found)
     assert "±" in found[0]["ours"]
-    md = bench.markdown({**r, **mean, "sd": sd, "claims": found, "settings": {**r["settings"], "seeds": [0, 1]}})
+    md = bench.markdown({**r, **mean, "sd": sd, "claims": found, "seeds": {t: [0, 1] for t in one}})
     assert "Seeds 0, 1" in md and " ± " in md and "(1 seed)" not in md
+
+
+def test_a_run_of_some_tables_adds_its_seed_to_the_results_already_written(smoke, tmp_path):
+    """A second run, Table 4 only with seed 1, into a copy of the smoke results: Table 4 becomes the mean ± sd
+    of seeds 0 and 1, the other tables and their single-seed verdicts stay as seed 0 left them."""
+    import shutil
+
+    bench = _benchmark()
+    tmp, r, _ = smoke
+    shutil.copytree(tmp / "results", tmp_path / "results")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--scale",
+            "smoke",
+            "--runs",
+            str(tmp / "runs"),
+            "--out-dir",
+            str(tmp_path / "results"),
+            "--tables",
+            "table4",
+            "--seeds",
+            "1",
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r2 = json.loads((tmp_path / "results" / "paper_claims-smoke.json").read_text())
+    md = (tmp_path / "results" / "paper_claims-smoke.md").read_text()
+    assert r2["seeds"] == {"table2": [0], "table1": [0], "table4": [0, 1], "figure6": [0]}
+    assert r2["settings"]["seeds"] == [0, 1] and set(r2["per_seed"]) == {"0", "1"}
+    assert {k for k in r2["arms"] if k.startswith("seed-1/")} == {"seed-1/seg2img", "seed-1/seg2img-single"}
+    for t in ("table2", "table1", "figure6"):
+        assert r2[t] == r[t] and r2["sd"][t] is None
+    iou = [r2["per_seed"][s]["table4"]["rows"]["seg2img"]["class_iou"] for s in ("0", "1")]
+    assert iou[0] == r["table4"]["rows"]["seg2img"]["class_iou"]
+    assert r2["table4"]["rows"]["seg2img"]["class_iou"] == pytest.approx(sum(iou) / 2)
+    assert r2["sd"]["table4"]["rows"]["seg2img"]["class_iou"] == pytest.approx(abs(iou[0] - iou[1]) / 2**0.5)
+    assert [c["one_seed"] for c in r2["claims"]] == [c["table"] != "Table 4" for c in r2["claims"]]
+    assert len(r2["claims"]) == 11 and "Table 4: seeds 0, 1" in md
+    assert set(r2["curve"]["1"]) == {"seg2img", "seg2img-single"} and len(r2["curve"]["0"]) == 9
+    # other settings are not put together with these: the file is replaced
+    assert (
+        bench.earlier_results(tmp_path / "results" / "paper_claims-smoke.json", {**r2["settings"], "lr": 1.0}) is None
+    )
+
+
+def test_a_scale_run_in_part_decides_only_the_claims_of_its_tables(smoke):
+    bench = _benchmark()
+    _, r, _ = smoke
+    part = bench.put_together(
+        {"per_seed": {"0": {"table4": r["table4"]}}, "curve": {}, "provenance": {}, "arms": {}}, None
+    )
+    assert part["seeds"] == {"table4": [0]} and part["sd"] is None
+    found = bench.claims(part["tables"], part["sd"])
+    assert [c["table"] for c in found] == ["Table 4"] and found[0]["one_seed"]
+    rest = {k: v for k, v in r.items() if k not in bench.TABLES}
+    md = bench.markdown({**rest, **part["tables"], "sd": None, "seeds": part["seeds"], "claims": found})
+    assert "Not run yet at this scale: Table 2, Table 1, Figure 6." in md
