@@ -654,6 +654,8 @@ def section_cli(ctx: Ctx):
         ("sample ancestral", "masked_image", ["sample", *fast, "--sampler", "ancestral"]),
         ("sample ddim", "masked_image", ["sample", *fast, "--sampler", "ddim", "--eta", "0"]),
         ("sample dpm-solver", "masked_image", ["sample", *fast, "--sampler", "dpm-solver"]),
+        ("sample --precision bf16", "masked_image", ["sample", *fast, "--precision", "bf16"]),
+        ("sample --precision fp16", "label (M)", ["sample", *fast, "--label", "3", "--precision", "fp16"]),
         ("sample --guidance", "masked_image", ["sample", *fast, "--guidance", "2"]),
         ("sample --label each (M)", "label (M)", ["sample", *fast, "--label", "each"]),
         ("sample --head-guidance", "label (M)", ["sample", *fast, "--label", "3", "--head-guidance", "1"]),

@@ -42,7 +42,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -284,8 +283,7 @@ class ClassifierOnly(Trainer):
         noise = torch.randn(z0.shape, generator=self.gen, device=self.device)
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
-        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with ctx:
+        with self._autocast():
             zt = self.process.q_sample(z0, t0, model.encode(unknown), noise)
             loss = F.cross_entropy(model(zt, t0, unknown)[1][name].float(), y)
         grad_norm = self.optimize(loss)

@@ -280,7 +280,7 @@ class Peer:
         from diffusers.training_utils import EMAModel
 
         from mtdiff.data.loader import BatchStream
-        from mtdiff.train.trainer import cpu_has_native_bf16
+        from mtdiff.precision import cpu_has_native_bf16
 
         self.name, self.r = name, PEERS[name]
         r = self.r

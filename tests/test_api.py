@@ -109,3 +109,42 @@ def test_restore_with_given_keep_and_bad_keep(runs):
         run.restore(x, keep[:1], seed=0)
     with pytest.raises(mtdiff.MtdiffError, match="patches must be an integer >= 1"):
         run.restore(x, patches=0)
+
+
+def test_bf16_inference_runs_the_network_in_bf16_and_returns_fp32_near_the_fp32_result(runs):
+    """``load_run(precision="bf16")``: every task's network runs under bf16 autocast (a convolution's output is
+    bf16), every returned tensor is float32 and near the fp32 one of the same seed (much nearer than another
+    seed); the known pixels of a restoration stay exact. An unknown precision is named."""
+    seen = []
+
+    def dtypes(run):
+        conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+        return run
+
+    fp32, bf16 = (
+        {k: mtdiff.load_run(runs / "runs" / k, precision=p) for k in ("demo", "m", "seg")} for p in ("fp32", "bf16")
+    )
+    for run in bf16.values():
+        dtypes(run)
+    x = fp32["demo"].sample(4, seed=0).images
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[:, 8:24, 8:24] = 3
+    calls = {
+        "sample": (lambda r: r["m"].sample(4, labels=[1, 2, 3, 4], seed=0).images),
+        "restore": (lambda r: r["demo"].restore(x, seed=1).restored),
+        "classify": (lambda r: r["m"].classify(x, seed=0)),
+        "translate": (lambda r: r["seg"].translate(masks, seed=0).images),
+    }
+    for task, call in calls.items():
+        seen.clear()
+        a, b = call(fp32), call(bf16)
+        assert seen and set(seen) == {torch.bfloat16}, task
+        assert b.dtype == torch.float32, task
+        assert (a - b).abs().mean() < 0.05, task
+    other = fp32["m"].sample(4, labels=[1, 2, 3, 4], seed=1).images
+    assert (other - fp32["m"].sample(4, labels=[1, 2, 3, 4], seed=0).images).abs().mean() > 0.2
+    r = bf16["demo"].restore(x, seed=1)
+    assert torch.equal(r.restored * r.keep, x * r.keep)
+    with pytest.raises(mtdiff.MtdiffError, match="precision must be one of auto, bf16, fp16, fp32, got 'half'"):
+        mtdiff.load_run(runs / "runs" / "m", precision="half")

@@ -33,11 +33,12 @@ def test_restore_keeps_known_pixels(run_dir, tmp_path, capsys, mask):
     assert stats["psnr_db"] > 0 and -1 <= stats["ssim"] <= 1 and stats["unmasked_region_mse_raw"] >= 0
 
 
-def test_same_seed_same_images(run_dir, tmp_path):
-    a, b = tmp_path / "a.png", tmp_path / "b.png"
-    for p in (a, b):
-        main(["sample", "--run", str(run_dir), "--num", "2", "--steps", "3", "--seed", "5", "--out", str(p)])
-    assert a.read_bytes() == b.read_bytes()
+def test_same_seed_same_images_and_precision_reaches_the_network(run_dir, tmp_path):
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    for p, precision in ((a, "fp32"), (b, "fp32"), (c, "bf16")):
+        cmd = ["sample", "--run", str(run_dir), "--num", "2", "--steps", "3", "--seed", "5", "--out", str(p)]
+        assert main([*cmd, "--precision", precision]) == 0
+    assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
 
 
 def test_missing_run_and_missing_checkpoint_are_clear(tmp_path, capsys):

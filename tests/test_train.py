@@ -168,13 +168,14 @@ def test_fp16_scales_the_loss_and_an_overflow_skips_the_step_and_halves_the_scal
 def test_bf16_is_the_default_where_native_and_fp32_elsewhere(monkeypatch):
     """``train.precision: auto`` (the default, and every preset's) is bf16 autocast on a GPU and on a CPU
     with native bf16, fp32 on other CPUs; an explicit choice applies on any device."""
+    from mtdiff import precision
     from mtdiff.config import TrainConfig, load_config, presets
-    from mtdiff.train import autocast_dtype, trainer
+    from mtdiff.train import autocast_dtype
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert TrainConfig().precision == "auto"
     for native in (True, False):
-        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
         assert autocast_dtype("auto", cuda) is torch.bfloat16
         assert autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
     for device in (cuda, cpu):

@@ -11,6 +11,8 @@ from a generator seeded with ``seed`` on the run's device: the same seed gives t
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from .data.masking import apply_mask, make_mask
 from .errors import InputError
 from .models import MTModel
 from .models.autoencoder import PixelMap, SpaceMap
+from .precision import PRECISIONS, autocast, autocast_dtype
 from .process import MTProcess
 from .sampling import (
     ClassifierFreeGuidance,
@@ -87,6 +90,28 @@ class Samples:
         return to_pil(self.images)
 
 
+def _fp32(x):
+    """``x`` with every floating tensor in it (also inside dicts and dataclasses) as float32."""
+    if isinstance(x, Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _fp32(v) for k, v in x.items()}
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _fp32(getattr(x, f.name)) for f in dataclasses.fields(x)})
+    return x
+
+
+def _in_precision(task):
+    """A task of :class:`Run` under the run's autocast, returning float32 tensors."""
+
+    @functools.wraps(task)
+    def run_task(self, *args, **kwargs):
+        with autocast(self.device, self.amp_dtype):
+            return _fp32(task(self, *args, **kwargs))
+
+    return run_task
+
+
 @dataclass
 class Run:
     config: Config
@@ -95,6 +120,7 @@ class Run:
     step: int
     directory: Path
     latent: SpaceMap = field(default_factory=PixelMap)  # pixels <-> diffusion space (decode samples before saving)
+    amp_dtype: torch.dtype | None = None  # autocast of the network in every task (load_run's precision); None: fp32
 
     # ------------------------------------------------------------------ what the run is
 
@@ -178,6 +204,7 @@ class Run:
 
     # ------------------------------------------------------------------ tasks
 
+    @_in_precision
     @torch.no_grad()
     def sample(
         self,
@@ -262,6 +289,7 @@ class Run:
         known, captions = class_conditions(self.model, given)
         return known, given, captions
 
+    @_in_precision
     def restore(
         self,
         images: Images,
@@ -330,6 +358,7 @@ class Run:
             **({"num_patches": patches} if patches else {"min_patches": 1, "max_patches": max(1, mc.max_patches)}),
         )
 
+    @_in_precision
     @torch.no_grad()
     def classify(
         self,
@@ -355,6 +384,7 @@ class Run:
         ts = elbo_timesteps(self.process.num_timesteps, elbo_steps)
         return torch.softmax(elbo_logits(self.model, self.process, z0, name, timesteps=ts, generator=g), 1)
 
+    @_in_precision
     @torch.no_grad()
     def represent(
         self, images: Images, *, t: int = 0, seed: int = 0, generator: torch.Generator | None = None
@@ -364,6 +394,7 @@ class Run:
         z0 = self.latent.encode(self.pixels(images))
         return inverse(self.model, self.process, z0, name, t=self.check_t(t), generator=self.generator(seed, generator))
 
+    @_in_precision
     @torch.no_grad()
     def translate(
         self,
@@ -408,11 +439,20 @@ class Run:
 
 
 def load_run(
-    run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True, step: int | None = None
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    ema: bool = True,
+    step: int | None = None,
+    precision: str = "fp32",
 ) -> Run:
-    """Load a trained run for inference (the EMA weights by default; the latest checkpoint, or ``step``'s)."""
+    """Load a trained run for inference (the EMA weights by default; the latest checkpoint, or ``step``'s).
+    ``precision``: the autocast of the network's forward passes in every task ("auto", "bf16", "fp16" or
+    "fp32", as ``train.precision``); the samplers' arithmetic and every returned tensor stay fp32."""
     run_dir = Path(run_dir)
     device = resolve_device(device)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     cfg = read_run_config(run_dir)
     ckpt = load_checkpoint(run_dir, step=step)
     model = build_model(cfg)
@@ -428,6 +468,7 @@ def load_run(
         int(ckpt["meta"]["step"]),
         run_dir,
         build_space_map(cfg, device),
+        autocast_dtype(precision, device),
     )
 
 

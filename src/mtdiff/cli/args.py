@@ -90,7 +90,15 @@ def add_run(p: argparse.ArgumentParser) -> None:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
+    """--device, and --precision: the autocast of the network's forward passes there."""
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="fp32",
+        help="autocast of the network (the sampler's arithmetic stays fp32); auto: bf16 on a GPU or a CPU with "
+        "native bf16 (default fp32)",
+    )
 
 
 def add_seed(p: argparse.ArgumentParser) -> None:

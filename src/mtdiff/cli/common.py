@@ -25,8 +25,8 @@ __all__ = [
 
 
 def load(args) -> Run:
-    """The run of ``--run`` on ``--device`` (its EMA weights, latest checkpoint)."""
-    return load_run(args.run, device=args.device)
+    """The run of ``--run`` on ``--device`` at ``--precision`` (its EMA weights, latest checkpoint)."""
+    return load_run(args.run, device=args.device, precision=args.precision)
 
 
 def sampler_options(args) -> dict:

@@ -45,6 +45,7 @@ from ..distributed import init_world, main_first, wrap_ddp
 from ..errors import MtdiffError
 from ..loss import mt_loss
 from ..memory import estimate_training_memory
+from ..precision import autocast, autocast_dtype
 from ..process import Prediction
 from ..runs import CONFIG_FILE, resolve_device
 from ..sampling import generate_joint
@@ -88,27 +89,6 @@ def use_deterministic_kernels() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX on x86; read from /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.precision`` on ``device`` (None: fp32). ``auto`` is bf16 on a GPU
-    and on a CPU with native bf16 (there it trains about 1.5x faster at the same quality; see
-    docs/RESULTS.md), fp32 elsewhere; an explicit bf16 or fp16 applies on any device (CPU autocast has
-    both, and fp16 gets loss scaling there too)."""
-    if precision == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        precision = "bf16" if native else "fp32"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 class Trainer:
@@ -323,7 +303,7 @@ class Trainer:
         return {**terms, "grad_norm": self._update()}
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        return autocast(self.device, self.amp_dtype)
 
     def optimize(self, loss: torch.Tensor) -> torch.Tensor:
         """Backward and update for one loss on the whole batch (for trainers with another objective)."""
