@@ -1,14 +1,18 @@
 """Few-step sampling: sample quality against the number of steps, and sampling speed.
 
     python benchmarks/sampling.py --run RUN_DIR [--num 500] [--steps 10,20,50,100,1000]
-                                  [--samplers ddim,dpm-solver] [--device cpu] [--out-dir benchmarks/results]
+                                  [--samplers ddim,dpm-solver] [--precisions fp32,bf16] [--reference-steps 1000]
+                                  [--device cpu] [--out-dir benchmarks/results]
 
 Joint samples from one trained run with each sampler at each step count, all from the same seed, scored
 against the run's whole test split with the offline feature extractor (FID and KID on MNIST-CNN
 features for MNIST-like runs, EfficientNet-Lite0 otherwise; the names say so). The reference is DDIM
 with 1000 steps, a near-exact solution of the probability-flow ODE that DPM-Solver++ also solves; the
 ratio FID(steps) / FID(reference) is the figure of merit (goal: within 10% at 50 steps). Sampling
-img/s is the wall clock of the whole batch loop (batched, under ``torch.inference_mode``). Writes
+img/s is the wall clock of the whole batch loop (batched, under ``torch.inference_mode``). With
+``--precisions fp32,bf16`` every row is sampled at each precision (``load_run(precision=...)``: the network
+under autocast) and the others' speed is given as a ratio to fp32's at the same sampler and steps; the
+reference is always fp32. ``--reference-steps`` makes a cheaper, less exact reference. Writes
 ``sampling.json`` and ``sampling.md``.
 """
 
@@ -55,17 +59,17 @@ def markdown(r: dict) -> str:
             f"Run `{r['run']}` (step {r['run_step']}), {r['num']} joint samples per row against {r['n_reference']} "
             f"test images, seed {r['seed']}. Machine: {m['cpu_count']} CPUs ({m['cpu']}), {m['torch_threads']} torch "
             f"threads, torch {m['torch']}, device {m['device']} ({m['device_name']}). Reference: "
-            f"{REFERENCE[0]} with {REFERENCE[1]} steps. FID from {r['num']} samples is biased upwards (KID is not); "
-            "compare rows, not other papers' FIDs."
+            f"{r['reference'][0]} with {r['reference'][1]} steps (fp32). FID from {r['num']} samples is biased "
+            "upwards (KID is not); compare rows, not other papers' FIDs."
         ),
         "",
-        f"| sampler | steps | {fid} | FID / reference | {kid} | sampling img/s |",
-        "|---|---|---|---|---|---|",
+        f"| sampler | steps | precision | {fid} | FID / reference | {kid} | sampling img/s | speed / fp32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
         lines.append(
-            f"| {row['sampler']} | {row['steps']} | {row['fid']:.3f} | {row['fid_ratio']:.3f} | "
-            f"{row['kid']:.5f} | {row['img_per_s']:.1f} |"
+            f"| {row['sampler']} | {row['steps']} | {row['precision']} | {row['fid']:.3f} | {row['fid_ratio']:.3f} | "
+            f"{row['kid']:.5f} | {row['img_per_s']:.1f} | {row['speed_vs_fp32']:.2f} |"
         )
     lines += [
         "",
@@ -86,6 +90,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--steps", default="10,20,50,100,1000", help="comma-separated step counts")
     ap.add_argument("--samplers", default="ddim,dpm-solver", help="comma-separated sampler names")
+    ap.add_argument(
+        "--precisions",
+        default="fp32",
+        help="comma-separated: fp32, bf16, fp16, auto (default fp32; the reference: fp32)",
+    )
+    ap.add_argument(
+        "--reference-steps",
+        type=int,
+        default=REFERENCE[1],
+        help=f"DDIM steps of the reference (default {REFERENCE[1]})",
+    )
     ap.add_argument("--features", default=None, help="feature extractor (default: by the run's data)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
@@ -96,16 +111,18 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     steps = sorted({int(s) for s in args.steps.split(",")})
     samplers = args.samplers.split(",")
-    run = load_run(args.run, device=args.device)
+    precisions = ["fp32", *(p for p in dict.fromkeys(args.precisions.split(",")) if p != "fp32")]
+    runs = {p: load_run(args.run, device=args.device, precision=p) for p in precisions}
+    run, reference = runs["fp32"], (REFERENCE[0], args.reference_steps)
     name = args.features or default_extractor(run.config.data.channels, run.config.data.image_size)
     extractor = load_image_features(name, args.device)
     ref = reference_stats(extractor, load_data(run.config, "test"), cache_dir=run.directory / "eval")
 
-    cases = [(s, k) for s in samplers for k in steps if not (s != REFERENCE[0] and k == REFERENCE[1])]
-    cases = [REFERENCE, *[c for c in cases if c != REFERENCE]]
+    cases = [(s, k) for s in samplers for k in steps if not (s != reference[0] and k == reference[1])]
+    cases = [(*reference, "fp32"), *[(*c, p) for c in cases for p in precisions if (*c, p) != (*reference, "fp32")]]
     rows = []
-    for sampler, k in cases:
-        images, seconds = sample(run, sampler, k, args.num, args.batch, args.seed, args.device)
+    for sampler, k, precision in cases:
+        images, seconds = sample(runs[precision], sampler, k, args.num, args.batch, args.seed, args.device)
         scores = sample_quality(images, ref, extractor, seed=args.seed)
         fid_key = next(key for key in scores if key.startswith("FID"))
         kid_key = next(key for key in scores if key.startswith("KID"))
@@ -113,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
             {
                 "sampler": sampler,
                 "steps": k,
+                "precision": precision,
                 "fid": scores[fid_key],
                 "kid": scores[kid_key],
                 "seconds": round(seconds, 2),
@@ -121,16 +139,19 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
         print(
-            f"[sampling] {sampler} {k} steps: {fid_key} {scores[fid_key]:.3f}, {args.num / seconds:.1f} img/s",
+            f"[sampling] {sampler} {k} steps, {precision}: {fid_key} {scores[fid_key]:.3f}, "
+            f"{args.num / seconds:.1f} img/s",
             flush=True,
         )
     ref_fid = rows[0]["fid"]
+    fp32_speed = {(row["sampler"], row["steps"]): row["img_per_s"] for row in rows if row["precision"] == "fp32"}
     for row in rows:
         row["fid_ratio"] = row["fid"] / ref_fid
+        row["speed_vs_fp32"] = row["img_per_s"] / fp32_speed[row["sampler"], row["steps"]]
     goal = {
         row["sampler"]: {"ratio": row["fid_ratio"], "met": row["fid_ratio"] <= 1.10}
         for row in rows
-        if row["steps"] == 50
+        if row["steps"] == 50 and row["precision"] == "fp32"
     }
     result = {
         "benchmark": "sampling",
@@ -141,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
         "num": args.num,
         "n_reference": int(ref["n"]),
         "seed": args.seed,
-        "reference": list(REFERENCE),
+        "reference": list(reference),
+        "precisions": precisions,
         "metric_names": {"FID": fid_key, "KID": kid_key},
         "rows": rows,
         "goal_50_steps": goal,

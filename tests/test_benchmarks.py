@@ -73,11 +73,15 @@ def test_sampling_table_has_the_ratio_to_the_reference(tmp_path, monkeypatch):
     sampling = _load("sampling")
     monkeypatch.setattr(sampling, "REFERENCE", ("ddim", 6))  # the reference at the longest step count
     run = tiny_run(tmp_path / "run", "mnist-ddpm", labels=False, steps=1)
-    r = sampling.main(["--run", str(run), "--num", "4", "--batch", "4", "--steps", "2,6", "--out-dir", str(tmp_path)])
-    rows = {(row["sampler"], row["steps"]): row for row in r["rows"]}
-    assert set(rows) == {("ddim", 6), ("ddim", 2), ("dpm-solver", 2)}
-    assert rows[("ddim", 6)]["fid_ratio"] == 1.0
-    assert "FID / reference" in (tmp_path / "sampling.md").read_text()
+    argv = ["--run", str(run), "--num", "4", "--batch", "4", "--steps", "2,6", "--precisions", "bf16,fp32"]
+    r = sampling.main([*argv, "--out-dir", str(tmp_path)])
+    rows = {(row["sampler"], row["steps"], row["precision"]): row for row in r["rows"]}
+    assert set(rows) == {(s, k, p) for s, k in (("ddim", 6), ("ddim", 2), ("dpm-solver", 2)) for p in ("fp32", "bf16")}
+    assert r["rows"][0]["precision"] == "fp32" and rows[("ddim", 6, "fp32")]["fid_ratio"] == 1.0
+    assert rows[("ddim", 6, "bf16")]["fid_ratio"] != 1.0  # bf16 samples differ from the reference's
+    assert all(rows[(s, k, "fp32")]["speed_vs_fp32"] == 1.0 for s, k, _ in rows)
+    md = (tmp_path / "sampling.md").read_text()
+    assert "FID / reference" in md and "speed / fp32" in md and "| bf16 |" in md
 
 
 def test_quality_scores_mtdiff_and_the_diffusers_peer_of_the_same_size(tmp_path):

@@ -98,7 +98,8 @@ def test_ctrl_c_saves_says_how_to_resume_and_resume_continues_exactly(tmp_path, 
 def test_sigkill_at_random_moments_over_many_cycles(tmp_path, folder):
     """Kill -9 at a random moment of training (0-0.8 s after the run saved its first new step, so every
     cycle makes progress however slow the machine), again and again, until the run finishes: after every
-    kill the latest checkpoint loads with verified checksums, and the end equals an uninterrupted run."""
+    kill the latest checkpoint loads with verified checksums, and the end (weights, and the log's steps: each
+    once) equals an uninterrupted run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps, rng = 30, random.Random(0)
     subprocess.run(_cmd(tmp_path / "ref", folder, steps), env=env, check=True, capture_output=True)
@@ -133,6 +134,10 @@ def test_sigkill_at_random_moments_over_many_cycles(tmp_path, folder):
     assert load_checkpoint(run)["meta"]["step"] == steps
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
+    logged = [
+        [json.loads(x)["step"] for x in (r / "log.jsonl").read_text().splitlines()] for r in (tmp_path / "ref", run)
+    ]
+    assert logged[0] == logged[1]  # each step logged once, as in the run never killed
 
 
 def test_disk_full_during_a_save_stops_with_the_previous_checkpoint_intact(tmp_path, folder, monkeypatch):

@@ -369,7 +369,9 @@ class Trainer:
     def _run(self, stop: dict[str, bool]) -> dict[str, float]:
         t, main = self.cfg.train, self.world.main
         log_path = self.run_dir / "log.jsonl"
-        writer = _tensorboard(self.run_dir / "tb") if main else None
+        if main and self.step > 0:  # resumed: what a killed run logged after its checkpoint is redone exactly
+            _truncate_jsonl(log_path, self.step)
+        writer = _tensorboard(self.run_dir / "tb", purge_step=self.step or None) if main else None
         if main:
             if self.progress and self.memory is not None:
                 print(self.memory.summary(), file=sys.stderr, flush=True)
@@ -512,12 +514,34 @@ def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
         raise OSError(e.errno, e.strerror, str(path)) from e
 
 
-def _tensorboard(path: Path):
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Drop the entries logged after ``step`` (and lines a kill cut short): a run resumed from ``step`` logs
+    those steps again, so the log stays the history of one run, each step once. Replaced atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except (ValueError, AttributeError):
+            continue
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _tensorboard(path: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency, but logs must not kill a run
         return None
     try:
-        return SummaryWriter(str(path))
+        return SummaryWriter(str(path), purge_step=purge_step)
     except OSError as e:  # its writer thread failed (a full disk): name the folder
         raise OSError(e.errno, e.strerror, str(path)) from e
