@@ -50,6 +50,8 @@ def test_resume_in_process_is_bit_identical(tmp_path, toy_data):
         progress=False,
     )
     part.run()  # checkpoints at 4 and 6
+    with open(tmp_path / "b" / "log.jsonl", "a") as f:  # what a run killed after its checkpoint had logged
+        f.write('{"step": 7, "loss": 9.0}\n{"step": 8, "loss": 9.0}\n{"step": 9, "lo')
     resumed = Trainer(cfg, tmp_path / "b", data=toy_data, resume=True, progress=False)
     assert resumed.step == 6
     resumed.run()
@@ -57,6 +59,9 @@ def test_resume_in_process_is_bit_identical(tmp_path, toy_data):
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     for k, v in straight.ema.state_dict().items():
         assert torch.equal(v, resumed.ema.state_dict()[k]), k
+    logged = [[json.loads(x) for x in (tmp_path / r / "log.jsonl").read_text().splitlines()] for r in "ab"]
+    assert [e["step"] for e in logged[1]] == [e["step"] for e in logged[0]]  # each step once, as straight
+    assert all(e.get("loss") != 9.0 for e in logged[1])
 
 
 def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path, toy_data):
