@@ -584,7 +584,8 @@ def plot_convergence(curves: dict, path: Path) -> None:
         ax.set_xlabel("training steps")
         ax.set_ylabel(metric + (" (MNIST-CNN features)" if metric == "FID" else ""))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     axes[0].set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -873,7 +874,7 @@ def _md_claims(found: list[dict], missing: list[str]) -> list[str]:
     return lines + [
         "",
         f"{held} of {len(found)} claims hold at this scale"
-        + (f"; {failed} do not (a result, not a bug to hide)" if failed else "")
+        + (f"; {failed} {'does' if failed == 1 else 'do'} not (a result, not a bug to hide)" if failed else "")
         + (f"; {within} {'is' if within == 1 else 'are'} within the spread of the seeds" if within else "")
         + "."
         + (f" Not run yet at this scale: {', '.join(TITLES[t] for t in missing)}." if missing else ""),
