@@ -113,7 +113,7 @@ def test_a_training_step_is_ready_for_a_gpu(preset, tmp_path, data):
 
 @pytest.mark.parametrize("newer", [True, False])
 def test_ddp_is_built_with_the_buffer_switch_this_torch_has(newer):
-    """torch 2.13 renamed DDP's broadcast_buffers to forward_sync_buffers; pyproject allows torch >= 2.3."""
+    """torch 2.13 renamed DDP's broadcast_buffers to forward_sync_buffers; pyproject allows torch >= 2.4."""
     from mtdiff.distributed import wrap_ddp
 
     class Old:  # the signature of DDP before 2.13
