@@ -50,6 +50,7 @@ CASES = [  # (argv with {x}/{m}/{out} for the runs and an output file, what the 
     ("train --config mnist-demo --out {dir} --set train.lr=.nan", "train.lr must be a finite number"),
     ("train --config mnist-demo --out {dir} --set model.dropout=1", "model.dropout must be in [0, 1)"),
     ("evaluate --run {x} --num 1", "--num must be >= 2"),
+    ("evaluate --run {x} --features nope", "unknown image feature extractor 'nope'; choose one of"),
 ]
 
 

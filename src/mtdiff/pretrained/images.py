@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .errors import MissingExtractorError
 
 __all__ = [
@@ -250,5 +251,5 @@ IMAGE_FEATURE_DIMS: dict[str, int] = {
 def load_image_features(name: str, device: str | torch.device = "cpu", **kw) -> ImageFeatures:
     """A frozen extractor from ``IMAGE_FEATURES`` by name, on ``device``."""
     if name not in IMAGE_FEATURES:
-        raise ValueError(f"unknown image feature extractor {name!r}; choose one of {sorted(IMAGE_FEATURES)}")
+        raise InputError(f"unknown image feature extractor {name!r}; choose one of {sorted(IMAGE_FEATURES)}")
     return IMAGE_FEATURES[name](**kw).to(device)
