@@ -253,15 +253,19 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _differing(a: dict, b: dict) -> list[str]:
+    """The keys (flattened: "train.lr") whose values differ between two nested dicts."""
+    a, b = _flat(a), _flat(b)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def run_state(run_dir: Path, cfg: Config, objective: str) -> int:
     """Steps already trained in ``run_dir`` (0 if none). A run there with another config or objective is an
     error: the benchmark never mixes settings or overwrites a run."""
     if not has_checkpoints(run_dir):
         return 0
-    saved = _flat(to_dict(read_run_config(run_dir)))
     marker = json.loads((run_dir / MARKER).read_text()) if (run_dir / MARKER).is_file() else {}
-    ours = _flat(to_dict(cfg))
-    diff = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+    diff = _differing(to_dict(read_run_config(run_dir)), to_dict(cfg))
     if diff or marker.get("objective") != objective:
         why = f"config differs in {', '.join(diff)}" if diff else f"objective {marker.get('objective')}"
         raise SystemExit(f"{run_dir} holds another run ({why}); use another --runs directory or remove it")
@@ -1125,14 +1129,13 @@ def earlier_results(path: Path, settings: dict) -> dict | None:
     except (ValueError, KeyError, TypeError):
         print(f"[paper_claims] {path} is not a paper_claims result; it is replaced", flush=True)
         return None
-    ours = _comparable(settings)
-    diff = sorted(k for k in set(ours) | set(_comparable(theirs)) if ours.get(k) != _comparable(theirs).get(k))
+    diff = _differing(_comparable(settings), _comparable(theirs))
     if diff:
         print(
             f"[paper_claims] {path} holds results of other settings ({', '.join(diff)}); they are replaced", flush=True
         )
         return None
-    seed = str(theirs["seeds"][0])
+    seed = str(theirs["seeds"][0])  # an old single-seed file: its one seed
     where = _where(prev["machine"], prev.get("date"))
     return {
         "per_seed": prev.get("per_seed") or {seed: {t: prev[t] for t in TABLES if t in prev}},

@@ -42,28 +42,19 @@ def _numbers(x):
     return [x] if isinstance(x, (int, float)) and not isinstance(x, bool) else []
 
 
+def _run_smoke(runs: Path, out_dir: Path, *extra: str) -> str:
+    """The benchmark at the smoke scale as a command; its stdout (it must succeed)."""
+    cmd = [sys.executable, str(SCRIPT), "--scale", "smoke", "--runs", str(runs), "--out-dir", str(out_dir), *extra]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paper_claims")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--scale",
-            "smoke",
-            "--runs",
-            str(tmp / "runs"),
-            "--out-dir",
-            str(tmp / "results"),
-        ],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "Estimate:" in proc.stdout.splitlines()[0]  # the estimate comes first
+    stdout = _run_smoke(tmp / "runs", tmp / "results")
+    assert "Estimate:" in stdout.splitlines()[0]  # the estimate comes first
     return (
         tmp,
         json.loads((tmp / "results" / "paper_claims-smoke.json").read_text()),
@@ -207,28 +198,7 @@ def test_a_run_of_some_tables_adds_its_seed_to_the_results_already_written(smoke
     bench = _benchmark()
     tmp, r, _ = smoke
     shutil.copytree(tmp / "results", tmp_path / "results")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--scale",
-            "smoke",
-            "--runs",
-            str(tmp / "runs"),
-            "--out-dir",
-            str(tmp_path / "results"),
-            "--tables",
-            "table4",
-            "--seeds",
-            "1",
-        ],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    _run_smoke(tmp / "runs", tmp_path / "results", "--tables", "table4", "--seeds", "1")
     r2 = json.loads((tmp_path / "results" / "paper_claims-smoke.json").read_text())
     md = (tmp_path / "results" / "paper_claims-smoke.md").read_text()
     assert r2["seeds"] == {"table2": [0], "table1": [0], "table4": [0, 1], "figure6": [0]}

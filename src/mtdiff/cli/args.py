@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from ..config import SAMPLER_NAMES
+from ..precision import PRECISIONS
 
 __all__ = [
     "positive_int",
@@ -94,7 +95,7 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument(
         "--precision",
-        choices=("auto", "bf16", "fp16", "fp32"),
+        choices=PRECISIONS,
         default="fp32",
         help="autocast of the network (the sampler's arithmetic stays fp32); auto: bf16 on a GPU or a CPU with "
         "native bf16 (default fp32)",
