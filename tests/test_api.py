@@ -111,6 +111,23 @@ def test_restore_with_given_keep_and_bad_keep(runs):
         run.restore(x, patches=0)
 
 
+def test_translation_guidance_one_is_the_conditional_model_and_needs_a_guidable_run(runs, tmp_path):
+    """Classifier-free guidance of a translation, eps_u + s (eps_c - eps_u): scale 1 is the unguided conditional
+    model (same seed, same images up to rounding); on a barely trained run eps_c - eps_u is small, so the images
+    move in proportion to s - 1 (scale 3 four times as far as 1.5); a run trained without dropping its backbone
+    inputs is refused with the key it needs."""
+    run = mtdiff.load_run(runs / "runs" / "seg")
+    masks = torch.zeros(3, 32, 32, dtype=torch.long)
+    masks[:, 6:26, 10:22] = 5
+    plain = run.translate(masks, seed=0, steps=4).images
+    moved = {s: (run.translate(masks, guidance=s, seed=0, steps=4).images - plain).abs().mean() for s in (1, 1.5, 3)}
+    assert moved[1] < 1e-6 < moved[1.5]
+    assert 3 < moved[3] / moved[1.5] < 5
+    unguided = mtdiff.load_run(tiny_run(tmp_path / "s0", "mnist-seg2img", "train.cond_drop_prob=0.0", steps=1))
+    with pytest.raises(mtdiff.MtdiffError, match="guidance needs a run trained with train.cond_drop_prob > 0"):
+        unguided.translate(masks, guidance=2)
+
+
 def test_bf16_inference_runs_the_network_in_bf16_and_returns_fp32_near_the_fp32_result(runs):
     """``load_run(precision="bf16")``: every task's network runs under bf16 autocast (a convolution's output is
     bf16), every returned tensor is float32 and near the fp32 one of the same seed (much nearer than another

@@ -145,6 +145,9 @@ def test_translate_mask_to_image_writes_triplets_and_table4_scores(tmp_path, cap
     for key in ("inverse_image_to_mask/pixel_accuracy", "generated_by_own_head/class_iou"):
         assert 0 <= scores[key] <= 1
     assert out.is_file()
+    guided = ["translate", "--run", str(tmp_path / "seg"), "--num", "2", "--steps", "2", "--guidance", "2"]
+    assert main([*guided, "--out", str(out)]) == 0  # the preset trains with cond_drop_prob
+    assert json.loads(capsys.readouterr().out)["n"] == 2
     # from files: a folder of class maps (pixel value = class index)
     import numpy as np
 

@@ -143,6 +143,17 @@ class Run:
         """Whether the run was trained for classifier-free guidance (backbone inputs or a caption dropped)."""
         return self.config.train.cond_drop_prob > 0
 
+    def _guided(self, guidance: float | None):
+        """The model, wrapped for classifier-free guidance at ``guidance`` (None: as it is)."""
+        if guidance is None:
+            return self.model
+        if not self.guidable:
+            raise InputError(
+                f"guidance needs a run trained with train.cond_drop_prob > 0; {self.directory} "
+                f"was trained with {self.config.train.cond_drop_prob}"
+            )
+        return ClassifierFreeGuidance(self.model, _positive(guidance, "guidance"))
+
     # ------------------------------------------------------------------ settings
 
     def generator(self, seed: int = 0, generator: torch.Generator | None = None) -> torch.Generator:
@@ -231,14 +242,7 @@ class Run:
         kw["callback"] = callback
         known, given, captions = self._conditions(n, labels, prompts)
         label = self.modality("label")
-        model = self.model
-        if guidance is not None:
-            if not self.guidable:
-                raise InputError(
-                    f"guidance needs a run trained with train.cond_drop_prob > 0; {self.directory} "
-                    f"was trained with {self.config.train.cond_drop_prob}"
-                )
-            model = ClassifierFreeGuidance(model, _positive(guidance, "guidance"))
+        model = self._guided(guidance)
         if head_guidance is not None:
             if label is None or label not in known:
                 raise InputError(
@@ -401,6 +405,7 @@ class Run:
         source: Tensor | Any,
         *,
         modality: str | None = None,
+        guidance: float | None = None,
         sampler: str | None = None,
         steps: int | None = None,
         eta: float | None = None,
@@ -408,7 +413,9 @@ class Run:
         generator: torch.Generator | None = None,
     ) -> Samples:
         """Images generated from ``source``: class maps [N, H, W] of a segmentation modality, or source
-        images (pixels) of an image modality (Appendix E.1). ``modality`` defaults to the run's first."""
+        images (pixels) of an image modality (Appendix E.1). ``modality`` defaults to the run's first.
+        ``guidance``: classifier-free guidance scale on the source (runs trained with ``train.cond_drop_prob``;
+        1 = none)."""
         m = self.model
         sources = [k for k, v in m.modalities.items() if v.kind in ("segmentation", "image")]
         if not sources:
@@ -434,7 +441,7 @@ class Run:
         kw = self.sampler_kwargs(sampler=sampler, steps=steps, eta=eta, seed=seed, generator=generator)
         known = self.latent.encode_data({name: source}, m.modalities)
         unknown = [k for k in m.modalities if k != name]
-        state = generate(m, self.process, batch=source.shape[0], z_shape=m.z_shape, known=known, unknown=unknown, **kw)
+        state = generate(self._guided(guidance), self.process, batch=source.shape[0], z_shape=m.z_shape, known=known, unknown=unknown, **kw)
         return Samples(self.latent.decode(state.z), state.data)
 
 

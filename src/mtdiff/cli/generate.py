@@ -31,6 +31,16 @@ def _sampling(p: argparse.ArgumentParser, num: int, what: str) -> None:
     add_out(p)
 
 
+def _guidance(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--guidance",
+        type=positive_float,
+        default=None,
+        metavar="S",
+        help="classifier-free guidance scale, for runs trained with train.cond_drop_prob > 0 (1 = none)",
+    )
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("sample", help="joint samples (image and every modality) from a trained run")
     _sampling(p, 16, "number of samples")
@@ -48,13 +58,7 @@ def add_parsers(sub) -> None:
         metavar="TEXT",
         help="text runs: caption to generate from (repeatable; the samples cycle through them)",
     )
-    p.add_argument(
-        "--guidance",
-        type=positive_float,
-        default=None,
-        metavar="S",
-        help="classifier-free guidance scale, for runs trained with train.cond_drop_prob > 0 (1 = none)",
-    )
+    _guidance(p)
     p.add_argument(
         "--head-guidance",
         type=positive_float,
@@ -76,6 +80,7 @@ def add_parsers(sub) -> None:
         help="'test' (the source derived from the test split, scored against the truth; default), or a "
         "PNG file or folder of PNGs: class maps (pixel value = class index) or source images",
     )
+    _guidance(p)
 
     p = sub.add_parser("restore", help="restore masked images (masked-image runs)")
     _sampling(p, 16, "number of test images to restore")
@@ -190,6 +195,7 @@ def cmd_translate(args) -> int:
     run = load(args)
     opts = sampler_options(args)
     run.sampler_kwargs(**opts)
+    opts["guidance"] = args.guidance
     sources = [n for n, m in run.model.modalities.items() if m.kind in ("segmentation", "image")]
     if not sources:
         raise InputError(f"translate needs a run with a segmentation or image modality; {run.directory} has none")
