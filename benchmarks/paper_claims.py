@@ -253,7 +253,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _differing(a: dict, b: dict) -> list[str]:
+def differing(a: dict, b: dict) -> list[str]:
     """The keys (flattened: "train.lr") whose values differ between two nested dicts."""
     a, b = _flat(a), _flat(b)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -265,7 +265,7 @@ def run_state(run_dir: Path, cfg: Config, objective: str) -> int:
     if not has_checkpoints(run_dir):
         return 0
     marker = json.loads((run_dir / MARKER).read_text()) if (run_dir / MARKER).is_file() else {}
-    diff = _differing(to_dict(read_run_config(run_dir)), to_dict(cfg))
+    diff = differing(to_dict(read_run_config(run_dir)), to_dict(cfg))
     if diff or marker.get("objective") != objective:
         why = f"config differs in {', '.join(diff)}" if diff else f"objective {marker.get('objective')}"
         raise SystemExit(f"{run_dir} holds another run ({why}); use another --runs directory or remove it")
@@ -389,14 +389,29 @@ def sample_kw(scale: Scale, seed: int) -> dict:
     return {"sampler": "ddim", "steps": scale.sample_steps, "eta": 0.0, "seed": seed}
 
 
+def generation_scores(run: Run, scale: Scale, num: int, test, extractor, seed: int, cache_dir: Path) -> dict:
+    """FID-family scores of ``num`` joint samples from scratch (-X from the complete mask) against ``test``."""
+    images = joint_images(run, num, batch=scale.batch, **sample_kw(scale, seed))
+    return sample_quality(images, test, extractor, seed=seed, cache_dir=cache_dir)
+
+
+def translation_scores(run: Run, scale: Scale, num: int, test, seed: int, **kw) -> dict:
+    """Class mask -> image for the first ``num`` test masks, scored as ``mtdiff.evaluate.translate`` does (``kw``:
+    more of ``Run.translate``'s options, e.g. guidance)."""
+    _, scores = translate(run, test, modality="mask", num=num, **sample_kw(scale, seed), **kw)
+    scores.pop("columns")
+    return scores
+
+
 def table2_generation(runs: Path, scale: Scale, test, extractor, seed: int, device) -> dict:
     """Table 2 (training efficiency): FID-family scores of joint samples from scratch (-X from the complete
     mask) of each arm, all trained for the same steps, against the whole test split."""
-    rows = {}
-    for arm in PAPER_TABLE2:
-        run = load_run(runs / arm, device=device)
-        images = joint_images(run, scale.num_samples, batch=scale.batch, **sample_kw(scale, seed))
-        rows[arm] = sample_quality(images, test, extractor, seed=seed, cache_dir=runs / "eval")
+    rows = {
+        arm: generation_scores(
+            load_run(runs / arm, device=device), scale, scale.num_samples, test, extractor, seed, runs / "eval"
+        )
+        for arm in PAPER_TABLE2
+    }
     return {
         "rows": rows,
         "paper": {a: dict(zip(TABLE2_METRICS, v)) for a, (_, v) in PAPER_TABLE2.items()},
@@ -492,8 +507,7 @@ def table4_translation(runs: Path, scale: Scale, test, seed: int, device) -> dic
     rows = {}
     for arm in PAPER_TABLE4:
         run = load_run(runs / arm, device=device)
-        _, scores = translate(run, test, modality="mask", num=scale.num_translate, **sample_kw(scale, seed))
-        scores.pop("columns")
+        scores = translation_scores(run, scale, scale.num_translate, test, seed)
         rows[arm] = {
             **{m: scores[SEG_PREFIX + m] for m in SEG_METRICS},
             "all": scores,
@@ -508,30 +522,34 @@ def table4_translation(runs: Path, scale: Scale, test, seed: int, device) -> dic
 
 
 @torch.no_grad()
-def head_probs(
-    run: Run, test, num: int | None, seed: int, device, batch: int = 500
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Label-head probabilities in inverse mode at t = 0, batched and seeded as ``mtdiff.evaluate.classify``."""
+def head_probs(run: Run, test, num: int | None, seed: int, *, t: int = 0, batch: int = 500) -> tuple:
+    """Label-head probabilities of the first ``num`` test images (None: all) in inverse mode at time index ``t``,
+    batched and seeded as ``mtdiff.evaluate.classify``, and their labels."""
     n = len(test) if num is None else min(num, len(test))
     g = run.generator(seed)
     probs = [
-        run.classify(test.to_float(torch.arange(i, min(i + batch, n))), generator=g).double().cpu()
+        run.classify(test.to_float(torch.arange(i, min(i + batch, n))), t=t, generator=g).double().cpu()
         for i in range(0, n, batch)
     ]
     return torch.cat(probs), test.labels[:n]
 
 
+def head_scores(run: Run, test, num: int | None, seed: int, *, t: int = 0) -> dict:
+    """Accuracy, calibration and NLL of the label head (``head_probs``)."""
+    probs, labels = head_probs(run, test, num, seed, t=t)
+    return {
+        **calibration(probs, labels),
+        "nll": float(-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().mean()),
+    }
+
+
 def figure6_classification(runs: Path, scale: Scale, test, seed: int, device) -> dict:
     """Figure 6 (classification): test accuracy and calibration of the M and E label heads against the same
     networks trained only to classify, for the same steps."""
-    rows = {}
-    for arm in ("label-m", "label-m-classifier-only", "label-e", "label-e-classifier-only"):
-        run = load_run(runs / arm, device=device)
-        probs, labels = head_probs(run, test, scale.num_classify, seed, device)
-        rows[arm] = {
-            **calibration(probs, labels),
-            "nll": float(-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().mean()),
-        }
+    rows = {
+        arm: head_scores(load_run(runs / arm, device=device), test, scale.num_classify, seed)
+        for arm in TABLES["figure6"]
+    }
     return {"rows": rows, "method": "label head, inverse mode, t = 0"}
 
 
@@ -555,15 +573,13 @@ def convergence(runs: Path, scale: Scale, test, extractor, seed: int, device, ar
         for step in checkpoint_steps(runs / arm):
             run, point = load_run(runs / arm, device=device, step=step), {"step": step}
             if arm in PAPER_TABLE2:
-                images = joint_images(run, scale.curve_num, batch=scale.batch, **sample_kw(scale, seed))
-                scores = sample_quality(images, test, extractor, seed=seed, cache_dir=runs / "eval")
+                scores = generation_scores(run, scale, scale.curve_num, test, extractor, seed, runs / "eval")
                 point["FID"] = scores[next(k for k in scores if k.startswith("FID"))]
             if arm in PAPER_TABLE4:
-                _, scores = translate(run, test, modality="mask", num=scale.curve_num, **sample_kw(scale, seed))
+                scores = translation_scores(run, scale, scale.curve_num, test, seed)
                 point["class IoU"] = scores[SEG_PREFIX + "class_iou"]
-            if arm in ("label-m", "label-e", *CLASSIFIER_ONLY):
-                probs, labels = head_probs(run, test, 5 * scale.curve_num, seed, device)
-                point["accuracy"] = float((probs.argmax(1) == labels).double().mean())
+            if arm in TABLES["figure6"]:
+                point["accuracy"] = head_scores(run, test, 5 * scale.curve_num, seed)["accuracy"]
             points.append(point)
         out[arm] = points
     return out
@@ -1001,7 +1017,7 @@ def _table_list(text: str) -> tuple[str, ...]:
     return tuple(t for t in TABLES if t in tables)
 
 
-def _seed_list(text: str) -> list[int]:
+def seed_list(text: str) -> list[int]:
     try:
         seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -1031,7 +1047,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--seeds",
-        type=_seed_list,
+        type=seed_list,
         default=[0],
         metavar="S,...",
         help="train and evaluate every arm once per seed; tables show mean ± sd (default: 0)",
@@ -1129,14 +1145,14 @@ def earlier_results(path: Path, settings: dict) -> dict | None:
     except (ValueError, KeyError, TypeError):
         print(f"[paper_claims] {path} is not a paper_claims result; it is replaced", flush=True)
         return None
-    diff = _differing(_comparable(settings), _comparable(theirs))
+    diff = differing(_comparable(settings), _comparable(theirs))
     if diff:
         print(
             f"[paper_claims] {path} holds results of other settings ({', '.join(diff)}); they are replaced", flush=True
         )
         return None
     seed = str(theirs["seeds"][0])  # an old single-seed file: its one seed
-    where = _where(prev["machine"], prev.get("date"))
+    where = where_run(prev["machine"], prev.get("date"))
     return {
         "per_seed": prev.get("per_seed") or {seed: {t: prev[t] for t in TABLES if t in prev}},
         "curve": prev.get("curve") or {},
@@ -1145,7 +1161,7 @@ def earlier_results(path: Path, settings: dict) -> dict | None:
     }
 
 
-def _where(m: dict, date: str | None) -> str:
+def where_run(m: dict, date: str | None) -> str:
     return f"{m['device_name']} ({m['cpu_count']} CPUs, torch {m['torch']})" + (f", {date}" if date else "")
 
 
@@ -1233,7 +1249,7 @@ def main(argv: list[str] | None = None) -> dict:
     now = {
         "per_seed": per_seed,
         "curve": curves,
-        "provenance": {seed: {t: _where(mach, date) for t in tabs} for seed, tabs in per_seed.items()},
+        "provenance": {seed: {t: where_run(mach, date) for t in tabs} for seed, tabs in per_seed.items()},
         "arms": trained,
     }
     whole = put_together(now, earlier_results(stem.with_suffix(".json"), settings))

@@ -1,6 +1,7 @@
 """benchmarks/paper_claims.py: the smoke scale runs end to end and writes the four tables with finite numbers,
 the machine and the paper's numbers; its Figure 6 accuracy is mtdiff.evaluate.classify's; a partial arm is
-resumed, a finished one reused, a run of another config or objective refused."""
+resumed, a finished one reused, a run of another config or objective refused. benchmarks/ablations.py on the
+same runs."""
 
 import importlib.util
 import json
@@ -24,13 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "paper_claims.py"
 
 
-def _benchmark():
-    if "paper_claims" not in sys.modules:  # dataclasses look their module up there
-        sys.path.insert(0, str(SCRIPT.parent))  # its sibling module common
-        spec = importlib.util.spec_from_file_location("paper_claims", SCRIPT)
-        sys.modules["paper_claims"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["paper_claims"])
-    return sys.modules["paper_claims"]
+def _benchmark(name: str = "paper_claims"):
+    if name not in sys.modules:  # dataclasses look their module up there
+        if str(SCRIPT.parent) not in sys.path:
+            sys.path.insert(0, str(SCRIPT.parent))  # its sibling modules (common, paper_claims)
+        spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def _numbers(x):
@@ -231,3 +233,56 @@ def test_a_scale_run_in_part_decides_only_the_claims_of_its_tables(smoke):
     rest = {k: v for k, v in r.items() if k not in bench.TABLES}
     md = bench.markdown({**rest, **part["tables"], "sd": None, "seeds": part["seeds"], "claims": found})
     assert "Not run yet at this scale: Table 2, Table 1, Figure 6." in md
+
+
+def test_ablations_retrain_only_the_varied_arm_and_read_with_the_variants_options(smoke, tmp_path, monkeypatch, capsys):
+    """benchmarks/ablations.py on the smoke runs: the baseline rows reuse paper_claims' arms, a training variant
+    trains only the arm it changes (with its override), an evaluation variant scores the baseline runs with its
+    option; a second run adds seed 1 to the rows it runs (mean ± sd) and keeps the others; an unknown variant is
+    named with the study's."""
+    ab = _benchmark("ablations")
+    tmp, _, _ = smoke
+    runs, calls, real = tmp / "runs", [], ab.pc.translation_scores
+    monkeypatch.setattr(
+        ab.pc, "translation_scores", lambda run, *a, **kw: calls.append((run.directory.name, kw)) or real(run, *a, **kw)
+    )
+    threads = torch.get_num_threads()
+    common = ["--study", "table4", "--scale", "smoke", "--runs", str(runs), "--out-dir", str(tmp_path), "--quiet"]
+    try:
+        r = ab.main([*common, "--variants", "middle-up,guidance-2"])
+        assert {Path(k).name: v["status"] for k, v in r["arms"].items()} == {
+            "seg2img": "reused",
+            "seg2img-single": "reused",
+            "seg2img@middle-up": "trained",
+        }
+        from mtdiff.runs import read_run_config
+
+        heads = {
+            d: read_run_config(runs / "seed-0" / d).modalities["mask"].head for d in ("seg2img", "seg2img@middle-up")
+        }
+        assert heads == {"seg2img": "output", "seg2img@middle-up": "middle-up"}
+        assert calls == [
+            ("seg2img", {}),
+            ("seg2img-single", {}),
+            ("seg2img@middle-up", {}),
+            ("seg2img", {"guidance": 2.0}),
+            ("seg2img-single", {"guidance": 2.0}),
+        ]
+        assert {n: set(arms) for n, arms in r["rows"].items()} == {
+            "baseline": {"seg2img", "seg2img-single"},
+            "middle-up": {"seg2img"},
+            "guidance-2": {"seg2img", "seg2img-single"},
+        }
+        r2 = ab.main([*common, "--variants", "middle-up", "--seeds", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert r2["rows"]["middle-up"]["seg2img"]["seeds"] == [0, 1] and r2["rows"]["guidance-2"]["seg2img"]["seeds"] == [0]
+    iou = [r2["per_seed"]["middle-up/seg2img"][s][ab.SEG[-1]] for s in ("0", "1")]
+    row = r2["rows"]["middle-up"]["seg2img"]
+    assert row["mean"][ab.SEG[-1]] == pytest.approx(sum(iou) / 2)
+    assert row["sd"][ab.SEG[-1]] == pytest.approx(abs(iou[0] - iou[1]) / 2**0.5)
+    assert r2["rows"]["guidance-2"]["seg2img"]["sd"] is None
+    assert " ± " in (tmp_path / "ablation-table4-smoke-3.md").read_text()
+    with pytest.raises(SystemExit):
+        ab.main([*common, "--variants", "bogus"])
+    assert "bogus not in the table4 study (middle-up, lam-0.01" in capsys.readouterr().err

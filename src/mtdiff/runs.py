@@ -441,7 +441,15 @@ class Run:
         kw = self.sampler_kwargs(sampler=sampler, steps=steps, eta=eta, seed=seed, generator=generator)
         known = self.latent.encode_data({name: source}, m.modalities)
         unknown = [k for k in m.modalities if k != name]
-        state = generate(self._guided(guidance), self.process, batch=source.shape[0], z_shape=m.z_shape, known=known, unknown=unknown, **kw)
+        state = generate(
+            self._guided(guidance),
+            self.process,
+            batch=source.shape[0],
+            z_shape=m.z_shape,
+            known=known,
+            unknown=unknown,
+            **kw,
+        )
         return Samples(self.latent.decode(state.z), state.data)
 
 

@@ -1,0 +1,312 @@
+"""Ablations that explain the paper's comparisons: one setting of one arm of ``paper_claims.py`` changed at a time.
+
+    python benchmarks/ablations.py --study table4|figure6|table2 --scale converged [--steps 1600]
+        [--variants middle-up,lam-1] [--seeds 0,1,2] [--runs runs/ablations] [--out-dir ...]
+
+A study takes the arms of one of the paper's tables as ``paper_claims.py`` builds them (same presets, backbone,
+training and sampler at the chosen scale) and lists named variants, each a change of one setting: config
+overrides for the arms it trains anew, or options of the evaluation for the arms it reads (classifier-free
+guidance, the time index the label head is read at). Every variant of a study is trained for the same steps and
+seeds and scored as its table is (Table 4: the class mask -> image scores; Figure 6: head accuracy, ECE and NLL;
+Table 2: FID-family scores of joint samples), so rows differ by their one change only.
+
+Runs live in ``RUNS/seed-S/ARM`` (the baseline, shared with ``paper_claims.py`` when ``--runs`` and the steps
+are the same: at ``--scale converged`` and its 8,000 steps the baseline rows reuse its arms) and
+``RUNS/seed-S/ARM@VARIANT``; each is reused when finished, resumed when not. Results add up like
+``paper_claims.py``'s: the rows of the variants and seeds run now are put beside those of earlier runs with the
+same settings in ``ablation-STUDY-SCALE-STEPS.json`` and ``.md``; every row is the mean ± sd over the seeds it has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paper_claims as pc
+import torch
+from common import machine
+
+from mtdiff.build import load_data
+from mtdiff.runs import load_run
+
+
+@dataclass(frozen=True)
+class Variant:
+    what: str  # the one change, in words
+    train: dict[str, tuple[str, ...]] = field(default_factory=dict)  # arm -> config overrides (trained anew)
+    evaluate: dict = field(default_factory=dict)  # options of the study's scoring, for ``reads``
+    reads: tuple[str, ...] = ()  # arms scored with ``evaluate`` from their baseline runs
+
+
+@dataclass(frozen=True)
+class Study:
+    table: str  # the paper_claims table whose arms and scores it uses
+    arms: tuple[str, ...]  # the baseline rows
+    columns: tuple[str, ...]  # the scores shown (keys of the score dicts)
+    variants: dict[str, Variant]
+
+    def rows(self, name: str) -> list[str]:
+        """The arms a variant is scored on (the baseline: every arm)."""
+        if name == BASELINE:
+            return list(self.arms)
+        v = self.variants[name]
+        return [*v.train, *(a for a in v.reads if a not in v.train)]
+
+
+BASELINE = "baseline"
+SEG = tuple(pc.SEG_PREFIX + m for m in pc.SEG_METRICS)
+MT, SINGLE = "seg2img", "seg2img-single"
+STUDIES = {
+    "table4": Study(
+        "table4",
+        (MT, SINGLE),
+        SEG,
+        {
+            "middle-up": Variant(
+                "mask head fed by the middle block and upsampled (middle-up), not the output-block replica",
+                {MT: ("modalities.mask.head=middle-up",)},
+            ),
+            "lam-0.01": Variant(
+                "lambda 0.01 (the mask head's loss weight; 0.1 in the baseline)", {MT: ("diffusion.lam=0.01",)}
+            ),
+            "lam-1": Variant("lambda 1", {MT: ("diffusion.lam=1.0",)}),
+            "enc-drop-0": Variant(
+                "enc_drop_prob 0: z_t always carries the mask's encoding (0.5 in the baseline)",
+                {MT: ("train.enc_drop_prob=0.0",)},
+            ),
+            "cond-drop-0": Variant(
+                "cond_drop_prob 0 for both arms: the mask input never dropped (0.1 in the baseline)",
+                {MT: ("train.cond_drop_prob=0.0",), SINGLE: ("train.cond_drop_prob=0.0",)},
+            ),
+            "guidance-2": Variant(
+                "classifier-free guidance 2 on the mask at sampling, both arms (1 = none, the baseline)",
+                evaluate={"guidance": 2.0},
+                reads=(MT, SINGLE),
+            ),
+        },
+    ),
+    "figure6": Study(
+        "figure6",
+        pc.TABLES["figure6"],
+        ("accuracy", "ece", "nll"),
+        {
+            "lam-0.01": Variant(
+                "lambda 0.01 (the label head's loss weight; 0.1 in the baseline)",
+                {a: ("diffusion.lam=0.01",) for a in ("label-m", "label-e")},
+            ),
+            "lam-1": Variant("lambda 1", {a: ("diffusion.lam=1.0",) for a in ("label-m", "label-e")}),
+            "head-detach": Variant(
+                "stop-gradient between the label head and the shared backbone (head_detach)",
+                {a: ("modalities.label.head_detach=true",) for a in ("label-m", "label-e")},
+            ),
+            "read-t-50": Variant(
+                "the head read at time index 50 instead of 0 (inverse mode)",
+                evaluate={"t": 50},
+                reads=("label-m", "label-e"),
+            ),
+        },
+    ),
+    "table2": Study(
+        "table2",
+        ("masked-x", "label-m", "label-e"),
+        ("FID", "IS"),
+        {
+            "e-lam-0.01": Variant("E: lambda 0.01 (0.1 in the baseline)", {"label-e": ("diffusion.lam=0.01",)}),
+            "e-lam-1": Variant("E: lambda 1", {"label-e": ("diffusion.lam=1.0",)}),
+            "e-head-detach": Variant(
+                "E: stop-gradient between its classifier and the shared backbone (head_detach)",
+                {"label-e": ("modalities.label.head_detach=true",)},
+            ),
+            "gamma-0.5": Variant(
+                "M and E: aggregation strength gamma 0.5 (1 in the baseline)",
+                {a: ("modalities.label.gamma=0.5",) for a in ("label-m", "label-e")},
+            ),
+            "gamma-2": Variant(
+                "M and E: gamma 2", {a: ("modalities.label.gamma=2.0",) for a in ("label-m", "label-e")}
+            ),
+            "x-full-mask-0.5": Variant(
+                "-X: half the training inputs fully masked (full_mask_prob 0.5; 0.1 in the baseline)",
+                {"masked-x": ("modalities.masked.full_mask_prob=0.5",)},
+            ),
+            "x-full-mask-1": Variant(
+                "-X: every training input fully masked (full_mask_prob 1: generation only)",
+                {"masked-x": ("modalities.masked.full_mask_prob=1.0",)},
+            ),
+        },
+    ),
+}
+
+
+def run_dir(runs: Path, seed: int, arm: str, name: str, study: Study) -> Path:
+    """Where an arm of a variant is trained: its own directory when the variant retrains it, else the baseline's."""
+    own = name != BASELINE and arm in study.variants[name].train
+    return pc.arm_dir(runs, seed, f"{arm}@{name}" if own else arm)
+
+
+def pick(scores: dict, column: str) -> float:
+    """The score named ``column``, or the one it abbreviates ("FID" for "FID (MNIST-CNN (ccexam) features)")."""
+    return scores[next(k for k in scores if k == column or (k.startswith(column + " (") and k.endswith(")")))]
+
+
+def score(study: Study, run, scale: pc.Scale, test, extractor, seed: int, cache_dir: Path, **kw) -> dict:
+    """The study's table's scores of one run (``kw``: the variant's evaluation options), its columns picked."""
+    if study.table == "table4":
+        scores = pc.translation_scores(run, scale, scale.num_translate, test, seed, **kw)
+    elif study.table == "figure6":
+        scores = pc.head_scores(run, test, scale.num_classify, seed, **kw)
+    else:
+        scores = pc.generation_scores(run, scale, scale.num_samples, test, extractor, seed, cache_dir)
+    return {c: pick(scores, c) for c in study.columns}
+
+
+def markdown(result: dict) -> str:
+    study, s = STUDIES[result["study"]], result["settings"]
+    head = ["variant", "arm", *(c.rsplit("/", 1)[-1] for c in study.columns), "seeds"]
+    scored_by = f" ({s['features']} features)" if study.table == "table2" else ""
+    lines = [
+        f"## Ablation of {pc.TITLES[study.table]} (`benchmarks/ablations.py --study {result['study']}`)",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Machine: {pc.where_run(result['machine'], result['date'])}. Every arm: {s['backbone']}, {s['steps']} steps "
+        f"at batch {s['batch_size']}; sampler DDIM (eta 0), {s['sample_steps']} steps{scored_by}. Mean ± sd over "
+        "the seeds each row has.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, by_arm in result["rows"].items():
+        for arm, row in by_arm.items():
+            cells = [
+                f"{row['mean'][c]:.3f}" + ("" if row["sd"] is None else f" ± {row['sd'][c]:.3f}") for c in study.columns
+            ]
+            lines.append(
+                f"| {name} | {pc.NAMES[arm]} | " + " | ".join(cells) + f" | {','.join(map(str, row['seeds']))} |"
+            )
+    lines += ["", f"- `{BASELINE}`: every arm as `paper_claims.py` builds it at this scale and step count."]
+    lines += [f"- `{name}`: {study.variants[name].what}." for name in result["rows"] if name != BASELINE]
+    return "\n".join(lines) + "\n"
+
+
+def put_together(per_seed: dict, before: dict | None, study: Study) -> dict:
+    """Per variant and arm: the scores of every seed (earlier runs' first, this run's over them), their mean and
+    sd over the study's columns (sd None with one seed), in the study's variant order."""
+    merged = json.loads(json.dumps((before or {}).get("per_seed", {})))
+    for key, seeds in per_seed.items():
+        merged.setdefault(key, {}).update(seeds)
+    rows = {}
+    for name in (BASELINE, *study.variants):
+        for arm in study.rows(name):
+            seeds = merged.get(f"{name}/{arm}")
+            if not seeds:
+                continue
+            mean, sd = pc.mean_and_sd([seeds[s] for s in sorted(seeds, key=int)])
+            rows.setdefault(name, {})[arm] = {"mean": mean, "sd": sd, "seeds": sorted(map(int, seeds))}
+    return {"per_seed": merged, "rows": rows}
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", choices=sorted(STUDIES), required=True)
+    ap.add_argument("--scale", choices=sorted(pc.SCALES), required=True)
+    ap.add_argument("--steps", type=int, default=None, help="training steps of every arm (default: the scale's)")
+    ap.add_argument("--variants", default=None, metavar="V,...", help="the variants to run (default: all of the study)")
+    ap.add_argument("--seeds", type=pc.seed_list, default=[0], metavar="S,...")
+    ap.add_argument("--runs", type=Path, default=Path("runs/ablations"), help="one run directory per arm here")
+    ap.add_argument("--out-dir", type=Path, default=pc.RESULTS)
+    ap.add_argument("--features", default="mnist-cnn", help="image feature extractor for FID (table2)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the scale's)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    study = STUDIES[args.study]
+    names = (
+        list(study.variants) if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
+    )
+    unknown = [v for v in names if v not in study.variants]
+    if unknown:
+        ap.error(f"--variants: {', '.join(unknown)} not in the {args.study} study ({', '.join(study.variants)})")
+    args.variant_names = [BASELINE, *names]
+    if args.steps is not None and args.steps < 1:
+        ap.error(f"--steps must be >= 1, got {args.steps}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from mtdiff.pretrained.images import load_image_features
+
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    study, scale = STUDIES[args.study], pc.SCALES[args.scale]
+    if args.threads or scale.threads:
+        torch.set_num_threads(args.threads or scale.threads)
+    steps = [f"train.steps={args.steps}"] if args.steps else []
+
+    def config(arm: str, variant: str, seed: int):
+        own = () if variant == BASELINE else study.variants[variant].train.get(arm, ())
+        return pc.arm_config(arm, scale, seed, [*steps, *own])
+
+    jobs = {  # (variant, arm, seed) -> run directory, each trained once
+        (name, arm, seed): run_dir(args.runs, seed, arm, name, study)
+        for name in args.variant_names
+        for arm in study.rows(name)
+        for seed in args.seeds
+    }
+    c = config(study.arms[0], BASELINE, args.seeds[0])
+    train, test = load_data(c, "train"), load_data(c, "test")
+    progress = not args.quiet and sys.stdout.isatty()
+    trained = {}
+    for (name, arm, seed), where in jobs.items():
+        if str(where) not in trained:
+            trained[str(where)] = pc.train_arm(arm, config(arm, name, seed), where, train, progress=progress)
+    extractor = load_image_features(args.features, scale.device) if study.table == "table2" else None
+    per_seed: dict[str, dict] = {}
+    for (name, arm, seed), where in jobs.items():
+        kw = {} if name == BASELINE or arm not in study.variants[name].reads else study.variants[name].evaluate
+        run = load_run(where, device=scale.device)
+        per_seed.setdefault(f"{name}/{arm}", {})[str(seed)] = score(
+            study, run, scale, test, extractor, seed, args.runs / "eval", **kw
+        )
+        print(f"[ablations] {name} / {arm} / seed {seed}: scored", flush=True)
+    settings = {
+        "study": args.study,
+        "scale": args.scale,
+        "backbone": f"U-Net {c.model.channels} channels x {tuple(c.model.channel_mult)}, "
+        f"{c.model.num_res_blocks} res block(s), attention at {tuple(c.model.attention_resolutions)}",
+        "steps": c.train.steps,
+        "batch_size": c.train.batch_size,
+        "sample_steps": scale.sample_steps,
+        "features": args.features,
+    }
+    stem = args.out_dir / f"ablation-{args.study}-{args.scale}-{c.train.steps}"
+    before = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else None
+    if before is not None and pc.differing(before.get("settings", {}), settings):
+        print(f"[ablations] {stem}.json holds other settings; it is replaced", flush=True)
+        before = None
+    whole = put_together(per_seed, before, study)
+    result = {
+        "benchmark": "ablations",
+        "study": args.study,
+        "machine": machine(scale.device),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": shlex.join(["python", "benchmarks/ablations.py", *(sys.argv[1:] if argv is None else argv)]),
+        "settings": settings,
+        "variants": {name: study.variants[name].what for name in args.variant_names if name != BASELINE},
+        "arms": trained,
+        "seconds": round(time.perf_counter() - t0, 1),
+        **whole,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"[ablations] wrote {stem}.json and .md in {result['seconds']:.0f} s", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
