@@ -215,7 +215,13 @@ def parse_args(argv):
     ap.add_argument("--study", choices=sorted(STUDIES), required=True)
     ap.add_argument("--scale", choices=sorted(pc.SCALES), required=True)
     ap.add_argument("--steps", type=int, default=None, help="training steps of every arm (default: the scale's)")
-    ap.add_argument("--variants", default=None, metavar="V,...", help="the variants to run (default: all of the study)")
+    ap.add_argument(
+        "--variants",
+        default=None,
+        metavar="V,...",
+        help="the variants to run (default: all of the study): "
+        + "; ".join(f"{name}: {', '.join(st.variants)}" for name, st in STUDIES.items()),
+    )
     ap.add_argument("--seeds", type=pc.seed_list, default=[0], metavar="S,...")
     ap.add_argument("--runs", type=Path, default=Path("runs/ablations"), help="one run directory per arm here")
     ap.add_argument("--out-dir", type=Path, default=pc.RESULTS)
