@@ -1,14 +1,14 @@
 """Ablations that explain the paper's comparisons: one setting of one arm of ``paper_claims.py`` changed at a time.
 
-    python benchmarks/ablations.py --study table4|figure6|table2 --scale converged [--steps 1600]
+    python benchmarks/ablations.py --study table1|table2|table4|figure6 --scale converged [--steps 1600]
         [--variants middle-up,lam-1] [--seeds 0,1,2] [--runs runs/ablations] [--out-dir ...]
 
 A study takes the arms of one of the paper's tables as ``paper_claims.py`` builds them (same presets, backbone,
 training and sampler at the chosen scale) and lists named variants, each a change of one setting: config
 overrides for the arms it trains anew, or options of the evaluation for the arms it reads (classifier-free
-guidance, the time index the label head is read at). Every variant of a study is trained for the same steps and
+guidance, the time index the label head is read at, SDEdit's start and paste-back). Every variant of a study is trained for the same steps and
 seeds and scored as its table is (Table 4: the class mask -> image scores; Figure 6: head accuracy, ECE and NLL;
-Table 2: FID-family scores of joint samples), so rows differ by their one change only.
+Table 2: FID-family scores of joint samples; Table 1: the perceptual distance of SDEdit per mask size), so rows differ by their one change only.
 
 Runs live in ``RUNS/seed-S/ARM`` (the baseline, shared with ``paper_claims.py`` when ``--runs`` and the steps
 are the same: at ``--scale converged`` and its 8,000 steps the baseline rows reuse its arms) and
@@ -111,6 +111,20 @@ STUDIES = {
             ),
         },
     ),
+    "table1": Study(
+        "table1",
+        ("ddpm",),
+        tuple(f"mask-{k}" for k in pc.PATCHES),
+        {
+            "sdedit-no-paste": Variant(
+                "SDEdit's output as it comes: the known pixels not pasted back (Table 1 pastes them in every row)",
+                evaluate={"paste": False},
+                reads=("ddpm",),
+            ),
+            "sdedit-t-250": Variant("SDEdit from t = T/4 instead of T/2", evaluate={"t_start": 250}, reads=("ddpm",)),
+            "sdedit-t-750": Variant("SDEdit from t = 3T/4 instead of T/2", evaluate={"t_start": 750}, reads=("ddpm",)),
+        },
+    ),
     "table2": Study(
         "table2",
         ("masked-x", "label-m", "label-e"),
@@ -159,6 +173,8 @@ def score(study: Study, run, scale: pc.Scale, test, extractor, seed: int, cache_
         scores = pc.translation_scores(run, scale, scale.num_translate, test, seed, **kw)
     elif study.table == "figure6":
         scores = pc.head_scores(run, test, scale.num_classify, seed, **kw)
+    elif study.table == "table1":
+        scores = pc.sdedit_scores(run, scale, test, extractor, seed, **kw)
     else:
         scores = pc.generation_scores(run, scale, scale.num_samples, test, extractor, seed, cache_dir)
     return {c: pick(scores, c) for c in study.columns}
@@ -167,7 +183,10 @@ def score(study: Study, run, scale: pc.Scale, test, extractor, seed: int, cache_
 def markdown(result: dict) -> str:
     study, s = STUDIES[result["study"]], result["settings"]
     head = ["variant", "arm", *(c.rsplit("/", 1)[-1] for c in study.columns), "seeds"]
-    scored_by = f" ({s['features']} features)" if study.table == "table2" else ""
+    scored_by = {
+        "table1": f"; rows: SDEdit of the DDPM arm, perceptual distance ({s['features']} features) per mask size",
+        "table2": f"; FID and IS on {s['features']} features",
+    }.get(study.table, "")
     lines = [
         f"## Ablation of {pc.TITLES[study.table]} (`benchmarks/ablations.py --study {result['study']}`)",
         "",
@@ -269,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     for (name, arm, seed), where in jobs.items():
         if str(where) not in trained:
             trained[str(where)] = pc.train_arm(arm, config(arm, name, seed), where, train, progress=progress)
-    extractor = load_image_features(args.features, scale.device) if study.table == "table2" else None
+    extractor = load_image_features(args.features, scale.device) if study.table in ("table1", "table2") else None
     per_seed: dict[str, dict] = {}
     for (name, arm, seed), where in jobs.items():
         kw = {} if name == BASELINE or arm not in study.variants[name].reads else study.variants[name].evaluate

@@ -450,6 +450,18 @@ def ddim_single_task(
     return z
 
 
+def sdedit(ddpm: Run, masked, scale: Scale, seed: int, device, *, t_start: int | None = None) -> torch.Tensor:
+    """SDEdit (Meng et al., 2022) with the DDPM arm: the masked images noised to ``t_start`` (default T/2) and
+    denoised by DDIM in the scale's share of steps (half of them from T/2); the whole image is regenerated."""
+    T, s = ddpm.process.num_timesteps, scale.sample_steps
+    t = T // 2 if t_start is None else t_start
+    g = torch.Generator(device).manual_seed(seed)
+    noisy = ddpm.process.q_sample(
+        masked, torch.full((len(masked),), t, device=device), {}, torch.randn(masked.shape, generator=g, device=device)
+    )
+    return ddim_single_task(ddpm, noisy, timesteps(t + 1, max(1, s * t // T)), generator=g)
+
+
 def _restorations(ddpm: Run, mtx: Run, x, masked, keep, scale: Scale, seed: int, device) -> dict[str, torch.Tensor]:
     """The four rows of Table 1 for one mask size; every restoration keeps the known pixels exactly."""
     T, s = ddpm.process.num_timesteps, scale.sample_steps
@@ -458,31 +470,47 @@ def _restorations(ddpm: Run, mtx: Run, x, masked, keep, scale: Scale, seed: int,
         return keep * masked + (1 - keep) * z
 
     g = torch.Generator(device).manual_seed(seed)
-    t_mid = T // 2
-    noisy = ddpm.process.q_sample(
-        masked, torch.full((len(x),), t_mid, device=device), {}, torch.randn(x.shape, generator=g, device=device)
-    )
-    sdedit = ddim_single_task(ddpm, noisy, timesteps(t_mid + 1, max(1, s // 2)), generator=g)
-    g = torch.Generator(device).manual_seed(seed)
     repaint = ddim_single_task(
         ddpm, torch.randn(x.shape, generator=g, device=device), timesteps(T, s), generator=g, known=masked, keep=keep
     )
     mt_x = mtx.restore(x, keep, **sample_kw(scale, seed)).restored
-    return {"clean_masked": masked, "sdedit": paste(sdedit), "repaint": paste(repaint), "mt_x": mt_x}
+    edited = sdedit(ddpm, masked, scale, seed, device)
+    return {"clean_masked": masked, "sdedit": paste(edited), "repaint": paste(repaint), "mt_x": mt_x}
+
+
+def table1_inputs(test, scale: Scale, seed: int, device) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Table 1's test images and, per number of patches, their known-pixel masks (1 = known), one for every row."""
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[: scale.num_restore]
+    x = test.to_float(idx).to(device)
+    return x, {
+        k: make_mask(
+            "random", len(x), x.shape[-1], generator=torch.Generator().manual_seed(seed + k), num_patches=k
+        ).to(x)
+        for k in PATCHES
+    }
+
+
+def sdedit_scores(ddpm: Run, scale: Scale, test, extractor, seed: int, *, paste: bool = True, t_start=None) -> dict:
+    """Table 1's SDEdit row alone (``mask-K``: the perceptual distance for K patches), its known pixels pasted back
+    as in Table 1 or left as SDEdit regenerated them; ``t_start`` as ``sdedit``'s."""
+    x, keeps = table1_inputs(test, scale, seed, ddpm.device)
+    out = {}
+    for k, keep in keeps.items():
+        masked = apply_mask(x, keep)
+        edited = sdedit(ddpm, masked, scale, seed, ddpm.device, t_start=t_start)
+        edited = keep * masked + (1 - keep) * edited if paste else edited
+        ((_, out[f"mask-{k}"]),) = perceptual_distance(edited, x, extractor=extractor).items()
+    return out
 
 
 def table1_restoration(runs: Path, scale: Scale, test, extractor, lpips, seed: int, device) -> dict:
     """Table 1 (masked-image recovery): perceptual distance and masked-pixel MSE between test images and their
     restorations from masks of 5, 10, 15, 20 random patches."""
     ddpm, mtx = load_run(runs / "ddpm", device=device), load_run(runs / "masked-x", device=device)
-    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[: scale.num_restore]
-    x = test.to_float(idx).to(device)
+    x, keeps = table1_inputs(test, scale, seed, device)
     rows: dict[str, dict] = {row: {} for row in PAPER_TABLE1}
     metric = None
-    for k in PATCHES:
-        keep = make_mask(
-            "random", len(x), x.shape[-1], generator=torch.Generator().manual_seed(seed + k), num_patches=k
-        ).to(x)
+    for k, keep in keeps.items():
         outs = _restorations(ddpm, mtx, x, apply_mask(x, keep), keep, scale, seed, device)
         for row, out in outs.items():
             ((metric, dist),) = perceptual_distance(out, x, lpips=lpips, extractor=None if lpips else extractor).items()

@@ -286,3 +286,23 @@ def test_ablations_retrain_only_the_varied_arm_and_read_with_the_variants_option
     with pytest.raises(SystemExit):
         ab.main([*common, "--variants", "bogus"])
     assert "bogus not in the table4 study (middle-up, lam-0.01" in capsys.readouterr().err
+
+
+def test_the_table1_ablation_baseline_is_table1s_sdedit_row(smoke, tmp_path):
+    """The SDEdit study reads the DDPM arm as Table 1 does: its baseline row is Table 1's SDEdit row (same images,
+    masks, noise and steps); left unpasted, SDEdit's regenerated known pixels move every distance."""
+    ab = _benchmark("ablations")
+    tmp, r, _ = smoke
+    threads = torch.get_num_threads()
+    try:
+        res = ab.main(
+            [
+                *("--study", "table1", "--scale", "smoke", "--variants", "sdedit-no-paste"),
+                *("--runs", str(tmp / "runs"), "--out-dir", str(tmp_path), "--quiet"),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    base, raw = (res["rows"][v]["ddpm"]["mean"] for v in ("baseline", "sdedit-no-paste"))
+    assert base == pytest.approx({k: v["perceptual"] for k, v in r["table1"]["rows"]["sdedit"].items()}, rel=1e-9)
+    assert all(abs(raw[k] - base[k]) > 1e-6 for k in base)
