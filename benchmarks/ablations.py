@@ -6,9 +6,10 @@
 A study takes the arms of one of the paper's tables as ``paper_claims.py`` builds them (same presets, backbone,
 training and sampler at the chosen scale) and lists named variants, each a change of one setting: config
 overrides for the arms it trains anew, or options of the evaluation for the arms it reads (classifier-free
-guidance, the time index the label head is read at, SDEdit's start and paste-back). Every variant of a study is trained for the same steps and
-seeds and scored as its table is (Table 4: the class mask -> image scores; Figure 6: head accuracy, ECE and NLL;
-Table 2: FID-family scores of joint samples; Table 1: the perceptual distance of SDEdit per mask size), so rows differ by their one change only.
+guidance, the time index the label head is read at, SDEdit's start and paste-back). Every variant of a study
+is trained for the same steps and seeds and scored as its table is (Table 4: the class mask -> image scores;
+Figure 6: head accuracy, ECE and NLL; Table 2: FID-family scores of joint samples; Table 1: the perceptual
+distance of SDEdit per mask size), so rows differ by their one change only.
 
 Runs live in ``RUNS/seed-S/ARM`` (the baseline, shared with ``paper_claims.py`` when ``--runs`` and the steps
 are the same: at ``--scale converged`` and its 8,000 steps the baseline rows reuse its arms) and
