@@ -245,7 +245,9 @@ def parse_args(argv):
     ap.add_argument("--seeds", type=pc.seed_list, default=[0], metavar="S,...")
     ap.add_argument("--runs", type=Path, default=Path("runs/ablations"), help="one run directory per arm here")
     ap.add_argument("--out-dir", type=Path, default=pc.RESULTS)
-    ap.add_argument("--features", default="mnist-cnn", help="image feature extractor for FID (table2)")
+    ap.add_argument(
+        "--features", default="mnist-cnn", help="image feature extractor (table1: perceptual distance; table2: FID, IS)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the scale's)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
@@ -301,8 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {
         "study": args.study,
         "scale": args.scale,
-        "backbone": f"U-Net {c.model.channels} channels x {tuple(c.model.channel_mult)}, "
-        f"{c.model.num_res_blocks} res block(s), attention at {tuple(c.model.attention_resolutions)}",
+        "backbone": pc.backbone_text(c),
         "steps": c.train.steps,
         "batch_size": c.train.batch_size,
         "sample_steps": scale.sample_steps,

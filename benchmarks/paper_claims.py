@@ -259,6 +259,15 @@ def differing(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def backbone_text(cfg: Config) -> str:
+    """The arms' backbone in words, as the results' settings name it."""
+    m = cfg.model
+    return (
+        f"U-Net {m.channels} channels x {tuple(m.channel_mult)}, {m.num_res_blocks} res block(s), "
+        f"attention at {tuple(m.attention_resolutions)}"
+    )
+
+
 def run_state(run_dir: Path, cfg: Config, objective: str) -> int:
     """Steps already trained in ``run_dir`` (0 if none). A run there with another config or objective is an
     error: the benchmark never mixes settings or overwrites a run."""
@@ -462,12 +471,17 @@ def sdedit(ddpm: Run, masked, scale: Scale, seed: int, device, *, t_start: int |
     return ddim_single_task(ddpm, noisy, timesteps(t + 1, max(1, s * t // T)), generator=g)
 
 
+def paste_known(masked: torch.Tensor, keep: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``z`` with the known pixels (``keep`` = 1) of ``masked`` pasted back."""
+    return keep * masked + (1 - keep) * z
+
+
 def _restorations(ddpm: Run, mtx: Run, x, masked, keep, scale: Scale, seed: int, device) -> dict[str, torch.Tensor]:
     """The four rows of Table 1 for one mask size; every restoration keeps the known pixels exactly."""
     T, s = ddpm.process.num_timesteps, scale.sample_steps
 
     def paste(z):
-        return keep * masked + (1 - keep) * z
+        return paste_known(masked, keep, z)
 
     g = torch.Generator(device).manual_seed(seed)
     repaint = ddim_single_task(
@@ -498,7 +512,7 @@ def sdedit_scores(ddpm: Run, scale: Scale, test, extractor, seed: int, *, paste:
     for k, keep in keeps.items():
         masked = apply_mask(x, keep)
         edited = sdedit(ddpm, masked, scale, seed, ddpm.device, t_start=t_start)
-        edited = keep * masked + (1 - keep) * edited if paste else edited
+        edited = paste_known(masked, keep, edited) if paste else edited
         ((_, out[f"mask-{k}"]),) = perceptual_distance(edited, x, extractor=extractor).items()
     return out
 
@@ -1258,9 +1272,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds["total"] = round(time.perf_counter() - t_start, 1)
     curves = {seed: t.pop("curve") for seed, t in per_seed.items() if "curve" in t}
     settings = {
-        "backbone": f"U-Net {c.model.channels} channels x {tuple(c.model.channel_mult)}, "
-        f"{c.model.num_res_blocks} res block(s), attention at "
-        f"{tuple(c.model.attention_resolutions)}",
+        "backbone": backbone_text(c),
         "steps": c.train.steps,
         "batch_size": c.train.batch_size,
         "lr": c.train.lr,
