@@ -13,7 +13,9 @@ distance of SDEdit per mask size), so rows differ by their one change only.
 
 Runs live in ``RUNS/seed-S/ARM`` (the baseline, shared with ``paper_claims.py`` when ``--runs`` and the steps
 are the same: at ``--scale converged`` and its 8,000 steps the baseline rows reuse its arms) and
-``RUNS/seed-S/ARM@VARIANT``; each is reused when finished, resumed when not. Results add up like
+``RUNS/seed-S/ARM@OVERRIDES``, named by the variant's config overrides of that arm (so variants of two studies
+that change an arm in the same way, such as E's stop-gradient in Table 2 and Figure 6, train it once); each is
+reused when finished, resumed when not. Results add up like
 ``paper_claims.py``'s: the rows of the variants and seeds run now are put beside those of earlier runs with the
 same settings in ``ablation-STUDY-SCALE-STEPS.json`` and ``.md``; every row is the mean ± sd over the seeds it has.
 """
@@ -158,9 +160,10 @@ STUDIES = {
 
 
 def run_dir(runs: Path, seed: int, arm: str, name: str, study: Study) -> Path:
-    """Where an arm of a variant is trained: its own directory when the variant retrains it, else the baseline's."""
-    own = name != BASELINE and arm in study.variants[name].train
-    return pc.arm_dir(runs, seed, f"{arm}@{name}" if own else arm)
+    """Where an arm of a variant is trained: when the variant retrains it, a directory named by its overrides (one
+    run per distinct setting, whichever study asks for it), else the baseline's."""
+    own = () if name == BASELINE else study.variants[name].train.get(arm, ())
+    return pc.arm_dir(runs, seed, "@".join([arm, ",".join(own)]) if own else arm)
 
 
 def pick(scores: dict, column: str) -> float:
@@ -249,6 +252,9 @@ def parse_args(argv):
         "--features", default="mnist-cnn", help="image feature extractor (table1: perceptual distance; table2: FID, IS)"
     )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the scale's)")
+    ap.add_argument(
+        "--rescore", action="store_true", help="score again the rows the results file already has for these seeds"
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     study = STUDIES[args.study]
@@ -291,15 +297,6 @@ def main(argv: list[str] | None = None) -> dict:
     for (name, arm, seed), where in jobs.items():
         if str(where) not in trained:
             trained[str(where)] = pc.train_arm(arm, config(arm, name, seed), where, train, progress=progress)
-    extractor = load_image_features(args.features, scale.device) if study.table in ("table1", "table2") else None
-    per_seed: dict[str, dict] = {}
-    for (name, arm, seed), where in jobs.items():
-        kw = {} if name == BASELINE or arm not in study.variants[name].reads else study.variants[name].evaluate
-        run = load_run(where, device=scale.device)
-        per_seed.setdefault(f"{name}/{arm}", {})[str(seed)] = score(
-            study, run, scale, test, extractor, seed, args.runs / "eval", **kw
-        )
-        print(f"[ablations] {name} / {arm} / seed {seed}: scored", flush=True)
     settings = {
         "study": args.study,
         "scale": args.scale,
@@ -314,6 +311,21 @@ def main(argv: list[str] | None = None) -> dict:
     if before is not None and pc.differing(before.get("settings", {}), settings):
         print(f"[ablations] {stem}.json holds other settings; it is replaced", flush=True)
         before = None
+    done = {} if before is None or args.rescore else before["per_seed"]
+    todo = {job: where for job, where in jobs.items() if str(job[2]) not in done.get(f"{job[0]}/{job[1]}", {})}
+    for name, arm, seed in (job for job in jobs if job not in todo):
+        print(f"[ablations] {name} / {arm} / seed {seed}: scored before, in {stem}.json", flush=True)
+    extractor = None
+    if study.table in ("table1", "table2") and todo:
+        extractor = load_image_features(args.features, scale.device)
+    per_seed: dict[str, dict] = {}
+    for (name, arm, seed), where in todo.items():
+        kw = {} if name == BASELINE or arm not in study.variants[name].reads else study.variants[name].evaluate
+        run = load_run(where, device=scale.device)
+        per_seed.setdefault(f"{name}/{arm}", {})[str(seed)] = score(
+            study, run, scale, test, extractor, seed, args.runs / "eval", **kw
+        )
+        print(f"[ablations] {name} / {arm} / seed {seed}: scored", flush=True)
     whole = put_together(per_seed, before, study)
     result = {
         "benchmark": "ablations",

@@ -238,9 +238,10 @@ def test_a_scale_run_in_part_decides_only_the_claims_of_its_tables(smoke):
 def test_ablations_retrain_only_the_varied_arm_and_read_with_the_variants_options(smoke, tmp_path, monkeypatch, capsys):
     """benchmarks/ablations.py on the smoke runs: the baseline rows reuse paper_claims' arms, a training variant
     trains only the arm it changes (with its override), an evaluation variant scores the baseline runs with its
-    option; a second run adds seed 1 to the rows it runs (mean ± sd) and keeps the others; an unknown variant is
-    named with the study's."""
+    option; a second run adds seed 1 to the rows it runs (mean ± sd) and keeps the others; rows already scored are
+    not scored again unless --rescore; an unknown variant is named with the study's."""
     ab = _benchmark("ablations")
+    middle_up = "seg2img@modalities.mask.head=middle-up"
     tmp, _, _ = smoke
     runs, calls, real = tmp / "runs", [], ab.pc.translation_scores
     monkeypatch.setattr(
@@ -253,18 +254,16 @@ def test_ablations_retrain_only_the_varied_arm_and_read_with_the_variants_option
         assert {Path(k).name: v["status"] for k, v in r["arms"].items()} == {
             "seg2img": "reused",
             "seg2img-single": "reused",
-            "seg2img@middle-up": "trained",
+            middle_up: "trained",
         }
         from mtdiff.runs import read_run_config
 
-        heads = {
-            d: read_run_config(runs / "seed-0" / d).modalities["mask"].head for d in ("seg2img", "seg2img@middle-up")
-        }
-        assert heads == {"seg2img": "output", "seg2img@middle-up": "middle-up"}
+        heads = {d: read_run_config(runs / "seed-0" / d).modalities["mask"].head for d in ("seg2img", middle_up)}
+        assert heads == {"seg2img": "output", middle_up: "middle-up"}
         assert calls == [
             ("seg2img", {}),
             ("seg2img-single", {}),
-            ("seg2img@middle-up", {}),
+            (middle_up, {}),
             ("seg2img", {"guidance": 2.0}),
             ("seg2img-single", {"guidance": 2.0}),
         ]
@@ -274,6 +273,11 @@ def test_ablations_retrain_only_the_varied_arm_and_read_with_the_variants_option
             "guidance-2": {"seg2img", "seg2img-single"},
         }
         r2 = ab.main([*common, "--variants", "middle-up", "--seeds", "1"])
+        scored = len(calls)
+        again = ab.main([*common, "--variants", "guidance-2"])
+        assert len(calls) == scored and again["per_seed"] == r2["per_seed"]  # every row was scored before
+        ab.main([*common, "--variants", "guidance-2", "--rescore"])
+        assert len(calls) == scored + 4
     finally:
         torch.set_num_threads(threads)
     assert r2["rows"]["middle-up"]["seg2img"]["seeds"] == [0, 1] and r2["rows"]["guidance-2"]["seg2img"]["seeds"] == [0]
@@ -306,3 +310,19 @@ def test_the_table1_ablation_baseline_is_table1s_sdedit_row(smoke, tmp_path):
     base, raw = (res["rows"][v]["ddpm"]["mean"] for v in ("baseline", "sdedit-no-paste"))
     assert base == pytest.approx({k: v["perceptual"] for k, v in r["table1"]["rows"]["sdedit"].items()}, rel=1e-9)
     assert all(abs(raw[k] - base[k]) > 1e-6 for k in base)
+
+
+def test_variants_that_change_an_arm_alike_share_its_run():
+    """An arm's variant run is named by its overrides: E's stop-gradient (or lambda) asked for by Table 2's study and
+    by Figure 6's is one run; different settings of the arm are different runs, none of them the baseline's."""
+    ab = _benchmark("ablations")
+    t2, f6 = ab.STUDIES["table2"], ab.STUDIES["figure6"]
+
+    def where(variant, study, seed=0):
+        return ab.run_dir(Path("runs"), seed, "label-e", variant, study)
+
+    for a, b in (("e-head-detach", "head-detach"), ("e-lam-0.01", "lam-0.01"), ("e-lam-1", "lam-1")):
+        assert where(a, t2) == where(b, f6)
+    names = ("baseline", "e-lam-0.01", "e-lam-1", "e-head-detach", "gamma-0.5", "gamma-2")
+    assert len({where(n, t2) for n in names}) == len(names)
+    assert where("e-lam-1", t2, seed=1) != where("e-lam-1", t2)
