@@ -595,32 +595,29 @@ def figure6_classification(runs: Path, scale: Scale, test, seed: int, device) ->
     return {"rows": rows, "method": "label head, inverse mode, t = 0"}
 
 
-CURVE_METRIC = {
-    **{arm: "FID" for arm in PAPER_TABLE2},
-    **{arm: "class IoU" for arm in PAPER_TABLE4},
-    **{arm: "accuracy" for arm in ("label-m-classifier-only", "label-e-classifier-only")},
-}
+CURVE_METRIC = {"table2": "FID", "table1": "FID", "table4": "class IoU", "figure6": "accuracy"}  # per table
 
 
-def convergence(runs: Path, scale: Scale, test, extractor, seed: int, device, arms: list[str]) -> dict:
-    """Quality against training steps, from the checkpoints each arm kept: Table 2's arms by FID of
-    ``curve_num`` joint samples, Table 4's by class IoU of ``curve_num`` translations, Figure 6's by label-head
-    accuracy on 5 x ``curve_num`` test images (the label arms get both: FID and accuracy). Small samples: compare
-    points of one arm, not with the tables."""
+def convergence(runs: Path, scale: Scale, test, extractor, seed: int, device, tables: list[str]) -> dict:
+    """Quality against training steps, from the checkpoints each arm kept, in the metric of each of ``tables`` the
+    arm is in: FID of ``curve_num`` joint samples (Tables 2 and 1), class IoU of ``curve_num`` translations
+    (Table 4), label-head accuracy on 5 x ``curve_num`` test images (Figure 6; the label arms of Table 2 get both
+    when both tables run). Small samples: compare points of one arm, not with the tables."""
     from mtdiff.checkpoint import checkpoint_steps
 
     out = {}
-    for arm in arms:
+    for arm in dict.fromkeys(a for t in tables for a in TABLES[t]):
+        metrics = {CURVE_METRIC[t] for t in tables if arm in TABLES[t]}
         points = []
         for step in checkpoint_steps(runs / arm):
             run, point = load_run(runs / arm, device=device, step=step), {"step": step}
-            if arm in PAPER_TABLE2:
+            if "FID" in metrics:
                 scores = generation_scores(run, scale, scale.curve_num, test, extractor, seed, runs / "eval")
                 point["FID"] = scores[next(k for k in scores if k.startswith("FID"))]
-            if arm in PAPER_TABLE4:
+            if "class IoU" in metrics:
                 scores = translation_scores(run, scale, scale.curve_num, test, seed)
                 point["class IoU"] = scores[SEG_PREFIX + "class_iou"]
-            if arm in TABLES["figure6"]:
+            if "accuracy" in metrics:
                 point["accuracy"] = head_scores(run, test, 5 * scale.curve_num, seed)["accuracy"]
             points.append(point)
         out[arm] = points
@@ -1148,7 +1145,7 @@ def plan(args, scale: Scale, cfgs: dict[int, dict[str, Config]], train, test) ->
     return speed, guess
 
 
-def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips, arms: list[str]) -> tuple[dict, dict]:
+def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips) -> tuple[dict, dict]:
     """The chosen tables (and with a curve, the convergence of their arms) of one seed, evaluated with that
     seed, and the seconds each took."""
     runs, device = args.runs / f"seed-{seed}", scale.device
@@ -1160,7 +1157,7 @@ def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips, arms: li
     }
     tables = {t: fn for t, fn in tables.items() if t in args.tables}
     if scale.curve:
-        tables["curve"] = lambda: convergence(runs, scale, test, extractor, seed, device, arms)
+        tables["curve"] = lambda: convergence(runs, scale, test, extractor, seed, device, args.tables)
     result, seconds = {}, {}
     for key, fn in tables.items():
         t0 = time.perf_counter()
@@ -1207,6 +1204,14 @@ def where_run(m: dict, date: str | None) -> str:
     return f"{m['device_name']} ({m['cpu_count']} CPUs, torch {m['torch']})" + (f", {date}" if date else "")
 
 
+def _merge_points(before: list[dict], now: list[dict]) -> list[dict]:
+    """Curve points of one arm: per step, the metrics of both runs (this run's where both have one)."""
+    at = {p["step"]: dict(p) for p in before}
+    for p in now:
+        at.setdefault(p["step"], {}).update(p)
+    return [at[k] for k in sorted(at)]
+
+
 def put_together(now: dict, before: dict | None) -> dict:
     """This run's per-seed tables, curves, provenance and arms over an earlier run's (``earlier_results``); then
     each table's mean and sd over the seeds that have it (sd None for one seed; the whole sd None when no table
@@ -1218,7 +1223,10 @@ def put_together(now: dict, before: dict | None) -> dict:
                 merged[key].update(by_seed)
                 continue
             for seed, items in by_seed.items():
-                merged[key].setdefault(seed, {}).update(items)
+                into = merged[key].setdefault(seed, {})
+                if key == "curve":  # per arm and step: this run's metrics over the earlier run's
+                    items = {arm: _merge_points(into.get(arm, []), points) for arm, points in items.items()}
+                into.update(items)
     seeds = {
         t: sorted((s for s in merged["per_seed"] if t in merged["per_seed"][s]), key=int)
         for t in TABLES
@@ -1266,7 +1274,7 @@ def main(argv: list[str] | None = None) -> dict:
     lpips = load_lpips("alex", args.lpips_weights).to(scale.device) if args.lpips_weights else None
     per_seed = {}
     for seed in args.seeds:
-        per_seed[str(seed)], taken = evaluate_all(args, scale, test, seed, extractor, lpips, arms)
+        per_seed[str(seed)], taken = evaluate_all(args, scale, test, seed, extractor, lpips)
         for key, v in taken.items():
             seconds[key] = round(seconds.get(key, 0.0) + v, 1)
     seconds["total"] = round(time.perf_counter() - t_start, 1)

@@ -326,3 +326,19 @@ def test_variants_that_change_an_arm_alike_share_its_run():
     names = ("baseline", "e-lam-0.01", "e-lam-1", "e-head-detach", "gamma-0.5", "gamma-2")
     assert len({where(n, t2) for n in names}) == len(names)
     assert where("e-lam-1", t2, seed=1) != where("e-lam-1", t2)
+
+
+def test_curve_points_of_two_runs_are_put_together_per_step():
+    """A run of Figure 6 after one of Table 2 scores the label arms' accuracy only: their FID points stay, the new
+    metric joins them step by step, and arms this run did not score keep their curves."""
+    bench = _benchmark()
+    empty = {"per_seed": {}, "provenance": {}, "arms": {}}
+    before = {"label-m": [{"step": 2, "FID": 9.0, "accuracy": 0.5}, {"step": 3, "FID": 8.0}], "ddpm": [{"step": 2}]}
+    now = {"label-m": [{"step": 3, "accuracy": 0.9}, {"step": 4, "accuracy": 0.95}]}
+    curve = bench.put_together({**empty, "curve": {"0": now}}, {**empty, "curve": {"0": before}})["curve"]["0"]
+    assert curve["label-m"] == [
+        {"step": 2, "FID": 9.0, "accuracy": 0.5},
+        {"step": 3, "FID": 8.0, "accuracy": 0.9},
+        {"step": 4, "accuracy": 0.95},
+    ]
+    assert curve["ddpm"] == [{"step": 2}]
