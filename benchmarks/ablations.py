@@ -60,6 +60,10 @@ class Study:
         v = self.variants[name]
         return [*v.train, *(a for a in v.reads if a not in v.train)]
 
+    def overrides(self, name: str, arm: str) -> tuple[str, ...]:
+        """The config overrides variant ``name`` trains ``arm`` with (none: the arm is the baseline's)."""
+        return () if name == BASELINE else self.variants[name].train.get(arm, ())
+
 
 BASELINE = "baseline"
 SEG = tuple(pc.SEG_PREFIX + m for m in pc.SEG_METRICS)
@@ -162,8 +166,8 @@ STUDIES = {
 def run_dir(runs: Path, seed: int, arm: str, name: str, study: Study) -> Path:
     """Where an arm of a variant is trained: when the variant retrains it, a directory named by its overrides (one
     run per distinct setting, whichever study asks for it), else the baseline's."""
-    own = () if name == BASELINE else study.variants[name].train.get(arm, ())
-    return pc.arm_dir(runs, seed, "@".join([arm, ",".join(own)]) if own else arm)
+    own = study.overrides(name, arm)
+    return pc.arm_dir(runs, seed, f"{arm}@{','.join(own)}" if own else arm)
 
 
 def pick(scores: dict, column: str) -> float:
@@ -281,8 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps = [f"train.steps={args.steps}"] if args.steps else []
 
     def config(arm: str, variant: str, seed: int):
-        own = () if variant == BASELINE else study.variants[variant].train.get(arm, ())
-        return pc.arm_config(arm, scale, seed, [*steps, *own])
+        return pc.arm_config(arm, scale, seed, [*steps, *study.overrides(variant, arm)])
 
     jobs = {  # (variant, arm, seed) -> run directory, each trained once
         (name, arm, seed): run_dir(args.runs, seed, arm, name, study)

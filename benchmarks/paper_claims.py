@@ -108,6 +108,13 @@ TABLES = {
     "table4": ("seg2img", "seg2img-single"),
     "figure6": ("label-m", "label-m-classifier-only", "label-e", "label-e-classifier-only"),
 }
+
+
+def arms_of(tables: list[str]) -> list[str]:
+    """The arms ``tables`` read, each once, in the order of ``ARMS`` (classifier-only arms last)."""
+    return [arm for arm in [*ARMS, *CLASSIFIER_ONLY] if any(arm in TABLES[t] for t in tables)]
+
+
 TITLES = {"table2": "Table 2", "table1": "Table 1", "table4": "Table 4", "figure6": "Figure 6"}
 NAMES = {
     "ddpm": "single-task DDPM",
@@ -606,7 +613,7 @@ def convergence(runs: Path, scale: Scale, test, extractor, seed: int, device, ta
     from mtdiff.checkpoint import checkpoint_steps
 
     out = {}
-    for arm in dict.fromkeys(a for t in tables for a in TABLES[t]):
+    for arm in arms_of(tables):
         metrics = {CURVE_METRIC[t] for t in tables if arm in TABLES[t]}
         points = []
         for step in checkpoint_steps(runs / arm):
@@ -1254,7 +1261,7 @@ def main(argv: list[str] | None = None) -> dict:
         scale = replace(scale, device=args.device, overrides=(*scale.overrides, f"train.device={args.device}"))
     if args.threads or scale.threads:
         torch.set_num_threads(args.threads or scale.threads)
-    arms = [arm for arm in [*ARMS, *CLASSIFIER_ONLY] if any(arm in TABLES[t] for t in args.tables)]
+    arms = arms_of(args.tables)
     cfgs = {seed: {arm: arm_config(arm, scale, seed, args.overrides) for arm in arms} for seed in args.seeds}
     c = cfgs[args.seeds[0]][arms[0]]
     train, test = load_data(c, "train"), load_data(c, "test")
