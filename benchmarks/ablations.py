@@ -198,11 +198,9 @@ def markdown(result: dict) -> str:
     lines = [
         f"## Ablation of {pc.TITLES[study.table]} (`benchmarks/ablations.py --study {result['study']}`)",
         "",
-        f"Command: `{result['command']}`",
-        "",
-        f"Machine: {pc.where_run(result['machine'], result['date'])}. Every arm: {s['backbone']}, {s['steps']} steps "
-        f"at batch {s['batch_size']}; sampler DDIM (eta 0), {s['sample_steps']} steps{scored_by}. Mean ± sd over "
-        "the seeds each row has.",
+        f"Every arm: {s['backbone']}, {s['steps']} steps at batch {s['batch_size']}; sampler DDIM (eta 0), "
+        f"{s['sample_steps']} steps{scored_by}. Mean ± sd over the seeds each row has; the runs that scored the "
+        "rows are listed below the table.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -217,15 +215,42 @@ def markdown(result: dict) -> str:
             )
     lines += ["", f"- `{BASELINE}`: every arm as `paper_claims.py` builds it at this scale and step count."]
     lines += [f"- `{name}`: {study.variants[name].what}." for name in result["rows"] if name != BASELINE]
+    lines += ["", "Scored by:"]
+    for (command, where), scored in _runs_behind(result).items():
+        lines.append(f"- `{command}` ({where}): {'; '.join(scored)}")
     return "\n".join(lines) + "\n"
 
 
-def put_together(per_seed: dict, before: dict | None, study: Study) -> dict:
+def _runs_behind(result: dict) -> dict[tuple[str, str], list[str]]:
+    """(command, machine and day) -> the rows it scored, as "variant / arm, seeds S,...", in table order."""
+    runs: dict[tuple[str, str], list[str]] = {}
+    for name, by_arm in result["rows"].items():
+        for arm in by_arm:
+            by_run: dict[tuple[str, str], list[str]] = {}
+            for seed, made_by in sorted(result["provenance"][f"{name}/{arm}"].items(), key=lambda kv: int(kv[0])):
+                by_run.setdefault((made_by["command"], made_by["where"]), []).append(seed)
+            for run, seeds in by_run.items():
+                runs.setdefault(run, []).append(
+                    f"{name} / {pc.NAMES[arm]}, seed{'s' * (len(seeds) > 1)} {','.join(seeds)}"
+                )
+    return runs
+
+
+def put_together(per_seed: dict, before: dict | None, study: Study, made_by: dict) -> dict:
     """Per variant and arm: the scores of every seed (earlier runs' first, this run's over them), their mean and
-    sd over the study's columns (sd None with one seed), in the study's variant order."""
-    merged = json.loads(json.dumps((before or {}).get("per_seed", {})))
+    sd over the study's columns (sd None with one seed), in the study's variant order; and per row and seed the
+    run that scored it (``made_by`` for this run's: its command, machine and day)."""
+    before = before or {}
+    merged = json.loads(json.dumps(before.get("per_seed", {})))
+    earlier = {}  # files from before rows kept their own provenance: every earlier row is the file's last run's
+    if before:
+        earlier = {"command": before["command"], "where": pc.where_run(before["machine"], before.get("date"))}
+    provenance = json.loads(json.dumps(before.get("provenance", {})))
+    for key, seeds in merged.items():
+        provenance.setdefault(key, {}).update({s: earlier for s in seeds if s not in provenance[key]})
     for key, seeds in per_seed.items():
         merged.setdefault(key, {}).update(seeds)
+        provenance.setdefault(key, {}).update({s: made_by for s in seeds})
     rows = {}
     for name in (BASELINE, *study.variants):
         for arm in study.rows(name):
@@ -234,7 +259,7 @@ def put_together(per_seed: dict, before: dict | None, study: Study) -> dict:
                 continue
             mean, sd = pc.mean_and_sd([seeds[s] for s in sorted(seeds, key=int)])
             rows.setdefault(name, {})[arm] = {"mean": mean, "sd": sd, "seeds": sorted(map(int, seeds))}
-    return {"per_seed": merged, "rows": rows}
+    return {"per_seed": merged, "provenance": provenance, "rows": rows}
 
 
 def parse_args(argv):
@@ -329,13 +354,15 @@ def main(argv: list[str] | None = None) -> dict:
             study, run, scale, test, extractor, seed, args.runs / "eval", **kw
         )
         print(f"[ablations] {name} / {arm} / seed {seed}: scored", flush=True)
-    whole = put_together(per_seed, before, study)
+    mach, date = machine(scale.device), time.strftime("%Y-%m-%d")
+    command = shlex.join(["python", "benchmarks/ablations.py", *(sys.argv[1:] if argv is None else argv)])
+    whole = put_together(per_seed, before, study, {"command": command, "where": pc.where_run(mach, date)})
     result = {
         "benchmark": "ablations",
         "study": args.study,
-        "machine": machine(scale.device),
-        "date": time.strftime("%Y-%m-%d"),
-        "command": shlex.join(["python", "benchmarks/ablations.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": mach,
+        "date": date,
+        "command": command,  # this run's; ``provenance`` names the run behind every row and seed
         "settings": settings,
         "variants": {name: study.variants[name].what for name in args.variant_names if name != BASELINE},
         "arms": trained,

@@ -239,7 +239,8 @@ def test_ablations_retrain_only_the_varied_arm_and_read_with_the_variants_option
     """benchmarks/ablations.py on the smoke runs: the baseline rows reuse paper_claims' arms, a training variant
     trains only the arm it changes (with its override), an evaluation variant scores the baseline runs with its
     option; a second run adds seed 1 to the rows it runs (mean ± sd) and keeps the others; rows already scored are
-    not scored again unless --rescore; an unknown variant is named with the study's."""
+    not scored again unless --rescore; each row and seed names the run that scored it; an unknown variant is named
+    with the study's."""
     ab = _benchmark("ablations")
     middle_up = "seg2img@modalities.mask.head=middle-up"
     tmp, _, _ = smoke
@@ -286,7 +287,12 @@ def test_ablations_retrain_only_the_varied_arm_and_read_with_the_variants_option
     assert row["mean"][ab.SEG[-1]] == pytest.approx(sum(iou) / 2)
     assert row["sd"][ab.SEG[-1]] == pytest.approx(abs(iou[0] - iou[1]) / 2**0.5)
     assert r2["rows"]["guidance-2"]["seg2img"]["sd"] is None
-    assert " ± " in (tmp_path / "ablation-table4-smoke-3.md").read_text()
+    md = (tmp_path / "ablation-table4-smoke-3.md").read_text()
+    assert " ± " in md
+    made_by = {s: r2["provenance"]["middle-up/seg2img"][s]["command"] for s in ("0", "1")}
+    assert "middle-up,guidance-2" in made_by["0"] and "--seeds 1" in made_by["1"]  # each seed names its own run
+    assert "--seeds 1" not in r2["provenance"]["guidance-2/seg2img"]["0"]["command"]
+    assert all(f"`{c}`" in md for c in made_by.values())
     with pytest.raises(SystemExit):
         ab.main([*common, "--variants", "bogus"])
     assert "bogus not in the table4 study (middle-up, lam-0.01" in capsys.readouterr().err
