@@ -284,3 +284,32 @@ def test_steps_for_minutes_divides_the_budget_by_the_timed_step(monkeypatch):
     assert len(calls) == 7 and 0.04 <= seconds < 0.06
     assert 100 <= steps <= 150
     assert set(Path(tempfile.gettempdir()).glob("mtdiff-probe-*")) == before
+
+
+def test_init_from_starts_at_another_runs_sampling_weights_and_new_heads_keep_theirs(tmp_path, toy_data):
+    """train.init_from: the weights before the first step are the source's EMA weights wherever the names match; a
+    head the source lacks keeps its fresh initialisation; the first log entry says so; the run is at step 0; a
+    source of another shape or without checkpoints is a ConfigError naming train.init_from."""
+    from mtdiff.config import ConfigError
+
+    Trainer(tiny("mnist-ddpm", *FAST, "train.steps=3"), tmp_path / "src", data=toy_data, progress=False).run()
+    source = load_checkpoint(tmp_path / "src")["ema"]
+    cfg = tiny("mnist-label-m", *FAST, "train.steps=2", f"train.init_from={tmp_path / 'src'}")
+    fresh = Trainer(tiny("mnist-label-m", *FAST, "train.steps=2"), tmp_path / "fresh", data=toy_data, progress=False)
+    tuned = Trainer(cfg, tmp_path / "tuned", data=toy_data, progress=False)
+    assert tuned.step == 0
+    ours, init = tuned.model.state_dict(), fresh.model.state_dict()
+    new = [k for k in ours if k not in source]
+    assert new and all(k.startswith("modalities.") or "head" in k for k in new), new
+    for k in ours:
+        assert torch.equal(ours[k], source[k] if k in source else init[k]), k
+    assert any(not torch.equal(source[k], init[k]) for k in source if k in init)  # it did load something
+    assert all(torch.equal(v, ours[k]) for k, v in tuned.ema.state_dict().items())  # the EMA starts there too
+    tuned.run()
+    first = json.loads((tmp_path / "tuned" / "log.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and first["init_from"]["step"] == 3 and first["init_from"]["new"] == new
+    wide = tiny("mnist-label-m", *FAST, "model.channels=16", f"train.init_from={tmp_path / 'src'}")
+    with pytest.raises(ConfigError, match=r"train.init_from: .* another shape"):
+        Trainer(wide, tmp_path / "wide", data=toy_data, progress=False)
+    with pytest.raises(ConfigError, match=r"train.init_from: .*nothing.* holds no checkpoint"):
+        Trainer(tiny("mnist-ddpm", *FAST, f"train.init_from={tmp_path / 'nothing'}"), tmp_path / "n", data=toy_data)

@@ -141,6 +141,7 @@ class TrainConfig:
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     cond_drop_prob: float = 0.0  # -X: drop each backbone input with this probability (classifier-free guidance)
     enc_drop_prob: float = 0.0  # build z_t without a modality's encoding with this probability (trains inverse mode)
+    init_from: str = ""  # a run directory: start from the weights its latest checkpoint samples with (fine-tuning)
 
 
 SamplerName = Literal["ddim", "ancestral", "dpm-solver"]

@@ -131,8 +131,11 @@ class Trainer:
         self.process = build_process(cfg)
         self.model = build_model(cfg)
         torch.manual_seed(t.seed + 1_000_003 * self.world.rank)  # dropout: each process its own masks
+        self.initialised = None
         if not resume:
             self.model.prepare()  # frozen encoders; restored otherwise
+            if t.init_from:
+                self.initialised = init_from(self.model, Path(t.init_from))
         self.model.to(self.device)
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -376,8 +379,9 @@ class Trainer:
             if self.progress and self.memory is not None:
                 print(self.memory.summary(), file=sys.stderr, flush=True)
             if self.step == 0:
+                extra = {"memory_estimate_bytes": self.memory.total()} if self.memory else {}
                 self._log_prior(
-                    log_path, writer, **({"memory_estimate_bytes": self.memory.total()} if self.memory else {})
+                    log_path, writer, **extra, **({"init_from": self.initialised} if self.initialised else {})
                 )
         bar = tqdm(
             total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train", dynamic_ncols=True
@@ -512,6 +516,33 @@ def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
             f.write(line.encode())
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from e
+
+
+def init_from(model: torch.nn.Module, source: Path) -> dict[str, Any]:
+    """Load into ``model`` the weights run ``source`` samples with (the EMA of its latest checkpoint), for a run that
+    starts from them at step 0 with a fresh optimizer. Tensors the source lacks (a head it did not have) keep their
+    initialisation and are named in the result; a tensor of another shape, or a source with nothing in common, is
+    a ConfigError that names ``train.init_from``."""
+    if not has_checkpoints(source):
+        raise ConfigError(f"train.init_from: {source} holds no checkpoint (expected a run directory of mtdiff train)")
+    ckpt = load_checkpoint(source)
+    theirs, ours = ckpt["ema"], model.state_dict()
+    shared = [k for k in ours if k in theirs]
+    wrong = [
+        f"{k} {tuple(theirs[k].shape)} (here {tuple(ours[k].shape)})"
+        for k in shared
+        if theirs[k].shape != ours[k].shape
+    ]
+    if wrong or not shared:
+        why = f"tensors of another shape: {', '.join(wrong[:5])}" if wrong else "no tensor of this model's in it"
+        raise ConfigError(f"train.init_from: the weights of {ckpt['dir']} do not fit this model's config ({why})")
+    model.load_state_dict({**ours, **{k: theirs[k] for k in shared}})
+    return {
+        "checkpoint": str(ckpt["dir"]),
+        "step": int(ckpt["meta"]["step"]),
+        "new": [k for k in ours if k not in theirs],  # kept their initialisation
+        "unused": [k for k in theirs if k not in ours],
+    }
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:
