@@ -310,9 +310,10 @@ class ClassifierOnly(Trainer):
         return None if grad_norm is None else {"loss": loss.detach(), "grad_norm": grad_norm}
 
 
-def train_arm(arm: str, cfg: Config, run_dir: Path, data, *, progress: bool) -> dict:
-    """Train (or resume, or reuse) one arm; returns what was done and how long it took."""
-    objective = "classifier-only" if arm in CLASSIFIER_ONLY else "diffusion"
+def train_arm(arm: str, cfg: Config, run_dir: Path, data, *, progress: bool, objective: str | None = None) -> dict:
+    """Train (or resume, or reuse) one arm with its objective (default: the arm's own); returns what was done and
+    how long it took."""
+    objective = objective or ("classifier-only" if arm in CLASSIFIER_ONLY else "diffusion")
     done = run_state(run_dir, cfg, objective)
     status = "reused" if done >= cfg.train.steps else "resumed" if done else "trained"
     t0 = time.perf_counter()

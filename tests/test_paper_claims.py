@@ -348,3 +348,32 @@ def test_curve_points_of_two_runs_are_put_together_per_step():
         {"step": 4, "accuracy": 0.95},
     ]
     assert curve["ddpm"] == [{"step": 2}]
+
+
+def test_the_finetune_variant_trains_every_arm_only_to_classify_from_its_trained_weights(smoke, tmp_path):
+    """Figure 6's finetune variant (the paper's protocol): each of the four arms gets its own run that starts from
+    the baseline run's final weights (named in its first log entry), trains a fifth of the steps more with the
+    classifier-only objective, and is scored as a row of its own; the baseline runs are left as they were."""
+    ab = _benchmark("ablations")
+    tmp, _, _ = smoke
+    runs = tmp / "runs"
+    before = {a: (runs / "seed-0" / a / "log.jsonl").read_text() for a in ab.pc.TABLES["figure6"]}
+    threads = torch.get_num_threads()
+    try:
+        res = ab.main(
+            [
+                *("--study", "figure6", "--scale", "smoke", "--variants", "finetune"),
+                *("--runs", str(runs), "--out-dir", str(tmp_path), "--quiet"),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert set(res["rows"]["finetune"]) == set(ab.pc.TABLES["figure6"])
+    for arm in ab.pc.TABLES["figure6"]:
+        where = runs / "seed-0" / f"{arm}@finetune=0.2,train.lr=2e-4"
+        assert res["arms"][str(where)]["status"] == "trained"
+        assert json.loads((where / ab.pc.MARKER).read_text())["objective"] == "classifier-only"
+        log = [json.loads(x) for x in (where / "log.jsonl").read_text().splitlines()]
+        assert log[0]["init_from"]["step"] == 3 and Path(log[0]["init_from"]["checkpoint"]).parent.parent.name == arm
+        assert log[-1]["step"] == 1 and "eps_mse" not in log[-1]  # ceil(0.2 x 3) steps of cross-entropy only
+        assert (runs / "seed-0" / arm / "log.jsonl").read_text() == before[arm]
