@@ -63,13 +63,16 @@ class Study:
         v = self.variants[name]
         return [*v.train, *(a for a in v.reads if a not in v.train)]
 
+    def finetune(self, name: str, arm: str) -> float:
+        """The fraction of the baseline's steps for which variant ``name`` fine-tunes ``arm`` (0: it does not)."""
+        v = None if name == BASELINE else self.variants[name]
+        return v.finetune if v is not None and arm in v.train else 0.0
+
     def overrides(self, name: str, arm: str) -> tuple[str, ...]:
         """The config overrides variant ``name`` trains ``arm`` with (none: the arm is the baseline's); a fine-tuning
         variant's start with "finetune", which names its runs apart from a run of those settings from scratch."""
-        v = None if name == BASELINE else self.variants[name]
-        if v is None or arm not in v.train:
-            return ()
-        return (f"finetune={v.finetune}", *v.train[arm]) if v.finetune else v.train[arm]
+        own = () if name == BASELINE else self.variants[name].train.get(arm, ())
+        return (f"finetune={self.finetune(name, arm)}", *own) if self.finetune(name, arm) else own
 
 
 BASELINE = "baseline"
@@ -324,17 +327,13 @@ def main(argv: list[str] | None = None) -> dict:
     steps = [f"train.steps={args.steps}"] if args.steps else []
 
     def config(arm: str, variant: str, seed: int):
-        own = study.overrides(variant, arm)
-        if variant != BASELINE and study.variants[variant].finetune and own:  # from the arm's baseline weights
-            base = config(arm, BASELINE, seed)
-            more = math.ceil(study.variants[variant].finetune * base.train.steps)
-            start = f"train.init_from={run_dir(args.runs, seed, arm, BASELINE, study)}"
-            own = (f"train.steps={more}", f"train.warmup_steps={math.ceil(more / 16)}", *own[1:], start)
-        return pc.arm_config(arm, scale, seed, [*steps, *own])
-
-    def objective(arm: str, variant: str) -> str | None:
-        finetune = variant != BASELINE and study.variants[variant].finetune and arm in study.variants[variant].train
-        return "classifier-only" if finetune else None
+        fraction = study.finetune(variant, arm)
+        if not fraction:
+            return pc.arm_config(arm, scale, seed, [*steps, *study.overrides(variant, arm)])
+        more = math.ceil(fraction * config(arm, BASELINE, seed).train.steps)  # from the arm's baseline weights
+        start = f"train.init_from={run_dir(args.runs, seed, arm, BASELINE, study)}"
+        own = (f"train.steps={more}", f"train.warmup_steps={math.ceil(more / 16)}", *study.variants[variant].train[arm])
+        return pc.arm_config(arm, scale, seed, [*steps, *own, start])
 
     jobs = {  # (variant, arm, seed) -> run directory, each trained once
         (name, arm, seed): run_dir(args.runs, seed, arm, name, study)
@@ -349,7 +348,12 @@ def main(argv: list[str] | None = None) -> dict:
     for (name, arm, seed), where in jobs.items():
         if str(where) not in trained:
             trained[str(where)] = pc.train_arm(
-                arm, config(arm, name, seed), where, train, progress=progress, objective=objective(arm, name)
+                arm,
+                config(arm, name, seed),
+                where,
+                train,
+                progress=progress,
+                objective="classifier-only" if study.finetune(name, arm) else None,
             )
     settings = {
         "study": args.study,

@@ -380,9 +380,9 @@ class Trainer:
                 print(self.memory.summary(), file=sys.stderr, flush=True)
             if self.step == 0:
                 extra = {"memory_estimate_bytes": self.memory.total()} if self.memory else {}
-                self._log_prior(
-                    log_path, writer, **extra, **({"init_from": self.initialised} if self.initialised else {})
-                )
+                if self.initialised:
+                    extra["init_from"] = self.initialised
+                self._log_prior(log_path, writer, **extra)
         bar = tqdm(
             total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train", dynamic_ncols=True
         )
