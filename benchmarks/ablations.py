@@ -31,9 +31,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paper_claims as pc
 import torch
-from common import machine
+from claims import arms, paper, report, scores
+from common import RESULTS, machine, seed_list, where_run
 
 from mtdiff.build import load_data
 from mtdiff.runs import load_run
@@ -76,7 +76,7 @@ class Study:
 
 
 BASELINE = "baseline"
-SEG = tuple(pc.SEG_PREFIX + m for m in pc.SEG_METRICS)
+SEG = tuple(scores.SEG_PREFIX + m for m in paper.SEG_METRICS)
 MT, SINGLE = "seg2img", "seg2img-single"
 STUDIES = {
     "table4": Study(
@@ -109,7 +109,7 @@ STUDIES = {
     ),
     "figure6": Study(
         "figure6",
-        pc.TABLES["figure6"],
+        arms.TABLES["figure6"],
         ("accuracy", "ece", "nll"),
         {
             "lam-0.01": Variant(
@@ -125,7 +125,7 @@ STUDIES = {
                 "the paper's protocol: every arm, from its trained weights, trained only to classify (clean images, "
                 "as the classifier-only arms) for a fifth of its steps more (1,600 at 8,000) at lr 2e-4, warm-up "
                 "a sixteenth of them, cosine",
-                {a: ("train.lr=2e-4",) for a in pc.TABLES["figure6"]},
+                {a: ("train.lr=2e-4",) for a in arms.TABLES["figure6"]},
                 finetune=0.2,
             ),
             "read-t-50": Variant(
@@ -138,7 +138,7 @@ STUDIES = {
     "table1": Study(
         "table1",
         ("ddpm",),
-        tuple(f"mask-{k}" for k in pc.PATCHES),
+        tuple(f"mask-{k}" for k in paper.PATCHES),
         {
             "sdedit-no-paste": Variant(
                 "SDEdit's output as it comes: the known pixels not pasted back (Table 1 pastes them in every row)",
@@ -184,25 +184,25 @@ def run_dir(runs: Path, seed: int, arm: str, name: str, study: Study) -> Path:
     """Where an arm of a variant is trained: when the variant retrains it, a directory named by its overrides (one
     run per distinct setting, whichever study asks for it), else the baseline's."""
     own = study.overrides(name, arm)
-    return pc.arm_dir(runs, seed, f"{arm}@{','.join(own)}" if own else arm)
+    return arms.arm_dir(runs, seed, f"{arm}@{','.join(own)}" if own else arm)
 
 
-def pick(scores: dict, column: str) -> float:
+def pick(got: dict, column: str) -> float:
     """The score named ``column``, or the one it abbreviates ("FID" for "FID (MNIST-CNN (ccexam) features)")."""
-    return scores[next(k for k in scores if k == column or (k.startswith(column + " (") and k.endswith(")")))]
+    return got[next(k for k in got if k == column or (k.startswith(column + " (") and k.endswith(")")))]
 
 
-def score(study: Study, run, scale: pc.Scale, test, extractor, seed: int, cache_dir: Path, **kw) -> dict:
+def score(study: Study, run, scale: arms.Scale, test, extractor, seed: int, cache_dir: Path, **kw) -> dict:
     """The study's table's scores of one run (``kw``: the variant's evaluation options), its columns picked."""
     if study.table == "table4":
-        scores = pc.translation_scores(run, scale, scale.num_translate, test, seed, **kw)
+        got = scores.translation_scores(run, scale, scale.num_translate, test, seed, **kw)
     elif study.table == "figure6":
-        scores = pc.head_scores(run, test, scale.num_classify, seed, **kw)
+        got = scores.head_scores(run, test, scale.num_classify, seed, **kw)
     elif study.table == "table1":
-        scores = pc.sdedit_scores(run, scale, test, extractor, seed, **kw)
+        got = scores.sdedit_scores(run, scale, test, extractor, seed, **kw)
     else:
-        scores = pc.generation_scores(run, scale, scale.num_samples, test, extractor, seed, cache_dir)
-    return {c: pick(scores, c) for c in study.columns}
+        got = scores.generation_scores(run, scale, scale.num_samples, test, extractor, seed, cache_dir)
+    return {c: pick(got, c) for c in study.columns}
 
 
 def markdown(result: dict) -> str:
@@ -213,7 +213,7 @@ def markdown(result: dict) -> str:
         "table2": f"; FID and IS on {s['features']} features",
     }.get(study.table, "")
     lines = [
-        f"## Ablation of {pc.TITLES[study.table]} (`benchmarks/ablations.py --study {result['study']}`)",
+        f"## Ablation of {paper.TITLES[study.table]} (`benchmarks/ablations.py --study {result['study']}`)",
         "",
         f"Every arm: {s['backbone']}, {s['steps']} steps at batch {s['batch_size']}; sampler DDIM (eta 0), "
         f"{s['sample_steps']} steps{scored_by}. Mean ± sd over the seeds each row has; the runs that scored the "
@@ -228,7 +228,7 @@ def markdown(result: dict) -> str:
                 f"{row['mean'][c]:.3f}" + ("" if row["sd"] is None else f" ± {row['sd'][c]:.3f}") for c in study.columns
             ]
             lines.append(
-                f"| {name} | {pc.NAMES[arm]} | " + " | ".join(cells) + f" | {','.join(map(str, row['seeds']))} |"
+                f"| {name} | {paper.NAMES[arm]} | " + " | ".join(cells) + f" | {','.join(map(str, row['seeds']))} |"
             )
     lines += ["", f"- `{BASELINE}`: every arm as `paper_claims.py` builds it at this scale and step count."]
     lines += [f"- `{name}`: {study.variants[name].what}." for name in result["rows"] if name != BASELINE]
@@ -248,7 +248,7 @@ def _runs_behind(result: dict) -> dict[tuple[str, str], list[str]]:
                 by_run.setdefault((made_by["command"], made_by["where"]), []).append(seed)
             for run, seeds in by_run.items():
                 runs.setdefault(run, []).append(
-                    f"{name} / {pc.NAMES[arm]}, seed{'s' * (len(seeds) > 1)} {','.join(seeds)}"
+                    f"{name} / {paper.NAMES[arm]}, seed{'s' * (len(seeds) > 1)} {','.join(seeds)}"
                 )
     return runs
 
@@ -261,7 +261,7 @@ def put_together(per_seed: dict, before: dict | None, study: Study, made_by: dic
     merged = json.loads(json.dumps(before.get("per_seed", {})))
     earlier = {}  # files from before rows kept their own provenance: every earlier row is the file's last run's
     if before:
-        earlier = {"command": before["command"], "where": pc.where_run(before["machine"], before.get("date"))}
+        earlier = {"command": before["command"], "where": where_run(before["machine"], before.get("date"))}
     provenance = json.loads(json.dumps(before.get("provenance", {})))
     for key, seeds in merged.items():
         provenance.setdefault(key, {}).update({s: earlier for s in seeds if s not in provenance[key]})
@@ -274,7 +274,7 @@ def put_together(per_seed: dict, before: dict | None, study: Study, made_by: dic
             seeds = merged.get(f"{name}/{arm}")
             if not seeds:
                 continue
-            mean, sd = pc.mean_and_sd([seeds[s] for s in sorted(seeds, key=int)])
+            mean, sd = report.mean_and_sd([seeds[s] for s in sorted(seeds, key=int)])
             rows.setdefault(name, {})[arm] = {"mean": mean, "sd": sd, "seeds": sorted(map(int, seeds))}
     return {"per_seed": merged, "provenance": provenance, "rows": rows}
 
@@ -282,7 +282,7 @@ def put_together(per_seed: dict, before: dict | None, study: Study, made_by: dic
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", choices=sorted(STUDIES), required=True)
-    ap.add_argument("--scale", choices=sorted(pc.SCALES), required=True)
+    ap.add_argument("--scale", choices=sorted(arms.SCALES), required=True)
     ap.add_argument("--steps", type=int, default=None, help="training steps of every arm (default: the scale's)")
     ap.add_argument(
         "--variants",
@@ -291,9 +291,9 @@ def parse_args(argv):
         help="the variants to run (default: all of the study): "
         + "; ".join(f"{name}: {', '.join(st.variants)}" for name, st in STUDIES.items()),
     )
-    ap.add_argument("--seeds", type=pc.seed_list, default=[0], metavar="S,...")
+    ap.add_argument("--seeds", type=seed_list, default=[0], metavar="S,...")
     ap.add_argument("--runs", type=Path, default=Path("runs/ablations"), help="one run directory per arm here")
-    ap.add_argument("--out-dir", type=Path, default=pc.RESULTS)
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument(
         "--features", default="mnist-cnn", help="image feature extractor (table1: perceptual distance; table2: FID, IS)"
     )
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_args(argv)
     t0 = time.perf_counter()
-    study, scale = STUDIES[args.study], pc.SCALES[args.scale]
+    study, scale = STUDIES[args.study], arms.SCALES[args.scale]
     if args.threads or scale.threads:
         torch.set_num_threads(args.threads or scale.threads)
     steps = [f"train.steps={args.steps}"] if args.steps else []
@@ -329,11 +329,11 @@ def main(argv: list[str] | None = None) -> dict:
     def config(arm: str, variant: str, seed: int):
         fraction = study.finetune(variant, arm)
         if not fraction:
-            return pc.arm_config(arm, scale, seed, [*steps, *study.overrides(variant, arm)])
+            return arms.arm_config(arm, scale, seed, [*steps, *study.overrides(variant, arm)])
         more = math.ceil(fraction * config(arm, BASELINE, seed).train.steps)  # from the arm's baseline weights
         start = f"train.init_from={run_dir(args.runs, seed, arm, BASELINE, study)}"
         own = (f"train.steps={more}", f"train.warmup_steps={math.ceil(more / 16)}", *study.variants[variant].train[arm])
-        return pc.arm_config(arm, scale, seed, [*steps, *own, start])
+        return arms.arm_config(arm, scale, seed, [*steps, *own, start])
 
     jobs = {  # (variant, arm, seed) -> run directory, each trained once
         (name, arm, seed): run_dir(args.runs, seed, arm, name, study)
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
     trained = {}
     for (name, arm, seed), where in jobs.items():
         if str(where) not in trained:
-            trained[str(where)] = pc.train_arm(
+            trained[str(where)] = arms.train_arm(
                 arm,
                 config(arm, name, seed),
                 where,
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {
         "study": args.study,
         "scale": args.scale,
-        "backbone": pc.backbone_text(c),
+        "backbone": arms.backbone_text(c),
         "steps": c.train.steps,
         "batch_size": c.train.batch_size,
         "sample_steps": scale.sample_steps,
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     stem = args.out_dir / f"ablation-{args.study}-{args.scale}-{c.train.steps}"
     before = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else None
-    if before is not None and pc.differing(before.get("settings", {}), settings):
+    if before is not None and arms.differing(before.get("settings", {}), settings):
         print(f"[ablations] {stem}.json holds other settings; it is replaced", flush=True)
         before = None
     done = {} if before is None or args.rescore else before["per_seed"]
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[ablations] {name} / {arm} / seed {seed}: scored", flush=True)
     mach, date = machine(scale.device), time.strftime("%Y-%m-%d")
     command = shlex.join(["python", "benchmarks/ablations.py", *(sys.argv[1:] if argv is None else argv)])
-    whole = put_together(per_seed, before, study, {"command": command, "where": pc.where_run(mach, date)})
+    whole = put_together(per_seed, before, study, {"command": command, "where": where_run(mach, date)})
     result = {
         "benchmark": "ablations",
         "study": args.study,

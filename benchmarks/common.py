@@ -1,7 +1,8 @@
-"""What every benchmark records about the machine it ran on."""
+"""What every benchmark shares: where results go, the machine they ran on, the seeds they take."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["machine", "slug"]
+__all__ = ["RESULTS", "machine", "seed_list", "slug", "where_run"]
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def machine(device) -> dict:
@@ -35,6 +38,22 @@ def machine(device) -> dict:
         "device": str(device),
         "device_name": name,
     }
+
+
+def where_run(m: dict, date: str | None) -> str:
+    """A result's provenance in words: the device of ``machine``'s record, its CPUs and torch, and the day."""
+    return f"{m['device_name']} ({m['cpu_count']} CPUs, torch {m['torch']})" + (f", {date}" if date else "")
+
+
+def seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2] (distinct integers), for argparse."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
 
 
 def slug(text: str) -> str:

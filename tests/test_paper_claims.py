@@ -3,6 +3,7 @@ the machine and the paper's numbers; its Figure 6 accuracy is mtdiff.evaluate.cl
 resumed, a finished one reused, a run of another config or objective refused. benchmarks/ablations.py on the
 same runs."""
 
+import importlib
 import importlib.util
 import json
 import math
@@ -28,11 +29,17 @@ SCRIPT = ROOT / "benchmarks" / "paper_claims.py"
 def _benchmark(name: str = "paper_claims"):
     if name not in sys.modules:  # dataclasses look their module up there
         if str(SCRIPT.parent) not in sys.path:
-            sys.path.insert(0, str(SCRIPT.parent))  # its sibling modules (common, paper_claims)
+            sys.path.insert(0, str(SCRIPT.parent))  # its sibling modules (common, claims, paper_claims)
         spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
         sys.modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules[name])
     return sys.modules[name]
+
+
+def _part(name: str):
+    """The module ``benchmarks/claims/<name>.py``: one part of the benchmark."""
+    _benchmark()
+    return importlib.import_module(f"claims.{name}")
 
 
 def _numbers(x):
@@ -125,7 +132,7 @@ def test_figure6_accuracy_is_that_of_mtdiff_classify(smoke):
 
 
 def test_partial_arm_is_resumed_finished_reused_and_another_run_refused(tmp_path):
-    bench = _benchmark()
+    arms = _part("arms")
     torch.set_num_threads(1)  # as the smoke scale: tiny steps, busy cores
     g = torch.Generator().manual_seed(0)
     data = ImageSet(
@@ -134,41 +141,41 @@ def test_partial_arm_is_resumed_finished_reused_and_another_run_refused(tmp_path
         [str(i) for i in range(10)],
         "toy",
     )
-    cfg = bench.arm_config("ddpm", bench.SCALES["smoke"], 0, [])
+    cfg = arms.arm_config("ddpm", arms.SCALES["smoke"], 0, [])
     run = tmp_path / "ddpm"
     trainer = Trainer(cfg, run, data=data, progress=False)  # interrupted after one step
     trainer.train_step()
     trainer.step = 1
     trainer.save()
-    (run / bench.MARKER).write_text(json.dumps({"arm": "ddpm", "objective": "diffusion"}))
-    assert bench.run_state(run, cfg, "diffusion") == 1
-    assert bench.train_arm("ddpm", cfg, run, data, progress=False)["status"] == "resumed"
-    assert bench.run_state(run, cfg, "diffusion") == cfg.train.steps
-    assert bench.train_arm("ddpm", cfg, run, data, progress=False)["status"] == "reused"
+    (run / arms.MARKER).write_text(json.dumps({"arm": "ddpm", "objective": "diffusion"}))
+    assert arms.run_state(run, cfg, "diffusion") == 1
+    assert arms.train_arm("ddpm", cfg, run, data, progress=False)["status"] == "resumed"
+    assert arms.run_state(run, cfg, "diffusion") == cfg.train.steps
+    assert arms.train_arm("ddpm", cfg, run, data, progress=False)["status"] == "reused"
     with pytest.raises(SystemExit, match="train.lr"):
-        bench.run_state(run, bench.arm_config("ddpm", bench.SCALES["smoke"], 0, ["train.lr=1e-5"]), "diffusion")
+        arms.run_state(run, arms.arm_config("ddpm", arms.SCALES["smoke"], 0, ["train.lr=1e-5"]), "diffusion")
     with pytest.raises(SystemExit, match="objective"):
-        bench.run_state(run, cfg, "classifier-only")
+        arms.run_state(run, cfg, "classifier-only")
 
 
 def test_a_claim_holds_only_beyond_the_spread_of_the_seeds():
-    bench = _benchmark()
-    v, S = bench.verdict, bench.Side
-    assert v(S(1.0), S(2.0), lower=True) == bench.HOLDS  # one seed: the direction decides
-    assert v(S(3.0), S(2.0), lower=True) == bench.FAILS
-    assert v(S(1.0, 0.3), S(2.0, 0.3), lower=True) == bench.HOLDS  # 1.0 > hypot(0.3, 0.3) = 0.42
-    assert v(S(1.0, 0.8), S(2.0, 0.8), lower=True) == bench.WITHIN  # 1.0 < 1.13
-    assert v(S(0.90, 0.01), S(0.95, 0.01), lower=False) == bench.FAILS  # accuracy: higher is better
-    assert v(S(0.95, 0.01), S(0.95, 0.01), lower=False) == bench.WITHIN
-    assert bench.combine([bench.HOLDS, bench.HOLDS]) == bench.HOLDS
-    assert bench.combine([bench.HOLDS, bench.WITHIN]) == bench.WITHIN
-    assert bench.combine([bench.WITHIN, bench.FAILS, bench.HOLDS]) == bench.FAILS
+    report = _part("report")
+    v, S = report.verdict, report.Side
+    assert v(S(1.0), S(2.0), lower=True) == report.HOLDS  # one seed: the direction decides
+    assert v(S(3.0), S(2.0), lower=True) == report.FAILS
+    assert v(S(1.0, 0.3), S(2.0, 0.3), lower=True) == report.HOLDS  # 1.0 > hypot(0.3, 0.3) = 0.42
+    assert v(S(1.0, 0.8), S(2.0, 0.8), lower=True) == report.WITHIN  # 1.0 < 1.13
+    assert v(S(0.90, 0.01), S(0.95, 0.01), lower=False) == report.FAILS  # accuracy: higher is better
+    assert v(S(0.95, 0.01), S(0.95, 0.01), lower=False) == report.WITHIN
+    assert report.combine([report.HOLDS, report.HOLDS]) == report.HOLDS
+    assert report.combine([report.HOLDS, report.WITHIN]) == report.WITHIN
+    assert report.combine([report.WITHIN, report.FAILS, report.HOLDS]) == report.FAILS
 
 
 def test_seeds_give_mean_and_sd_and_the_verdicts_use_them(smoke):
     """Two seeds' tables (the smoke run's, and a copy with every number moved): the tables hold the means, the sd
     tree the spread of each number, and the markdown prints mean ± sd."""
-    bench = _benchmark()
+    report = _part("report")
     _, r, _ = smoke
     one = {k: r[k] for k in ("table2", "table1", "table4", "figure6")}
 
@@ -177,18 +184,18 @@ def test_seeds_give_mean_and_sd_and_the_verdicts_use_them(smoke):
             return {k: moved(v, by) for k, v in x.items()}
         return x * by if isinstance(x, float) else x
 
-    mean, sd = bench.mean_and_sd([one, moved(one, 1.2)])
+    mean, sd = report.mean_and_sd([one, moved(one, 1.2)])
     fid = next(k for k in one["table2"]["rows"]["ddpm"] if k.startswith("FID"))
     a = one["table2"]["rows"]["ddpm"][fid]
     assert mean["table2"]["rows"]["ddpm"][fid] == pytest.approx(1.1 * a)
     assert sd["table2"]["rows"]["ddpm"][fid] == pytest.approx(0.2 * a / 2**0.5)
     n = mean["table2"]["rows"]["ddpm"]["n"]
     assert n == one["table2"]["rows"]["ddpm"]["n"] and type(n) is int  # a count equal in every seed stays itself
-    assert bench.mean_and_sd([one]) == (one, None)
-    found = bench.claims(mean, sd)
-    assert len(found) == 11 and all(c["verdict"] in (bench.HOLDS, bench.FAILS, bench.WITHIN) for c in found)
+    assert report.mean_and_sd([one]) == (one, None)
+    found = report.claims(mean, sd)
+    assert len(found) == 11 and all(c["verdict"] in (report.HOLDS, report.FAILS, report.WITHIN) for c in found)
     assert "±" in found[0]["ours"]
-    md = bench.markdown({**r, **mean, "sd": sd, "claims": found, "seeds": {t: [0, 1] for t in one}})
+    md = report.markdown({**r, **mean, "sd": sd, "claims": found, "seeds": {t: [0, 1] for t in one}})
     assert "Seeds 0, 1" in md and " ± " in md and "(1 seed)" not in md
 
 
@@ -222,16 +229,16 @@ def test_a_run_of_some_tables_adds_its_seed_to_the_results_already_written(smoke
 
 
 def test_a_scale_run_in_part_decides_only_the_claims_of_its_tables(smoke):
-    bench = _benchmark()
+    bench, report = _benchmark(), _part("report")
     _, r, _ = smoke
     part = bench.put_together(
         {"per_seed": {"0": {"table4": r["table4"]}}, "curve": {}, "provenance": {}, "arms": {}}, None
     )
     assert part["seeds"] == {"table4": [0]} and part["sd"] is None
-    found = bench.claims(part["tables"], part["sd"])
+    found = report.claims(part["tables"], part["sd"])
     assert [c["table"] for c in found] == ["Table 4"] and found[0]["one_seed"]
-    rest = {k: v for k, v in r.items() if k not in bench.TABLES}
-    md = bench.markdown({**rest, **part["tables"], "sd": None, "seeds": part["seeds"], "claims": found})
+    rest = {k: v for k, v in r.items() if k not in _part("arms").TABLES}
+    md = report.markdown({**rest, **part["tables"], "sd": None, "seeds": part["seeds"], "claims": found})
     assert "Not run yet at this scale: Table 2, Table 1, Figure 6." in md
 
 
@@ -244,9 +251,11 @@ def test_ablations_retrain_only_the_varied_arm_and_read_with_the_variants_option
     ab = _benchmark("ablations")
     middle_up = "seg2img@modalities.mask.head=middle-up"
     tmp, _, _ = smoke
-    runs, calls, real = tmp / "runs", [], ab.pc.translation_scores
+    runs, calls, real = tmp / "runs", [], ab.scores.translation_scores
     monkeypatch.setattr(
-        ab.pc, "translation_scores", lambda run, *a, **kw: calls.append((run.directory.name, kw)) or real(run, *a, **kw)
+        ab.scores,
+        "translation_scores",
+        lambda run, *a, **kw: calls.append((run.directory.name, kw)) or real(run, *a, **kw),
     )
     threads = torch.get_num_threads()
     common = ["--study", "table4", "--scale", "smoke", "--runs", str(runs), "--out-dir", str(tmp_path), "--quiet"]
@@ -357,7 +366,7 @@ def test_the_finetune_variant_trains_every_arm_only_to_classify_from_its_trained
     ab = _benchmark("ablations")
     tmp, _, _ = smoke
     runs = tmp / "runs"
-    before = {a: (runs / "seed-0" / a / "log.jsonl").read_text() for a in ab.pc.TABLES["figure6"]}
+    before = {a: (runs / "seed-0" / a / "log.jsonl").read_text() for a in ab.arms.TABLES["figure6"]}
     threads = torch.get_num_threads()
     try:
         res = ab.main(
@@ -368,11 +377,11 @@ def test_the_finetune_variant_trains_every_arm_only_to_classify_from_its_trained
         )
     finally:
         torch.set_num_threads(threads)
-    assert set(res["rows"]["finetune"]) == set(ab.pc.TABLES["figure6"])
-    for arm in ab.pc.TABLES["figure6"]:
+    assert set(res["rows"]["finetune"]) == set(ab.arms.TABLES["figure6"])
+    for arm in ab.arms.TABLES["figure6"]:
         where = runs / "seed-0" / f"{arm}@finetune=0.2,train.lr=2e-4"
         assert res["arms"][str(where)]["status"] == "trained"
-        assert json.loads((where / ab.pc.MARKER).read_text())["objective"] == "classifier-only"
+        assert json.loads((where / ab.arms.MARKER).read_text())["objective"] == "classifier-only"
         log = [json.loads(x) for x in (where / "log.jsonl").read_text().splitlines()]
         assert log[0]["init_from"]["step"] == 3 and Path(log[0]["init_from"]["checkpoint"]).parent.parent.name == arm
         assert log[-1]["step"] == 1 and "eps_mse" not in log[-1]  # ceil(0.2 x 3) steps of cross-entropy only
