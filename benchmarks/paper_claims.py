@@ -1,6 +1,9 @@
 """The paper's comparisons rerun at MNIST scale: Tables 1, 2, 4 and Figure 6 of Chen et al. (ICLR 2024).
 
-    python benchmarks/paper_claims.py --scale smoke|cpu|gpu [--seeds 0,1,2] [--runs runs/paper_claims] [--out-dir ...]
+    python benchmarks/paper_claims.py --scale smoke|cpu|converged|gpu [--seeds 0,1,2] [--tables ...] [--runs ...]
+
+This file is the command; its parts are in ``benchmarks/claims/``: the paper's numbers, the arms and their
+training, the time estimate, one scorer per table, and the verdicts and markdown.
 
 Every arm has the same backbone, training steps, batch, learning rate and seed; every evaluation the same
 sampler, steps and seed. Arms are trained with ``mtdiff.train.Trainer`` into ``RUNS/seed-<s>/<arm>`` and reused

@@ -566,6 +566,27 @@ def test_live_tensors_counts_new_storage_until_it_is_freed():
     assert (live.peak, live.live) == (12000, 0)
 
 
+def test_memory_loaded_on_first_use_is_held_not_taken_for_per_sample_memory():
+    """A work that loads something once and keeps it (as sampling from free prompts loads the text encoder):
+    the prediction at batch 16 is what work(16) allocates with it loaded, plus what it loaded. Fitted on the
+    first call as it was, the load made the per-sample memory negative and the estimate below zero."""
+    from mtdiff.memory import LiveTensors, peak_at
+
+    cache = {}
+
+    def work(n):
+        if "encoder" not in cache:
+            cache["encoder"] = torch.empty(1_000_000)  # 4 MB, loaded on first use and kept
+        x = torch.empty(n, 1000)
+        return (x * 2).sum()
+
+    predicted = peak_at(16, work)
+    with LiveTensors() as live:
+        work(16)
+    assert predicted.per_sample > 0
+    assert predicted.total == live.peak + cache["encoder"].nbytes
+
+
 SAMPLE_PROBE = (
     MEASURE
     + """
