@@ -147,14 +147,11 @@ def arm_config(arm: str, scale: Scale, seed: int, extra: list[str]) -> Config:
     """The resolved config of an arm: its preset, the scale's backbone and training, one seed for all (and with
     a curve, a checkpoint kept at each of its points)."""
     preset, own = ARMS[CLASSIFIER_ONLY.get(arm, arm)]
-    cfg = load_config(preset, [*own, *scale.overrides, f"train.seed={seed}", *extra])
+    overrides = [*own, *scale.overrides, f"train.seed={seed}", *extra]
+    cfg = load_config(preset, overrides)
     if scale.curve:
-        every = math.ceil(cfg.train.steps / (scale.curve + 1))
-        cfg = load_config(
-            preset,
-            [*own, *scale.overrides, f"train.seed={seed}", *extra]
-            + [f"train.ckpt_every={every}", f"train.keep_checkpoints={scale.curve + 2}"],
-        )
+        every, keep = math.ceil(cfg.train.steps / (scale.curve + 1)), scale.curve + 2
+        cfg = load_config(preset, [*overrides, f"train.ckpt_every={every}", f"train.keep_checkpoints={keep}"])
     return cfg
 
 
