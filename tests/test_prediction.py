@@ -237,3 +237,36 @@ def test_stratified_timesteps_reach_the_trainer(tmp_path):
     assert tr.model.prediction.timestep_sampling == "stratified"
     t = tr.model.prediction.timesteps(8, torch.Generator().manual_seed(1))
     assert sorted((t * 8 // T).tolist()) == list(range(8))
+
+
+@pytest.mark.parametrize("mean,std", [(-1.2, 1.2), (0.5, 0.8)])
+def test_log_normal_timesteps_draw_ln_sigma_from_the_normal(mean, std):
+    """Monte-Carlo: ln sigma_t of the drawn indices, sigma_t = sqrt((1 - ab_t) / ab_t), has the normal's mean
+    and std (up to the binning onto T levels and the 0.3% of mass beyond sigma_0 = 0.01)."""
+    pred = Prediction(_process(), timestep_sampling="log-normal", lognormal_mean=mean, lognormal_std=std)
+    probs = pred.level_probs()
+    assert probs.shape == (T,) and probs.min() >= 0 and abs(float(probs.sum()) - 1) < 1e-12
+    g = torch.Generator().manual_seed(0)
+    t = torch.cat([pred.timesteps(1000, g) for _ in range(200)])
+    ab = pred.process.alphas_cumprod[t]
+    log_sigma = 0.5 * ((1 - ab) / ab).log()
+    assert abs(float(log_sigma.mean()) - mean) < 0.03, float(log_sigma.mean())
+    assert abs(float(log_sigma.std()) - std) < 0.03, float(log_sigma.std())
+    again = pred.timesteps(1000, torch.Generator().manual_seed(0))
+    assert torch.equal(again, t[:1000])  # the caller's generator decides every draw
+
+
+def test_log_normal_settings_reach_the_trainer_and_a_bad_std_is_a_config_error(tmp_path):
+    from mtdiff.config import ConfigError
+    from mtdiff.data import ImageSet
+    from mtdiff.train import Trainer
+
+    keys = ["diffusion.timestep_sampling=log-normal", "diffusion.lognormal_mean=2.0", "diffusion.lognormal_std=0.1"]
+    cfg = tiny("mnist-ddpm", *keys, "train.batch_size=8")
+    tr = Trainer(
+        cfg, tmp_path, data=ImageSet(torch.zeros(16, 1, 32, 32, dtype=torch.uint8), None, [], "zeros"), progress=False
+    )
+    ab = tr.process.alphas_cumprod[tr.model.prediction.timesteps(64, torch.Generator().manual_seed(1))]
+    assert (((1 - ab) / ab).sqrt().log() - 2.0).abs().max() < 0.5  # sigma_t near e^2: no uniform draws
+    with pytest.raises(ConfigError, match="diffusion.lognormal_std must be > 0"):
+        tiny("mnist-ddpm", "diffusion.lognormal_std=0")

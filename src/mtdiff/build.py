@@ -79,7 +79,15 @@ def build_space_map(cfg: Config, device="cpu") -> SpaceMap:
 def build_prediction(cfg: Config) -> Prediction:
     """The network's output space and the loss weighting of ``cfg.diffusion`` on the run's schedule."""
     d = cfg.diffusion
-    return Prediction(build_process(cfg), d.prediction, d.loss_weighting, d.snr_gamma, d.timestep_sampling)
+    return Prediction(
+        build_process(cfg),
+        d.prediction,
+        d.loss_weighting,
+        d.snr_gamma,
+        d.timestep_sampling,
+        d.lognormal_mean,
+        d.lognormal_std,
+    )
 
 
 def build_model(cfg: Config) -> MTModel:

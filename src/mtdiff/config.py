@@ -66,9 +66,11 @@ class DiffusionConfig:
         "min-snr"  # min-snr: Hang et al. 2023; uniform: Eq. 6 as printed (the paper's)
     )
     snr_gamma: float = 5.0  # min-snr: the truncation gamma of min(SNR_t, gamma)
-    timestep_sampling: Literal["uniform", "stratified"] = (
-        "uniform"  # t per batch row; uniform: Algorithm 2 (the paper's)
+    timestep_sampling: Literal["uniform", "stratified", "log-normal"] = (
+        "uniform"  # t per batch row; uniform: Algorithm 2 (the paper's); log-normal: EDM's ln sigma ~ N(mean, std^2)
     )
+    lognormal_mean: float = -1.2  # log-normal: mean of ln sigma_t, sigma_t = sqrt((1 - ab_t) / ab_t)
+    lognormal_std: float = 1.2  # log-normal: its std
 
 
 @dataclass
@@ -376,6 +378,7 @@ def validate(cfg: Config) -> Config:
         {
             "train.lr": cfg.train.lr,
             "diffusion.snr_gamma": cfg.diffusion.snr_gamma,
+            "diffusion.lognormal_std": cfg.diffusion.lognormal_std,
             "train.max_nonfinite": cfg.train.max_nonfinite,
             "model.num_heads": m.num_heads,
             "model.num_res_blocks": m.num_res_blocks,

@@ -16,7 +16,12 @@ the eps error, the three spaces differ: ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 
 The time indices of a batch are drawn uniformly (Algorithm 2) or ``stratified``: one shared uniform
 offset u and t_i = floor(T ((u + i / B) mod 1)), shuffled, so every row is still uniform on {0..T-1}
 (the loss keeps its expectation) while the batch covers the noise levels evenly (the low-discrepancy
-sampler of Kingma et al., 2021), which lowers the variance of the gradient.
+sampler of Kingma et al., 2021), which lowers the variance of the gradient. ``log-normal`` changes
+the objective instead: it draws the noise level sigma_t = sqrt((1 - ab_t) / ab_t) of the y-chain
+(y_t / sqrt(ab_t) = y_0 + sigma_t eps, EDM's sigma; Karras et al., 2022) from ln sigma ~ N(mean, std^2),
+binned to the time index whose ln sigma_t is nearest, so training spends its batches on the middle noise
+levels. With ``v`` and ``uniform`` weighting the eps error of level t counts 1 + sigma_t^2, EDM's
+weighting lambda(sigma) for sigma_data = 1: together, EDM's objective on a discrete VP schedule.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ __all__ = ["Prediction", "PREDICTIONS", "WEIGHTINGS", "TIMESTEP_SAMPLINGS"]
 
 PREDICTIONS = ("eps", "v", "x0")
 WEIGHTINGS = ("uniform", "min-snr")
-TIMESTEP_SAMPLINGS = ("uniform", "stratified")
+TIMESTEP_SAMPLINGS = ("uniform", "stratified", "log-normal")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Prediction:
     weighting: str = "uniform"
     snr_gamma: float = 5.0
     timestep_sampling: str = "uniform"
+    lognormal_mean: float = -1.2  # log-normal: mean and std of ln sigma (EDM's P_mean, P_std)
+    lognormal_std: float = 1.2
 
     def __post_init__(self):
         if self.kind not in PREDICTIONS:
@@ -53,12 +60,25 @@ class Prediction:
             raise ValueError(f"unknown loss weighting {self.weighting!r}; valid: {list(WEIGHTINGS)}")
         if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
             raise ValueError(f"unknown timestep sampling {self.timestep_sampling!r}; valid: {list(TIMESTEP_SAMPLINGS)}")
+        if not self.lognormal_std > 0:
+            raise ValueError(f"the log-normal std must be > 0, got {self.lognormal_std}")
+
+    def level_probs(self, device=None) -> Tensor:
+        """P(t) [T] of ``log-normal`` sampling: the N(mean, std^2) mass of ln sigma between the midpoints of
+        neighbouring ln sigma_t (the ends open), sigma_t = sqrt((1 - ab_t) / ab_t) increasing in t."""
+        ab = self.process.alphas_cumprod.to(device=device, dtype=torch.float64)
+        log_sigma = 0.5 * ((1 - ab) / ab).log()
+        cdf = torch.special.ndtr(((log_sigma[1:] + log_sigma[:-1]) / 2 - self.lognormal_mean) / self.lognormal_std)
+        return torch.diff(cdf, prepend=cdf.new_zeros(1), append=cdf.new_ones(1))
 
     def timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        """Time indices [batch] for one training batch, each uniform on {0, ..., T-1}."""
+        """Time indices [batch] for one training batch: each uniform on {0, ..., T-1} (``uniform``,
+        ``stratified``) or drawn from :meth:`level_probs` (``log-normal``)."""
         T = self.process.num_timesteps
         if self.timestep_sampling == "uniform":
             return torch.randint(0, T, (batch,), generator=generator, device=device)
+        if self.timestep_sampling == "log-normal":
+            return torch.multinomial(self.level_probs(device), batch, replacement=True, generator=generator)
         u = torch.rand(1, generator=generator, device=device, dtype=torch.float64)
         u = (u + torch.arange(batch, device=device, dtype=torch.float64) / batch) % 1
         order = torch.randperm(batch, generator=generator, device=device)
