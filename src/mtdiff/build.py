@@ -81,12 +81,12 @@ def build_prediction(cfg: Config) -> Prediction:
     d = cfg.diffusion
     return Prediction(
         build_process(cfg),
-        d.prediction,
-        d.loss_weighting,
-        d.snr_gamma,
-        d.timestep_sampling,
-        d.lognormal_mean,
-        d.lognormal_std,
+        kind=d.prediction,
+        weighting=d.loss_weighting,
+        snr_gamma=d.snr_gamma,
+        timestep_sampling=d.timestep_sampling,
+        lognormal_mean=d.lognormal_mean,
+        lognormal_std=d.lognormal_std,
     )
 
 

@@ -19,8 +19,8 @@ offset u and t_i = floor(T ((u + i / B) mod 1)), shuffled, so every row is still
 sampler of Kingma et al., 2021), which lowers the variance of the gradient. ``log-normal`` changes
 the objective instead: it draws the noise level sigma_t = sqrt((1 - ab_t) / ab_t) of the y-chain
 (y_t / sqrt(ab_t) = y_0 + sigma_t eps, EDM's sigma; Karras et al., 2022) from ln sigma ~ N(mean, std^2),
-binned to the time index whose ln sigma_t is nearest, so training spends its batches on the middle noise
-levels. With ``v`` and ``uniform`` weighting the eps error of level t counts 1 + sigma_t^2, EDM's
+binned to the time index whose ln sigma_t is nearest, so training spends its batches around sigma = e^mean
+(with EDM's -1.2 and 1.2 on the linear schedule, half of them on t < 100). With ``v`` and ``uniform`` weighting the eps error of level t counts 1 + sigma_t^2, EDM's
 weighting lambda(sigma) for sigma_data = 1: together, EDM's objective on a discrete VP schedule.
 """
 
