@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
                 where,
                 train,
                 progress=progress,
-                objective="classifier-only" if study.finetune(name, arm) else None,
+                objective=arms.CLASSIFY if study.finetune(name, arm) else None,
             )
     settings = {
         "study": args.study,

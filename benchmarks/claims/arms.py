@@ -30,6 +30,7 @@ ARMS = {
     "seg2img-single": ("mnist-seg2img", SINGLE_TASK),
 }
 CLASSIFIER_ONLY = {"label-m-classifier-only": "label-m", "label-e-classifier-only": "label-e"}
+CLASSIFY = "classifier-only"  # the objective of those arms (and of a fine-tuned classifier); every other: "diffusion"
 # The arms each table reads; ``--tables`` trains and evaluates only the arms of the tables it names.
 TABLES = {
     "table2": ("ddpm", "masked-u", "masked-x", "label-m", "label-e"),
@@ -219,12 +220,12 @@ class ClassifierOnly(Trainer):
 
 
 def objective_of(arm: str) -> str:
-    """What an arm is trained for: "classifier-only" for Figure 6's baselines, else "diffusion"."""
-    return "classifier-only" if arm in CLASSIFIER_ONLY else "diffusion"
+    """What an arm is trained for: ``CLASSIFY`` for Figure 6's baselines, else "diffusion"."""
+    return CLASSIFY if arm in CLASSIFIER_ONLY else "diffusion"
 
 
 def trainer_class(objective: str) -> type[Trainer]:
-    return ClassifierOnly if objective == "classifier-only" else Trainer
+    return ClassifierOnly if objective == CLASSIFY else Trainer
 
 
 def train_arm(arm: str, cfg: Config, run_dir: Path, data, *, progress: bool, objective: str | None = None) -> dict:

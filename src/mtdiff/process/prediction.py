@@ -20,8 +20,9 @@ sampler of Kingma et al., 2021), which lowers the variance of the gradient. ``lo
 the objective instead: it draws the noise level sigma_t = sqrt((1 - ab_t) / ab_t) of the y-chain
 (y_t / sqrt(ab_t) = y_0 + sigma_t eps, EDM's sigma; Karras et al., 2022) from ln sigma ~ N(mean, std^2),
 binned to the time index whose ln sigma_t is nearest, so training spends its batches around sigma = e^mean
-(with EDM's -1.2 and 1.2 on the linear schedule, half of them on t < 100). With ``v`` and ``uniform`` weighting the eps error of level t counts 1 + sigma_t^2, EDM's
-weighting lambda(sigma) for sigma_data = 1: together, EDM's objective on a discrete VP schedule.
+(with EDM's -1.2 and 1.2 on the linear schedule, half of them on t < 100). With ``v`` and ``uniform``
+weighting the eps error of level t counts 1 + sigma_t^2, EDM's weighting lambda(sigma) for sigma_data = 1:
+together, EDM's objective on a discrete VP schedule.
 """
 
 from __future__ import annotations
