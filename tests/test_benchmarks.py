@@ -188,3 +188,28 @@ def test_gpu_check_smoke_runs_every_section_on_the_cpu(tmp_path):
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [s["name"] for s in saved["sections"]] == names and saved["machine"]["device"] == "cpu"
     assert saved["failed"] == sorted(failed, key=names.index)
+
+
+def test_presets_trains_each_preset_then_reuses_it_and_refuses_another_presets_run(tmp_path):
+    """benchmarks/presets.py at a smoke size: two presets trained and scored; run again, both are reused (not
+    retrained) and score the same; a run of one preset offered as another's is refused, naming the keys."""
+    pytest.importorskip("ccexam")
+    pytest.importorskip("mnist")
+    presets = _load("presets")
+    argv = ["--presets", "mnist-ddpm,mnist-label-m", "--set", "train.steps=2", "--num", "8", "--sample-steps", "2"]
+    argv += ["--runs", str(tmp_path / "runs"), "--out-dir", str(tmp_path), "--tag", "smoke", "--quiet"]
+    first = presets.main(argv)
+    assert [(p["preset"], p["status"], p["steps"]) for p in first["presets"]] == [
+        ("mnist-ddpm", "trained", 2),
+        ("mnist-label-m", "trained", 2),
+    ]
+    assert all(p["scores"]["n"] == 8 and 0 <= p["scores"]["recognised"] <= 1 for p in first["presets"])
+    assert first["reference"]["recognised"] > 0.9  # the classifier reads real digits
+    again = presets.main(argv)
+    assert [p["status"] for p in again["presets"]] == ["reused", "reused"]
+    assert [p["scores"]["FID"] for p in again["presets"]] == [p["scores"]["FID"] for p in first["presets"]]
+    assert "| mnist-label-m | 2 x 32 |" in (tmp_path / "presets-smoke.md").read_text()
+    assert (tmp_path / "presets-smoke.png").stat().st_size > 0
+    stale = ["--presets", "mnist-label-e", "--reuse", f"mnist-label-e={tmp_path / 'runs' / 'mnist-label-m'}"]
+    with pytest.raises(SystemExit, match="differs in .*modalities.label.head"):
+        presets.main([*stale, "--set", "train.steps=2", "--num", "8", "--runs", str(tmp_path / "runs"), "--quiet"])
