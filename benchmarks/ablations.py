@@ -133,6 +133,20 @@ STUDIES = {
                 evaluate={"t": 50},
                 reads=("label-m", "label-e"),
             ),
+            # Where the label's encoding weighs most in z_t (alpha~_t peaks near t = 258 on the linear schedule):
+            # read there without and with the true label's encoding, a head that decodes the encoding, not the
+            # image, reads near 1 when told and near chance when not.
+            **{
+                f"{pre}read-t-200{told}": Variant(
+                    f"{what}the head read at time index 200 (inverse mode)"
+                    + (", z_t carrying the true label's encoding (the head told its answer)" if told else ""),
+                    {a: ("modalities.label.head_detach=true",) for a in ("label-m", "label-e")} if pre else {},
+                    evaluate={"t": 200, "told": bool(told)},
+                    reads=("label-m", "label-e"),
+                )
+                for pre, what in (("", ""), ("head-detach-", "stop-gradient (head_detach); "))
+                for told in ("", "-told")
+            },
         },
     ),
     "table1": Study(

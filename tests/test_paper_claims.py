@@ -386,3 +386,24 @@ def test_the_finetune_variant_trains_every_arm_only_to_classify_from_its_trained
         assert log[0]["init_from"]["step"] == 3 and Path(log[0]["init_from"]["checkpoint"]).parent.parent.name == arm
         assert log[-1]["step"] == 1 and "eps_mse" not in log[-1]  # ceil(0.2 x 3) steps of cross-entropy only
         assert (runs / "seed-0" / arm / "log.jsonl").read_text() == before[arm]
+
+
+def test_the_told_head_reads_z_t_shifted_by_the_true_labels_encoding(smoke, monkeypatch):
+    """The Figure 6 diagnostic ``told``: the head's input differs from inverse mode's exactly by the shift
+    m_t = alpha~_t E(y) - alpha~_t E(nothing known) of the true labels (same noise, same seed), so what it reads
+    there is the head with its answer in z_t."""
+    from mtdiff.build import load_data
+    from mtdiff.runs import load_run
+
+    scores = _part("scores")
+    run = load_run(smoke[0] / "runs" / "seed-0" / "label-m")
+    test, seen, predict = load_data(run.config, "test"), [], run.model.predict
+    monkeypatch.setattr(run.model, "predict", lambda z, t, data, **kw: seen.append(z) or predict(z, t, data, **kw))
+    told, labels = scores.head_probs(run, test, 8, 0, t=200, told=True)
+    untold, _ = scores.head_probs(run, test, 8, 0, t=200)
+    t = torch.full((8,), 200)
+    shift = run.process.shift(t, run.model.encode({"label": labels}), seen[0])
+    null = run.process.shift(t, run.model.encode(run.model.null_data(["label"], 8)), seen[0])
+    assert shift.abs().max() > 0.1  # the label's encoding weighs in z_t at t = 200
+    torch.testing.assert_close(seen[0] - seen[1], shift - null)
+    assert not torch.allclose(told, untold)

@@ -12,7 +12,7 @@ from mtdiff.evaluate import joint_images, translate
 from mtdiff.metrics.quality import sample_quality
 from mtdiff.metrics.task import calibration, masked_errors, perceptual_distance
 from mtdiff.runs import Run, load_run
-from mtdiff.sampling import timesteps
+from mtdiff.sampling import inverse, timesteps
 
 from .arms import TABLES, Scale, arms_of
 from .paper import NAMES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE4, PATCHES, SEG_METRICS, TABLE2_METRICS
@@ -191,21 +191,29 @@ def table4_translation(runs: Path, scale: Scale, test, seed: int, device) -> dic
 
 
 @torch.no_grad()
-def head_probs(run: Run, test, num: int | None, seed: int, *, t: int = 0, batch: int = 500) -> tuple:
+def head_probs(
+    run: Run, test, num: int | None, seed: int, *, t: int = 0, told: bool = False, batch: int = 500
+) -> tuple:
     """Label-head probabilities of the first ``num`` test images (None: all) in inverse mode at time index ``t``,
-    batched and seeded as ``mtdiff.evaluate.classify``, and their labels."""
+    batched and seeded as ``mtdiff.evaluate.classify``, and their labels. ``told``: z_t carries the true label's
+    encoding, as in the training batches that keep it (a diagnostic: how much the head reads its own answer)."""
     n = len(test) if num is None else min(num, len(test))
     g = run.generator(seed)
-    probs = [
-        run.classify(test.to_float(torch.arange(i, min(i + batch, n))), t=t, generator=g).double().cpu()
-        for i in range(0, n, batch)
-    ]
-    return torch.cat(probs), test.labels[:n]
+    name = run.modality("label", required="classify")
+
+    def probs(idx):
+        if not told:
+            return run.classify(test.to_float(idx), t=t, generator=g)
+        z0 = run.latent.encode(run.pixels(test.to_float(idx)))
+        return inverse(run.model, run.process, z0, name, t=t, known={name: test.labels[idx]}, generator=g)
+
+    out = [probs(torch.arange(i, min(i + batch, n))).double().cpu() for i in range(0, n, batch)]
+    return torch.cat(out), test.labels[:n]
 
 
-def head_scores(run: Run, test, num: int | None, seed: int, *, t: int = 0) -> dict:
+def head_scores(run: Run, test, num: int | None, seed: int, *, t: int = 0, told: bool = False) -> dict:
     """Accuracy, calibration and NLL of the label head (``head_probs``)."""
-    probs, labels = head_probs(run, test, num, seed, t=t)
+    probs, labels = head_probs(run, test, num, seed, t=t, told=told)
     return {
         **calibration(probs, labels),
         "nll": float(-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().mean()),
