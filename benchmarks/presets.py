@@ -7,9 +7,11 @@
 
 Each preset trains as shipped (its own ``train.steps``; ``--set`` overrides every preset, for smoke runs)
 into ``RUNS/PRESET``, or continues a killed run there, or reuses a finished one; ``--reuse PRESET=DIR`` scores
-a run trained elsewhere (``mtdiff train --config PRESET --out DIR``). A run is reused only when its saved
-config is the preset's, up to the keys that do not change the model or its training (logging, checkpoint
-and sampling cadence, the device), so a stale run is never scored under a preset's name.
+a finished run trained elsewhere (``mtdiff train --config PRESET --out DIR``, or the preset trained for more
+steps, such as a ``paper_claims.py --scale converged`` arm: the table shows each run's own steps). A run is
+reused only when its saved config is the preset's, up to the keys that do not change the model or its training
+(logging, checkpoint and sampling cadence, the device; and the steps of a ``--reuse`` run), so a stale run is
+never scored under a preset's name.
 
 ``--num`` joint samples from scratch (the image with every other modality generated beside it; -X from the
 complete mask) are scored with ``quality.score``: the fraction the MNIST-CNN (ccexam) recognises with
@@ -54,18 +56,22 @@ def _config(preset: str, sets: list[str]):
     return load_config(preset, [*sets, "train.sample_every=0", "train.device=cpu"])
 
 
-def _trained_steps(run_dir: Path, cfg) -> int:
-    """Steps already in ``run_dir`` (0 if none); an error if it holds another config."""
+def _trained_steps(run_dir: Path, cfg, *, own_steps: bool = False) -> int:
+    """Steps already in ``run_dir`` (0 if none); an error if it holds another config (``own_steps``: a run of the
+    preset trained for another number of steps is the preset's too)."""
     from mtdiff.checkpoint import has_checkpoints, latest_checkpoint
     from mtdiff.config import to_dict
     from mtdiff.runs import read_run_config
 
     if not has_checkpoints(run_dir):
+        if own_steps:
+            raise SystemExit(f"--reuse: {run_dir} holds no checkpoint (train it with mtdiff train --out {run_dir})")
         return 0
+    allowed = (*CADENCE, "train.steps") if own_steps else CADENCE
     diff = [
         k
         for k in differing(to_dict(read_run_config(run_dir)), to_dict(cfg))
-        if k not in CADENCE and not k.startswith("sample.")
+        if k not in allowed and not k.startswith("sample.")
     ]
     if diff:
         raise SystemExit(f"{run_dir} is not a run of this preset: its config differs in {', '.join(diff)}")
@@ -85,13 +91,19 @@ def _log_minutes(run_dir: Path, batch: int) -> float | None:
     return seconds / 60
 
 
-def train_preset(preset: str, run_dir: Path, sets: list[str], quiet: bool) -> dict:
-    """Train, resume or reuse ``preset``'s run in ``run_dir``; what was done and how long the training took."""
+def train_preset(preset: str, run_dir: Path, sets: list[str], quiet: bool, *, reused: bool = False) -> dict:
+    """Train, resume or reuse ``preset``'s run in ``run_dir`` (``reused``: a finished run trained elsewhere, for its
+    own steps); what was done and how long the training took."""
     from mtdiff.build import load_data
+    from mtdiff.runs import read_run_config
     from mtdiff.train import Trainer
 
     cfg = _config(preset, sets)
-    done = _trained_steps(run_dir, cfg)
+    done = _trained_steps(run_dir, cfg, own_steps=reused)
+    if reused:
+        cfg = read_run_config(run_dir)
+        if done < cfg.train.steps:
+            raise SystemExit(f"--reuse: {run_dir} stopped at step {done} of {cfg.train.steps}; resume it first")
     status = "reused" if done >= cfg.train.steps else "resumed" if done else "trained"
     if status != "reused":
         print(f"[presets] {preset}: {status} from step {done} to {cfg.train.steps}", file=sys.stderr, flush=True)
@@ -101,6 +113,7 @@ def train_preset(preset: str, run_dir: Path, sets: list[str], quiet: bool) -> di
         "dir": str(run_dir),
         "status": status,
         "steps": cfg.train.steps,
+        "preset_steps": _config(preset, sets).train.steps,
         "batch": cfg.train.batch_size,
         "train_minutes": _log_minutes(run_dir, cfg.train.batch_size),
     }
@@ -131,8 +144,11 @@ def markdown(r: dict) -> str:
     ]
     for p in r["presets"]:
         s, tm = p["scores"], p["train_minutes"]
+        steps = f"{p['steps']} x {p['batch']}" + (
+            f" (preset: {p['preset_steps']})" if p["steps"] != p["preset_steps"] else ""
+        )
         lines.append(
-            f"| {p['preset']} | {p['steps']} x {p['batch']} | {'-' if tm is None else f'{tm:.1f}'} | {p['status']} | "
+            f"| {p['preset']} | {steps} | {'-' if tm is None else f'{tm:.1f}'} | {p['status']} | "
             f"{s['recognised']:.3f} | {s.get('recognised_strict', float('nan')):.3f} | "
             f"{s.get('recognised_both', float('nan')):.3f} | {s['IS']:.2f} | {s['class_entropy']:.3f} | "
             f"{s['FID']:.0f} |"
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     ref = reference_stats(extractor, test, cache_dir=args.runs / "reference")
     records, rows = [], []
     for preset in presets:
-        rec = train_preset(preset, reuse.get(preset, args.runs / preset), args.sets, args.quiet)
+        rec = train_preset(preset, reuse.get(preset, args.runs / preset), args.sets, args.quiet, reused=preset in reuse)
         t0 = time.perf_counter()
         run = load_run(rec["dir"])
         images = joint_images(

@@ -192,7 +192,8 @@ def test_gpu_check_smoke_runs_every_section_on_the_cpu(tmp_path):
 
 def test_presets_trains_each_preset_then_reuses_it_and_refuses_another_presets_run(tmp_path):
     """benchmarks/presets.py at a smoke size: two presets trained and scored; run again, both are reused (not
-    retrained) and score the same; a run of one preset offered as another's is refused, naming the keys."""
+    retrained) and score the same; a run offered with --reuse is scored with its own steps; a run of one preset
+    offered as another's is refused, naming the keys."""
     pytest.importorskip("ccexam")
     pytest.importorskip("mnist")
     presets = _load("presets")
@@ -210,6 +211,11 @@ def test_presets_trains_each_preset_then_reuses_it_and_refuses_another_presets_r
     assert [p["scores"]["FID"] for p in again["presets"]] == [p["scores"]["FID"] for p in first["presets"]]
     assert "| mnist-label-m | 2 x 32 |" in (tmp_path / "presets-smoke.md").read_text()
     assert (tmp_path / "presets-smoke.png").stat().st_size > 0
+    longer = presets.main(  # the preset trained for other steps elsewhere: scored with its own steps
+        ["--presets", "mnist-ddpm", "--reuse", f"mnist-ddpm={tmp_path / 'runs' / 'mnist-ddpm'}", *argv[4:]]
+    )
+    assert [(p["status"], p["steps"], p["preset_steps"]) for p in longer["presets"]] == [("reused", 2, 3000)]
+    assert "| mnist-ddpm | 2 x 32 (preset: 3000) |" in (tmp_path / "presets-smoke.md").read_text()
     stale = ["--presets", "mnist-label-e", "--reuse", f"mnist-label-e={tmp_path / 'runs' / 'mnist-label-m'}"]
     with pytest.raises(SystemExit, match="differs in .*modalities.label.head"):
         presets.main([*stale, "--set", "train.steps=2", "--num", "8", "--runs", str(tmp_path / "runs"), "--quiet"])
