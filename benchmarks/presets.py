@@ -157,7 +157,8 @@ def markdown(r: dict) -> str:
     lines += [
         "",
         f"Real test digits: recognised {ref['recognised']:.3f} (digit-recognizer "
-        f"{ref.get('recognised_strict', float('nan')):.3f}), IS {ref['IS']:.2f}, FID {ref['FID']:.0f}.",
+        f"{ref.get('recognised_strict', float('nan')):.3f}), IS {ref['IS']:.2f}, FID {ref['FID']:.0f}. The first 16 "
+        "samples of each preset are a row of the .png beside this file, in the table's order.",
     ]
     return "\n".join(lines) + "\n"
 
