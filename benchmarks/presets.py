@@ -31,7 +31,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from claims.arms import differing
+from claims.arms import latest_step, saved_differences
 from common import RESULTS, machine, where_run
 from quality import CONFIDENT, score, strict_classifier
 
@@ -59,23 +59,16 @@ def _config(preset: str, sets: list[str]):
 def _trained_steps(run_dir: Path, cfg, *, own_steps: bool = False) -> int:
     """Steps already in ``run_dir`` (0 if none); an error if it holds another config (``own_steps``: a run of the
     preset trained for another number of steps is the preset's too)."""
-    from mtdiff.checkpoint import has_checkpoints, latest_checkpoint
-    from mtdiff.config import to_dict
-    from mtdiff.runs import read_run_config
+    from mtdiff.checkpoint import has_checkpoints
 
     if not has_checkpoints(run_dir):
         if own_steps:
             raise SystemExit(f"--reuse: {run_dir} holds no checkpoint (train it with mtdiff train --out {run_dir})")
         return 0
-    allowed = (*CADENCE, "train.steps") if own_steps else CADENCE
-    diff = [
-        k
-        for k in differing(to_dict(read_run_config(run_dir)), to_dict(cfg))
-        if k not in allowed and not k.startswith("sample.")
-    ]
+    diff = saved_differences(run_dir, cfg, (*CADENCE, "sample.", *(("train.steps",) if own_steps else ())))
     if diff:
         raise SystemExit(f"{run_dir} is not a run of this preset: its config differs in {', '.join(diff)}")
-    return int(json.loads((latest_checkpoint(run_dir) / "meta.json").read_text())["step"])
+    return latest_step(run_dir)
 
 
 def _log_minutes(run_dir: Path, batch: int) -> float | None:
@@ -98,7 +91,7 @@ def train_preset(preset: str, run_dir: Path, sets: list[str], quiet: bool, *, re
     from mtdiff.runs import read_run_config
     from mtdiff.train import Trainer
 
-    cfg = _config(preset, sets)
+    cfg = preset_cfg = _config(preset, sets)
     done = _trained_steps(run_dir, cfg, own_steps=reused)
     if reused:
         cfg = read_run_config(run_dir)
@@ -113,7 +106,7 @@ def train_preset(preset: str, run_dir: Path, sets: list[str], quiet: bool, *, re
         "dir": str(run_dir),
         "status": status,
         "steps": cfg.train.steps,
-        "preset_steps": _config(preset, sets).train.steps,
+        "preset_steps": preset_cfg.train.steps,
         "batch": cfg.train.batch_size,
         "train_minutes": _log_minutes(run_dir, cfg.train.batch_size),
     }

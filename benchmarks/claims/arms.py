@@ -184,18 +184,29 @@ def backbone_text(cfg: Config) -> str:
     )
 
 
+def saved_differences(run_dir: Path, cfg: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The keys (flattened) in which the config saved in ``run_dir`` differs from ``cfg``, but for those that
+    start with one of ``ignore``."""
+    return [k for k in differing(to_dict(read_run_config(run_dir)), to_dict(cfg)) if not k.startswith(ignore)]
+
+
+def latest_step(run_dir: Path) -> int:
+    """The step of ``run_dir``'s latest checkpoint (0 if none)."""
+    ckpt = latest_checkpoint(run_dir)
+    return int(json.loads((ckpt / "meta.json").read_text())["step"]) if ckpt else 0
+
+
 def run_state(run_dir: Path, cfg: Config, objective: str) -> int:
     """Steps already trained in ``run_dir`` (0 if none). A run there with another config or objective is an
     error: the benchmark never mixes settings or overwrites a run."""
     if not has_checkpoints(run_dir):
         return 0
     marker = json.loads((run_dir / MARKER).read_text()) if (run_dir / MARKER).is_file() else {}
-    diff = differing(to_dict(read_run_config(run_dir)), to_dict(cfg))
+    diff = saved_differences(run_dir, cfg)
     if diff or marker.get("objective") != objective:
         why = f"config differs in {', '.join(diff)}" if diff else f"objective {marker.get('objective')}"
         raise SystemExit(f"{run_dir} holds another run ({why}); use another --runs directory or remove it")
-    ckpt = latest_checkpoint(run_dir)
-    return int(json.loads((ckpt / "meta.json").read_text())["step"]) if ckpt else 0
+    return latest_step(run_dir)
 
 
 class ClassifierOnly(Trainer):
