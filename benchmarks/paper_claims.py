@@ -12,10 +12,12 @@ interrupted benchmark continues where it stopped, arm by arm. Writes ``paper_cla
 ``paper_claims.md`` (``paper_claims-SCALE.*`` for scales other than cpu: tables laid out like the paper's, its
 numbers beside ours, and whether each claim holds) and, for scales with a curve, ``-curve.png``.
 
-``--tables table4,figure6`` trains and evaluates only the arms of those tables. Results add up: a run whose
-settings (all but the seeds) match the JSON already in ``--out-dir`` puts its tables and seeds beside the ones
-there, so a scale too long for one sitting can be run table by table and seed by seed, on different days and
-machines (each part's machine and day are kept in ``provenance``); a run of other settings replaces the file.
+``--tables table4,figure6`` trains and evaluates only the arms of those tables, and ``--arms ddpm,masked-x`` only
+those of their arms (the rows they make: Table 1's SDEdit and RePaint are the DDPM arm's). Results add up, row
+by row: a run whose settings (all but the seeds) match the JSON already in ``--out-dir`` puts its rows and seeds
+beside the ones there, so a scale too long for one sitting can be run table by table, seed by seed and arm by
+arm, on different days and machines (each row's machine and day are kept in ``provenance``); a run of other
+settings replaces the file. A row's mean ± sd is over the seeds that have it.
 
 With several ``--seeds`` every arm is trained and evaluated once per seed (the seed of its initial weights,
 data order, noise and of its evaluation); the tables show mean ± standard deviation over the seeds, and a
@@ -63,6 +65,7 @@ from claims.estimate import calibrate, estimate
 from claims.paper import TITLES
 from claims.report import claims, markdown, mean_and_sd
 from claims.scores import (
+    ROWS,
     convergence,
     figure6_classification,
     plot_convergence,
@@ -84,6 +87,14 @@ def _table_list(text: str) -> tuple[str, ...]:
     if not tables or unknown:
         raise argparse.ArgumentTypeError(f"expected some of {', '.join(TABLES)}, got {text!r}")
     return tuple(t for t in TABLES if t in tables)
+
+
+def _arm_list(text: str) -> tuple[str, ...]:
+    arms = tuple(a.strip() for a in text.split(",") if a.strip())
+    unknown = [a for a in arms if a not in arms_of(TABLES)]
+    if not arms or unknown:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(arms_of(TABLES))}, got {text!r}")
+    return arms
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -118,6 +129,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="T,...",
         help=f"train and evaluate only the arms of these tables ({', '.join(TABLES)}; default: all); results "
         "add to those already written with the same settings, so a long scale can be run table by table",
+    )
+    ap.add_argument(
+        "--arms",
+        type=_arm_list,
+        default=None,
+        metavar="A,...",
+        help="train and evaluate only these of the tables' arms (default: all); their rows add to those already "
+        "written, so a seed can be run arm by arm",
     )
     ap.add_argument(
         "--set",
@@ -158,19 +177,19 @@ def plan(args, scale: Scale, cfgs: dict[int, dict[str, Config]], train, test) ->
     return speed, guess
 
 
-def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips) -> tuple[dict, dict]:
-    """The chosen tables (and with a curve, the convergence of their arms) of one seed, evaluated with that
-    seed, and the seconds each took."""
+def evaluate_all(args, scale: Scale, test, seed: int, extractor, lpips, arms: list[str]) -> tuple[dict, dict]:
+    """The rows of ``arms`` in the chosen tables (and with a curve, the convergence of those arms) of one seed,
+    evaluated with that seed, and the seconds each took."""
     runs, device = args.runs / f"seed-{seed}", scale.device
     tables = {
-        "table2": lambda: table2_generation(runs, scale, test, extractor, seed, device),
-        "table1": lambda: table1_restoration(runs, scale, test, extractor, lpips, seed, device),
-        "table4": lambda: table4_translation(runs, scale, test, seed, device),
-        "figure6": lambda: figure6_classification(runs, scale, test, seed, device),
+        "table2": lambda: table2_generation(runs, scale, test, extractor, seed, device, arms),
+        "table1": lambda: table1_restoration(runs, scale, test, extractor, lpips, seed, device, arms),
+        "table4": lambda: table4_translation(runs, scale, test, seed, device, arms),
+        "figure6": lambda: figure6_classification(runs, scale, test, seed, device, arms),
     }
-    tables = {t: fn for t, fn in tables.items() if t in args.tables}
+    tables = {t: fn for t, fn in tables.items() if t in args.tables and set(TABLES[t]) & set(arms)}
     if scale.curve:
-        tables["curve"] = lambda: convergence(runs, scale, test, extractor, seed, device, args.tables)
+        tables["curve"] = lambda: convergence(runs, scale, test, extractor, seed, device, args.tables, arms)
     result, seconds = {}, {}
     for key, fn in tables.items():
         t0 = time.perf_counter()
@@ -187,8 +206,9 @@ def _comparable(settings: dict) -> dict:
 
 def earlier_results(path: Path, settings: dict) -> dict | None:
     """What an earlier run with the same settings wrote to ``path``, as ``per_seed`` / ``curve`` / ``provenance`` /
-    ``arms`` (a file of the single-seed layout is read as its one seed); None when there is none, and (said)
-    when it was made with other settings: this run's results then replace it."""
+    ``arms`` (a file of the single-seed layout is read as its one seed, and a table's provenance in one line as
+    that of each of its rows); None when there is none, and (said) when it was made with other settings: this
+    run's results then replace it."""
     if not path.is_file():
         return None
     try:
@@ -204,11 +224,16 @@ def earlier_results(path: Path, settings: dict) -> dict | None:
         )
         return None
     seed = str(theirs["seeds"][0])  # an old single-seed file: its one seed
+    per_seed = prev.get("per_seed") or {seed: {t: prev[t] for t in TABLES if t in prev}}
     where = where_run(prev["machine"], prev.get("date"))
+    provenance = prev.get("provenance") or {seed: {t: where for t in TABLES if t in prev}}
     return {
-        "per_seed": prev.get("per_seed") or {seed: {t: prev[t] for t in TABLES if t in prev}},
+        "per_seed": per_seed,
         "curve": prev.get("curve") or {},
-        "provenance": prev.get("provenance") or {seed: {t: where for t in TABLES if t in prev}},
+        "provenance": {
+            s: {t: w if isinstance(w, dict) else dict.fromkeys(per_seed[s][t]["rows"], w) for t, w in by_table.items()}
+            for s, by_table in provenance.items()
+        },
         "arms": prev.get("arms") or {},
     }
 
@@ -221,10 +246,32 @@ def _merge_points(before: list[dict], now: list[dict]) -> list[dict]:
     return [at[k] for k in sorted(at)]
 
 
+def _merge_rows(table: str, before: dict | None, now: dict) -> dict:
+    """One seed's ``table``: this run's rows over the earlier run's, the earlier run's other rows kept, in the
+    table's order."""
+    rows = {**(before or {}).get("rows", {}), **now["rows"]}
+    return {**(before or {}), **now, "rows": {row: rows[row] for row in ROWS[table] if row in rows}}
+
+
+def _over_seeds(table: str, per_seed: list[dict]) -> tuple[dict, dict | None, dict]:
+    """``table`` over seeds (``per_seed``, in order): each row's mean and sd over the seeds that have it (sd None
+    for a row of one seed; the table's sd None when none of its rows has two), the other entries as the latest
+    seed has them, and the positions in ``per_seed`` of each row's seeds."""
+    at = {row: [i for i, t in enumerate(per_seed) if row in t["rows"]] for row in ROWS[table]}
+    at = {row: idx for row, idx in at.items() if idx}
+    both = {row: mean_and_sd([per_seed[i]["rows"][row] for i in idx]) for row, idx in at.items()}
+    sd = {row: spread for row, (_, spread) in both.items()}
+    return (
+        {**{k: v for t in per_seed for k, v in t.items() if k != "rows"}, "rows": {r: m for r, (m, _) in both.items()}},
+        {"rows": sd} if any(v is not None for v in sd.values()) else None,
+        at,
+    )
+
+
 def put_together(now: dict, before: dict | None) -> dict:
-    """This run's per-seed tables, curves, provenance and arms over an earlier run's (``earlier_results``); then
-    each table's mean and sd over the seeds that have it (sd None for one seed; the whole sd None when no table
-    has two) and the seeds per table."""
+    """This run's per-seed rows, curves, provenance and arms over an earlier run's (``earlier_results``); then
+    each row's mean and sd over the seeds that have it (sd None for one seed; a table's None when none of its
+    rows has two, the whole None when no table has), the seeds per table and per row."""
     merged = {key: {} for key in ("per_seed", "curve", "provenance", "arms")}
     for part in (before or {}, now):
         for key, by_seed in part.items():
@@ -235,20 +282,26 @@ def put_together(now: dict, before: dict | None) -> dict:
                 into = merged[key].setdefault(seed, {})
                 if key == "curve":  # per arm and step: this run's metrics over the earlier run's
                     items = {arm: _merge_points(into.get(arm, []), points) for arm, points in items.items()}
+                elif key == "per_seed":  # per table and row: this run's rows over the earlier run's
+                    items = {t: _merge_rows(t, into.get(t), table) for t, table in items.items()}
+                elif key == "provenance":
+                    items = {t: {**into.get(t, {}), **rows} for t, rows in items.items()}
                 into.update(items)
     seeds = {
         t: sorted((s for s in merged["per_seed"] if t in merged["per_seed"][s]), key=int)
         for t in TABLES
         if any(t in tabs for tabs in merged["per_seed"].values())
     }
-    tables, sd = {}, {}
+    tables, sd, row_seeds = {}, {}, {}
     for t, ss in seeds.items():
-        tables[t], sd[t] = mean_and_sd([merged["per_seed"][s][t] for s in ss])
+        tables[t], sd[t], at = _over_seeds(t, [merged["per_seed"][s][t] for s in ss])
+        row_seeds[t] = {row: [int(ss[i]) for i in idx] for row, idx in at.items()}
     return {
         **merged,
         "tables": tables,
         "sd": sd if any(v is not None for v in sd.values()) else None,
         "seeds": {t: [int(s) for s in ss] for t, ss in seeds.items()},
+        "row_seeds": row_seeds,
     }
 
 
@@ -264,6 +317,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads or scale.threads:
         torch.set_num_threads(args.threads or scale.threads)
     arms = arms_of(args.tables)
+    if args.arms:
+        if not set(args.arms) <= set(arms):
+            sys.exit(
+                f"paper_claims: --arms {','.join(args.arms)}: {', '.join(sorted(set(args.arms) - set(arms)))} "
+                f"not in the arms of {', '.join(args.tables)} ({', '.join(arms)})"
+            )
+        arms = [a for a in arms if a in args.arms]
     cfgs = {seed: {arm: arm_config(arm, scale, seed, args.overrides) for arm in arms} for seed in args.seeds}
     c = cfgs[args.seeds[0]][arms[0]]
     train, test = load_data(c, "train"), load_data(c, "test")
@@ -283,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     lpips = load_lpips("alex", args.lpips_weights).to(scale.device) if args.lpips_weights else None
     per_seed = {}
     for seed in args.seeds:
-        per_seed[str(seed)], taken = evaluate_all(args, scale, test, seed, extractor, lpips)
+        per_seed[str(seed)], taken = evaluate_all(args, scale, test, seed, extractor, lpips, arms)
         for key, v in taken.items():
             seconds[key] = round(seconds.get(key, 0.0) + v, 1)
     seconds["total"] = round(time.perf_counter() - t_start, 1)
@@ -306,7 +366,10 @@ def main(argv: list[str] | None = None) -> dict:
     now = {
         "per_seed": per_seed,
         "curve": curves,
-        "provenance": {seed: {t: where_run(mach, date) for t in tabs} for seed, tabs in per_seed.items()},
+        "provenance": {
+            seed: {t: dict.fromkeys(table["rows"], where_run(mach, date)) for t, table in tabs.items()}
+            for seed, tabs in per_seed.items()
+        },
         "arms": trained,
     }
     whole = put_together(now, earlier_results(stem.with_suffix(".json"), settings))
@@ -325,9 +388,10 @@ def main(argv: list[str] | None = None) -> dict:
         **whole["tables"],  # the means over each table's seeds (one seed: its numbers)
         "sd": whole["sd"],  # their standard deviations (None for one seed)
         "seeds": whole["seeds"],  # per table
+        "row_seeds": whole["row_seeds"],  # per table and row (a table run arm by arm may have fewer for some rows)
         "per_seed": whole["per_seed"],
         "curve": whole["curve"] or None,  # per seed: quality against steps of every arm
-        "provenance": whole["provenance"],  # per seed and table: the machine and day it ran on
+        "provenance": whole["provenance"],  # per seed, table and row: the machine and day it ran on
     }
     result["claims"] = claims(whole["tables"], whole["sd"])
     args.out_dir.mkdir(parents=True, exist_ok=True)

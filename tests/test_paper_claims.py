@@ -228,6 +228,54 @@ def test_a_run_of_some_tables_adds_its_seed_to_the_results_already_written(smoke
     )
 
 
+def test_a_run_of_some_arms_adds_their_rows_and_a_row_does_not_depend_on_the_others(smoke, tmp_path):
+    """``--arms ddpm`` with seed 0 again remakes exactly the smoke run's DDPM rows (Table 2, and Table 1's SDEdit,
+    RePaint and masked input): each row draws from its own generator. With seed 1 it adds those rows only: they
+    get mean ± sd over two seeds, the others keep one, and a claim reading a one-seed row says so."""
+    import shutil
+
+    tmp, r, _ = smoke
+    shutil.copytree(tmp / "results", tmp_path / "results")
+    args = ("--tables", "table2,table1", "--arms", "ddpm")
+    _run_smoke(tmp / "runs", tmp_path / "results", *args)
+    again = json.loads((tmp_path / "results" / "paper_claims-smoke.json").read_text())
+    for t in ("table2", "table1", "table4", "figure6"):
+        assert again[t] == r[t]
+    assert again["claims"] == r["claims"]
+    _run_smoke(tmp / "runs", tmp_path / "results", *args, "--seeds", "1")
+    r2 = json.loads((tmp_path / "results" / "paper_claims-smoke.json").read_text())
+    assert list(r2["per_seed"]["1"]["table2"]["rows"]) == ["ddpm"]
+    assert list(r2["per_seed"]["1"]["table1"]["rows"]) == ["clean_masked", "sdedit", "repaint"]
+    assert r2["row_seeds"]["table2"] == {
+        "ddpm": [0, 1],
+        "masked-u": [0],
+        "masked-x": [0],
+        "label-m": [0],
+        "label-e": [0],
+    }
+    assert r2["row_seeds"]["table1"]["mt_x"] == [0] and r2["row_seeds"]["table1"]["sdedit"] == [0, 1]
+    fid = next(k for k in r["table2"]["rows"]["ddpm"] if k.startswith("FID"))
+    fids = [r2["per_seed"][s]["table2"]["rows"]["ddpm"][fid] for s in ("0", "1")]
+    assert r2["table2"]["rows"]["ddpm"][fid] == pytest.approx(sum(fids) / 2)
+    assert r2["sd"]["table2"]["rows"]["ddpm"][fid] == pytest.approx(abs(fids[0] - fids[1]) / 2**0.5)
+    assert (
+        r2["sd"]["table2"]["rows"]["masked-x"] is None
+        and r2["table2"]["rows"]["masked-x"] == r["table2"]["rows"]["masked-x"]
+    )
+    one = {c["claim"]: c["one_seed"] for c in r2["claims"]}
+    assert not one["the masked input is closer to the original than SDEdit, every mask size"]
+    assert one["MT-Diffusion-X beats single-task DDPM (FID)"]  # the -X row has one seed
+    md = (tmp_path / "results" / "paper_claims-smoke.md").read_text()
+    assert "Rows run with fewer seeds" in md and "Table 2 seed 1 (single-task DDPM)" not in md  # one machine, one day
+    # an arm outside the chosen tables is a clear error, before anything is trained
+    cmd = [sys.executable, str(SCRIPT), "--scale", "smoke", "--runs", str(tmp_path / "x"), "--tables", "table2"]
+    proc = subprocess.run([*cmd, "--arms", "seg2img"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert (
+        proc.returncode != 0 and "seg2img not in the arms of table2" in proc.stderr and "Traceback" not in proc.stderr
+    )
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_scale_run_in_part_decides_only_the_claims_of_its_tables(smoke):
     bench, report = _benchmark(), _part("report")
     _, r, _ = smoke

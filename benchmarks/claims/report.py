@@ -43,8 +43,8 @@ def combine(verdicts: list[str]) -> str:
 
 def claims(r: dict, sd: dict | None = None) -> list[dict]:
     """Each comparison the paper draws from the tables in ``r`` (their means over seeds; ``sd``: their standard
-    deviations, None or a None table with one seed), its verdict here and the numbers; a table not in ``r``
-    (not run yet) decides none of its claims."""
+    deviations, None, or None for a table or row of one seed), its verdict here, the numbers, and whether a side
+    of it has one seed; a table or row not in ``r`` (not run yet) decides none of the claims that read it."""
 
     def side(*path) -> Side:
         mean, spread = r, sd
@@ -52,109 +52,116 @@ def claims(r: dict, sd: dict | None = None) -> list[dict]:
             mean, spread = mean[key], None if spread is None else spread[key]
         return Side(float(mean), None if spread is None else float(spread))
 
-    def pair(a: Side, b: Side, lower: bool, digits: int = 2):
-        return [verdict(a, b, lower=lower)], f"{a.text(digits)} vs {b.text(digits)}"
+    def rows(table: str, metric) -> dict[str, list[Side]]:
+        """Every row of ``table`` as its sides: ``metric(row)`` gives the path of each inside the row."""
+        return {row: [side(table, "rows", row, *m) for m in metric(row)] for row in r[table]["rows"]}
 
-    def everywhere(a: list[Side], b: list[Side], lower: bool, digits: int = 3):
-        rng = lambda xs: f"{min(x.mean for x in xs):.{digits}f}-{max(x.mean for x in xs):.{digits}f}"
-        return [verdict(x, y, lower=lower) for x, y in zip(a, b)], f"{rng(a)} vs {rng(b)}"
+    def pair(a: list[Side], b: list[Side], lower: bool, digits: int):
+        """a beats b in every entry (mask sizes, scores); the numbers as a range over them, or a single pair."""
+        if len(a) == 1:
+            ours = f"{a[0].text(digits)} vs {b[0].text(digits)}"
+        else:
+            rng = lambda xs: f"{min(x.mean for x in xs):.{digits}f}-{max(x.mean for x in xs):.{digits}f}"
+            ours = f"{rng(a)} vs {rng(b)}"
+        return [verdict(x, y, lower=lower) for x, y in zip(a, b)], ours, [*a, *b]
 
-    out = []
+    specs = []  # (table, claim, the rows it reads, (verdicts, ours, sides) from those rows' sides, the paper's)
     if "table2" in r:
-        fid = next(k for k in r["table2"]["rows"]["ddpm"] if k.startswith("FID"))
-        f = {a: side("table2", "rows", a, fid) for a in r["table2"]["rows"]}
-        out += [
-            (
-                "table2",
-                "MT-Diffusion-X beats single-task DDPM (FID)",
-                *pair(f["masked-x"], f["ddpm"], True),
-                "9.85 vs 23.22",
-            ),
+        fid = next(k for k in next(iter(r["table2"]["rows"].values())) if k.startswith("FID"))
+        f = rows("table2", lambda row: [(fid,)])
+        specs += [
+            ("table2", "MT-Diffusion-X beats single-task DDPM (FID)", ("masked-x", "ddpm"), True, "9.85 vs 23.22"),
             (
                 "table2",
                 "MT-Diffusion-U beats single-task DDPM (FID; the paper's text says so, its table does not)",
-                *pair(f["masked-u"], f["ddpm"], True),
+                ("masked-u", "ddpm"),
+                True,
                 "26.00 vs 23.22",
             ),
-            (
-                "table2",
-                "MT-Diffusion-X beats MT-Diffusion-U (FID)",
-                *pair(f["masked-x"], f["masked-u"], True),
-                "9.85 vs 26.00",
-            ),
-            (
-                "table2",
-                "MT-Diffusion-M beats MT-Diffusion-E (FID)",
-                *pair(f["label-m"], f["label-e"], True),
-                "33.92 vs 41.00",
-            ),
+            ("table2", "MT-Diffusion-X beats MT-Diffusion-U (FID)", ("masked-x", "masked-u"), True, "9.85 vs 26.00"),
+            ("table2", "MT-Diffusion-M beats MT-Diffusion-E (FID)", ("label-m", "label-e"), True, "33.92 vs 41.00"),
+        ]
+        specs = [
+            (t, c, need, lambda a, b, lower=lower: pair(f[a], f[b], lower, 2), p) for t, c, need, lower, p in specs
+        ]
+        specs.append(
             (
                 "table2",
                 "joint image-label training costs image quality: DDPM beats M and E (FID)",
-                [verdict(f["ddpm"], f[arm], lower=True) for arm in ("label-m", "label-e")],
-                f"{f['ddpm'].text(2)} vs {f['label-m'].text(2)}, {f['label-e'].text(2)}",
+                ("ddpm", "label-m", "label-e"),
+                lambda d, m, e: (
+                    [verdict(f[d][0], f[x][0], lower=True) for x in (m, e)],
+                    f"{f[d][0].text(2)} vs {f[m][0].text(2)}, {f[e][0].text(2)}",
+                    [*f[d], *f[m], *f[e]],
+                ),
                 "23.22 vs 33.92, 41.00",
-            ),
-        ]
+            )
+        )
     if "table1" in r:
-        t1 = {
-            row: [side("table1", "rows", row, f"mask-{k}", "perceptual") for k in PATCHES]
-            for row in r["table1"]["rows"]
-        }
-        out += [
+        t1 = rows("table1", lambda row: [(f"mask-{k}", "perceptual") for k in PATCHES])
+        specs += [
             (
                 "table1",
                 "MT-Diffusion-X is closer to the original than the masked input, every mask size",
-                *everywhere(t1["mt_x"], t1["clean_masked"], True),
+                ("mt_x", "clean_masked"),
+                lambda a, b: pair(t1[a], t1[b], True, 3),
                 "0.035-0.133 vs 0.311-0.491",
             ),
             (
                 "table1",
                 "MT-Diffusion-X is closer to the original than SDEdit, every mask size",
-                *everywhere(t1["mt_x"], t1["sdedit"], True),
+                ("mt_x", "sdedit"),
+                lambda a, b: pair(t1[a], t1[b], True, 3),
                 "0.035-0.133 vs 0.400-0.513",
             ),
             (
                 "table1",
                 "the masked input is closer to the original than SDEdit, every mask size",
-                *everywhere(t1["clean_masked"], t1["sdedit"], True),
+                ("clean_masked", "sdedit"),
+                lambda a, b: pair(t1[a], t1[b], True, 3),
                 "0.311-0.491 vs 0.400-0.513",
             ),
         ]
     if "table4" in r:
-        t4 = {arm: [side("table4", "rows", arm, m) for m in SEG_METRICS] for arm in r["table4"]["rows"]}
-        seg = {arm: "/".join(x.text(3) for x in t4[arm]) for arm in t4}
-        out.append(
+        t4 = rows("table4", lambda row: [(m,) for m in SEG_METRICS])
+        specs.append(
             (
                 "table4",
                 "MT-Diffusion beats single-task conditional diffusion on all three scores",
-                [verdict(a, b, lower=False) for a, b in zip(t4["seg2img"], t4["seg2img-single"])],
-                f"{seg['seg2img']} vs {seg['seg2img-single']}",
+                ("seg2img", "seg2img-single"),
+                lambda a, b: (
+                    pair(t4[a], t4[b], False, 3)[0],
+                    " vs ".join("/".join(x.text(3) for x in t4[arm]) for arm in (a, b)),
+                    [*t4[a], *t4[b]],
+                ),
                 "0.95/0.85/0.70 vs 0.72/0.54/0.32",
             )
         )
     if "figure6" in r:
-        f6 = {arm: side("figure6", "rows", arm, "accuracy") for arm in r["figure6"]["rows"]}
-        out += [
+        f6 = rows("figure6", lambda row: [("accuracy",)])
+        specs += [
             (
                 "figure6",
                 f"the MT-Diffusion-{h} label head classifies at least as well as classifier-only training",
-                *pair(f6[arm], f6[f"{arm}-classifier-only"], False, 3),
+                (arm, f"{arm}-classifier-only"),
+                lambda a, b: pair(f6[a], f6[b], False, 3),
                 "figure only (ImageNet)",
             )
             for h, arm in (("M", "label-m"), ("E", "label-e"))
         ]
     found = []
-    for table, claim, verdicts, ours, paper in out:
+    for table, claim, need, decide, paper in specs:
+        if not set(need) <= set(r[table]["rows"]):
+            continue
+        verdicts, ours, sides = decide(*need)
         v = combine(verdicts)
-        one = sd is None or sd.get(table) is None
         found.append(
             {
                 "table": TITLES[table],
                 "claim": claim,
                 "verdict": v,
                 "holds": v == HOLDS,
-                "one_seed": one,
+                "one_seed": any(x.sd is None for x in sides),
                 "ours": ours,
                 "paper": paper,
             }
@@ -185,11 +192,11 @@ def _header(cols) -> list[str]:
 
 
 def _md_table2(t2: dict, sd: dict | None) -> list[str]:
-    ddpm = t2["rows"]["ddpm"]
-    names = [next(k for k in ddpm if k == met or k.startswith(met + " (")) for met in TABLE2_METRICS]
+    first = next(iter(t2["rows"].values()))
+    names = [next(k for k in first if k == met or k.startswith(met + " (")) for met in TABLE2_METRICS]
     lines = [
         (
-            f"### Table 2: training efficiency ({ddpm['n']} joint samples from scratch vs the {ddpm['n_reference']} "
+            f"### Table 2: training efficiency ({first['n']} joint samples from scratch vs the {first['n_reference']} "
             "test images; -X from the complete mask; the paper's ImageNet numbers in parentheses)"
         ),
         "",
@@ -245,8 +252,8 @@ def _md_table1(t1: dict, sd: dict | None) -> list[str]:
 def _md_table4(t4: dict, sd: dict | None) -> list[str]:
     lines = [
         (
-            f"### Table 4: class mask -> image ({t4['rows']['seg2img']['all']['n']} test masks; generated digits "
-            f"segmented by {t4['segmented_by']}; the paper's Cityscapes numbers in parentheses)"
+            f"### Table 4: class mask -> image ({next(iter(t4['rows'].values()))['all']['n']} test masks; generated "
+            f"digits segmented by {t4['segmented_by']}; the paper's Cityscapes numbers in parentheses)"
         ),
         "",
         *_header(["model", "per-pixel acc.", "per-class acc.", "class IoU"]),
@@ -263,8 +270,8 @@ def _md_figure6(f6: dict, sd: dict | None) -> list[str]:
     rows = f6["rows"]
     lines = [
         (
-            f"### Figure 6: classification ({rows['label-m']['n']} test images; {f6['method']}; the paper plots "
-            "ImageNet top-1/top-5 against fine-tuning steps, no table)"
+            f"### Figure 6: classification ({next(iter(rows.values()))['n']} test images; {f6['method']}; the paper "
+            "plots ImageNet top-1/top-5 against fine-tuning steps, no table)"
         ),
         "",
         *_header(["model", "accuracy", "ECE (15 bins)", "NLL"]),
@@ -314,10 +321,19 @@ def _md_curve(curves: dict) -> list[str]:
     return lines
 
 
-def _seeds_text(seeds: dict[str, list[int]]) -> str:
-    """``seeds``: the seeds each table was run with (the same for all after one complete run)."""
-    texts = {}
+def _seeds_text(seeds: dict[str, list[int]], row_seeds: dict[str, dict[str, list[int]]]) -> str:
+    """``seeds``: the seeds each table was run with (the same for all after one complete run); ``row_seeds``:
+    those of each row (fewer for some rows of a table run arm by arm)."""
+    texts, fewer = {}, []
     for table, ss in seeds.items():
+        short = {row: rs for row, rs in row_seeds.get(table, {}).items() if rs != ss}
+        if short:
+            fewer.append(
+                f"{TITLES[table]}: "
+                + ", ".join(
+                    f"{NAMES[row]} seed{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}" for row, rs in short.items()
+                )
+            )
         if len(ss) == 1:
             text = f"one seed ({ss[0]}) for training and evaluation: no spread is known"
         else:
@@ -326,9 +342,10 @@ def _seeds_text(seeds: dict[str, list[int]]) -> str:
                 "deviation over the seeds"
             )
         texts.setdefault(text, []).append(TITLES[table])
+    rest = f" Rows run with fewer seeds (a one-seed row has no spread): {'; '.join(fewer)}." if fewer else ""
     if len(texts) == 1:
-        return next(iter(texts)).capitalize() + "."
-    return " ".join(f"{', '.join(tables)}: {text}." for text, tables in texts.items())
+        return next(iter(texts)).capitalize() + "." + rest
+    return " ".join(f"{', '.join(tables)}: {text}." for text, tables in texts.items()) + rest
 
 
 def markdown(r: dict) -> str:
@@ -347,7 +364,7 @@ def markdown(r: dict) -> str:
         "",
         (
             f"Every arm: {s['backbone']}, {s['steps']} steps at batch {s['batch_size']}, lr {s['lr']}; every sampler "
-            f"DDIM (eta 0), {s['sample_steps']} steps. {_seeds_text(r['seeds'])} Our numbers "
+            f"DDIM (eta 0), {s['sample_steps']} steps. {_seeds_text(r['seeds'], r.get('row_seeds') or {})} Our numbers "
             "first, the paper's in parentheses: **other data (MNIST 32 px here; ImageNet and Cityscapes there), other "
             "scale (minutes on a CPU here; 1M iterations on GPUs there), other feature networks**: compare the "
             "direction of each comparison, not the values."
@@ -357,8 +374,12 @@ def markdown(r: dict) -> str:
         lines += ["", "**Smoke scale: a test that the pipeline runs. These numbers mean nothing.**"]
     runs_on: dict[str, list[str]] = {}
     for seed, where in (r.get("provenance") or {}).items():
-        for table, text in where.items():
-            runs_on.setdefault(text, []).append(f"{TITLES[table]} seed {seed}")
+        for table, by_row in where.items():
+            by_row = dict.fromkeys(r[table]["rows"], by_row) if isinstance(by_row, str) else by_row
+            for text in dict.fromkeys(by_row.values()):
+                part = [row for row, w in by_row.items() if w == text]
+                names = "" if len(part) == len(by_row) else f" ({', '.join(NAMES[row] for row in part)})"
+                runs_on.setdefault(text, []).append(f"{TITLES[table]} seed {seed}{names}")
     if len(runs_on) > 1:
         lines += [
             "",

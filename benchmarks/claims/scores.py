@@ -18,6 +18,13 @@ from .arms import TABLES, Scale, arms_of
 from .paper import NAMES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE4, PATCHES, SEG_METRICS, TABLE2_METRICS
 
 SEG_PREFIX = "generated_by_threshold_mnist_cnn_ccexam/"  # the translation scorer's keys
+TABLE1_ARM = {"clean_masked": None, "sdedit": "ddpm", "repaint": "ddpm", "mt_x": "masked-x"}  # the arm of each row
+ROWS = {  # each table's rows, in its order
+    "table2": tuple(PAPER_TABLE2),
+    "table1": tuple(PAPER_TABLE1),
+    "table4": tuple(PAPER_TABLE4),
+    "figure6": TABLES["figure6"],
+}
 
 
 def sample_kw(scale: Scale, seed: int) -> dict:
@@ -39,14 +46,15 @@ def translation_scores(run: Run, scale: Scale, num: int, test, seed: int, **kw) 
     return scores
 
 
-def table2_generation(runs: Path, scale: Scale, test, extractor, seed: int, device) -> dict:
+def table2_generation(runs: Path, scale: Scale, test, extractor, seed: int, device, arms=TABLES["table2"]) -> dict:
     """Table 2 (training efficiency): FID-family scores of joint samples from scratch (-X from the complete
-    mask) of each arm, all trained for the same steps, against the whole test split."""
+    mask) of each of ``arms``, all trained for the same steps, against the whole test split."""
     rows = {
         arm: generation_scores(
             load_run(runs / arm, device=device), scale, scale.num_samples, test, extractor, seed, runs / "eval"
         )
         for arm in PAPER_TABLE2
+        if arm in arms
     }
     return {
         "rows": rows,
@@ -103,20 +111,29 @@ def paste_known(masked: torch.Tensor, keep: torch.Tensor, z: torch.Tensor) -> to
     return keep * masked + (1 - keep) * z
 
 
-def _restorations(ddpm: Run, mtx: Run, x, masked, keep, scale: Scale, seed: int, device) -> dict[str, torch.Tensor]:
-    """The four rows of Table 1 for one mask size; every restoration keeps the known pixels exactly."""
-    T, s = ddpm.process.num_timesteps, scale.sample_steps
-
-    def paste(z):
-        return paste_known(masked, keep, z)
-
-    g = torch.Generator(device).manual_seed(seed)
-    repaint = ddim_single_task(
-        ddpm, torch.randn(x.shape, generator=g, device=device), timesteps(T, s), generator=g, known=masked, keep=keep
-    )
-    mt_x = mtx.restore(x, keep, **sample_kw(scale, seed)).restored
-    edited = sdedit(ddpm, masked, scale, seed, device)
-    return {"clean_masked": masked, "sdedit": paste(edited), "repaint": paste(repaint), "mt_x": mt_x}
+def _restorations(
+    ddpm: Run | None, mtx: Run | None, x, masked, keep, scale: Scale, seed: int, device
+) -> dict[str, torch.Tensor]:
+    """The rows of Table 1 for one mask size (SDEdit and RePaint with ``ddpm``, MT-Diffusion-X with ``mtx``; each
+    row draws from its own seeded generator, so a row does not depend on which others are computed); every
+    restoration keeps the known pixels exactly."""
+    out = {"clean_masked": masked}
+    if ddpm is not None:
+        T, s = ddpm.process.num_timesteps, scale.sample_steps
+        g = torch.Generator(device).manual_seed(seed)
+        repaint = ddim_single_task(
+            ddpm,
+            torch.randn(x.shape, generator=g, device=device),
+            timesteps(T, s),
+            generator=g,
+            known=masked,
+            keep=keep,
+        )
+        out["sdedit"] = paste_known(masked, keep, sdedit(ddpm, masked, scale, seed, device))
+        out["repaint"] = paste_known(masked, keep, repaint)
+    if mtx is not None:
+        out["mt_x"] = mtx.restore(x, keep, **sample_kw(scale, seed)).restored
+    return out
 
 
 def table1_inputs(test, scale: Scale, seed: int, device) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -144,12 +161,14 @@ def sdedit_scores(ddpm: Run, scale: Scale, test, extractor, seed: int, *, paste:
     return out
 
 
-def table1_restoration(runs: Path, scale: Scale, test, extractor, lpips, seed: int, device) -> dict:
+def table1_restoration(
+    runs: Path, scale: Scale, test, extractor, lpips, seed: int, device, arms=TABLES["table1"]
+) -> dict:
     """Table 1 (masked-image recovery): perceptual distance and masked-pixel MSE between test images and their
-    restorations from masks of 5, 10, 15, 20 random patches."""
-    ddpm, mtx = load_run(runs / "ddpm", device=device), load_run(runs / "masked-x", device=device)
+    restorations from masks of 5, 10, 15, 20 random patches; the rows of ``arms`` (and the masked input)."""
+    ddpm, mtx = (load_run(runs / arm, device=device) if arm in arms else None for arm in ("ddpm", "masked-x"))
     x, keeps = table1_inputs(test, scale, seed, device)
-    rows: dict[str, dict] = {row: {} for row in PAPER_TABLE1}
+    rows: dict[str, dict] = {row: {} for row in PAPER_TABLE1 if TABLE1_ARM[row] is None or TABLE1_ARM[row] in arms}
     metric = None
     for k, keep in keeps.items():
         outs = _restorations(ddpm, mtx, x, apply_mask(x, keep), keep, scale, seed, device)
@@ -164,17 +183,18 @@ def table1_restoration(runs: Path, scale: Scale, test, extractor, lpips, seed: i
     return {
         "perceptual_metric": metric,
         "n_per_mask": len(x),
-        "sdedit_t": ddpm.process.num_timesteps // 2,
+        **({"sdedit_t": ddpm.process.num_timesteps // 2} if ddpm is not None else {}),
         "rows": rows,
         "paper": {r: dict(zip((f"mask-{k}" for k in PATCHES), v)) for r, v in PAPER_TABLE1.items() if v},
     }
 
 
-def table4_translation(runs: Path, scale: Scale, test, seed: int, device) -> dict:
-    """Table 4 (image translation): class mask -> image; the generated digits are segmented by threshold and the
-    MNIST-CNN (ccexam) classifier and scored against the mask (per-pixel / per-class accuracy, class IoU)."""
+def table4_translation(runs: Path, scale: Scale, test, seed: int, device, arms=TABLES["table4"]) -> dict:
+    """Table 4 (image translation): class mask -> image by each of ``arms``; the generated digits are segmented by
+    threshold and the MNIST-CNN (ccexam) classifier and scored against the mask (per-pixel / per-class accuracy,
+    class IoU)."""
     rows = {}
-    for arm in PAPER_TABLE4:
+    for arm in (a for a in PAPER_TABLE4 if a in arms):
         run = load_run(runs / arm, device=device)
         scores = translation_scores(run, scale, scale.num_translate, test, seed)
         rows[arm] = {
@@ -220,12 +240,13 @@ def head_scores(run: Run, test, num: int | None, seed: int, *, t: int = 0, told:
     }
 
 
-def figure6_classification(runs: Path, scale: Scale, test, seed: int, device) -> dict:
+def figure6_classification(runs: Path, scale: Scale, test, seed: int, device, arms=TABLES["figure6"]) -> dict:
     """Figure 6 (classification): test accuracy and calibration of the M and E label heads against the same
-    networks trained only to classify, for the same steps."""
+    networks trained only to classify, for the same steps (the rows of ``arms``)."""
     rows = {
         arm: head_scores(load_run(runs / arm, device=device), test, scale.num_classify, seed)
         for arm in TABLES["figure6"]
+        if arm in arms
     }
     return {"rows": rows, "method": "label head, inverse mode, t = 0"}
 
@@ -233,15 +254,18 @@ def figure6_classification(runs: Path, scale: Scale, test, seed: int, device) ->
 CURVE_METRIC = {"table2": "FID", "table1": "FID", "table4": "class IoU", "figure6": "accuracy"}  # per table
 
 
-def convergence(runs: Path, scale: Scale, test, extractor, seed: int, device, tables: list[str]) -> dict:
+def convergence(
+    runs: Path, scale: Scale, test, extractor, seed: int, device, tables: list[str], arms: list[str] | None = None
+) -> dict:
     """Quality against training steps, from the checkpoints each arm kept, in the metric of each of ``tables`` the
     arm is in: FID of ``curve_num`` joint samples (Tables 2 and 1), class IoU of ``curve_num`` translations
     (Table 4), label-head accuracy on 5 x ``curve_num`` test images (Figure 6; the label arms of Table 2 get both
-    when both tables run). Small samples: compare points of one arm, not with the tables."""
+    when both tables run); ``arms``: only these of the tables' arms. Small samples: compare points of one arm, not
+    with the tables."""
     from mtdiff.checkpoint import checkpoint_steps
 
     out = {}
-    for arm in arms_of(tables):
+    for arm in (a for a in arms_of(tables) if arms is None or a in arms):
         metrics = {CURVE_METRIC[t] for t in tables if arm in TABLES[t]}
         points = []
         for step in checkpoint_steps(runs / arm):
