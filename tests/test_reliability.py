@@ -176,6 +176,10 @@ def test_a_log_line_a_full_disk_cut_short_is_ended_before_the_next(tmp_path):
     log.write_text(log.read_text() + '{"step": 2, "lo')  # the disk filled up mid-line
     _append_jsonl(log, {"step": 3})
     assert log.read_text().splitlines() == ['{"step": 1}', '{"step": 2, "lo', '{"step": 3}']
+    from mtdiff.runs import read_log
+
+    assert read_log(tmp_path) == [{"step": 1}, {"step": 3}]  # the reader skips the cut line
+    assert read_log(tmp_path / "nowhere") == []
 
 
 DISK_PROBE = """

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .runs import CONFIG_FILE, Run, load_run
+from .runs import CONFIG_FILE, Run, load_run, read_log
 
 __all__ = ["write_report", "prior_kl_curve"]
 
@@ -43,19 +43,6 @@ def _grid_png(images: torch.Tensor, nrow: int | None = None, captions: list[str]
 
 def _img(b64: str, alt: str, cls: str = "grid") -> str:
     return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-
-
-def _read_log(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "log.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: skip it
-            continue
-    return rows
 
 
 def _loss_figure(log: list[dict[str, Any]]):
@@ -213,7 +200,7 @@ def write_report(
             "</details>",
         )
     ]
-    log = _read_log(run_dir)
+    log = read_log(run_dir)
     if any("loss" in r for r in log):
         sections.append(("Loss curves", _img(_png(_loss_figure(log)), "loss curves", "plot")))
     kl = None

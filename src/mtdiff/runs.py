@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +55,12 @@ __all__ = [
     "num_classes",
     "resolve_device",
     "CONFIG_FILE",
+    "LOG_FILE",
+    "read_log",
 ]
 
 CONFIG_FILE = "config.yaml"
+LOG_FILE = "log.jsonl"  # one JSON object per line: the training metrics every train.log_every steps
 Images = Tensor | Any  # a pixel tensor, a PIL image or a list of PIL images
 
 
@@ -71,6 +75,21 @@ def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
         return validate(from_dict(Config, raw))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The entries of a run's training log, in order ([] when it has none); a line cut short by a kill is
+    skipped."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
 
 
 @dataclass

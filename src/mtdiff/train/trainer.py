@@ -47,7 +47,7 @@ from ..loss import mt_loss
 from ..memory import estimate_training_memory
 from ..precision import autocast, autocast_dtype
 from ..process import Prediction
-from ..runs import CONFIG_FILE, resolve_device
+from ..runs import CONFIG_FILE, LOG_FILE, resolve_device
 from ..sampling import generate_joint
 from ..viz import save_grid
 from .ema import EMA
@@ -371,7 +371,7 @@ class Trainer:
 
     def _run(self, stop: dict[str, bool]) -> dict[str, float]:
         t, main = self.cfg.train, self.world.main
-        log_path = self.run_dir / "log.jsonl"
+        log_path = self.run_dir / LOG_FILE
         if main and self.step > 0:  # resumed: what a killed run logged after its checkpoint is redone exactly
             _truncate_jsonl(log_path, self.step)
         writer = _tensorboard(self.run_dir / "tb", purge_step=self.step or None) if main else None
