@@ -42,6 +42,11 @@ WEIGHTINGS = ("uniform", "min-snr")
 TIMESTEP_SAMPLINGS = ("uniform", "stratified", "log-normal")
 
 
+def snr(ab: Tensor) -> Tensor:
+    """SNR_t = ab_t / (1 - ab_t) of the y-chain; EDM's sigma_t is SNR_t^(-1/2)."""
+    return ab / (1 - ab)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The network's output space (``kind``) and the loss weighting, on ``process``'s schedule."""
@@ -67,8 +72,7 @@ class Prediction:
     def level_probs(self, device=None) -> Tensor:
         """P(t) [T] of ``log-normal`` sampling: the N(mean, std^2) mass of ln sigma between the midpoints of
         neighbouring ln sigma_t (the ends open), sigma_t = sqrt((1 - ab_t) / ab_t) increasing in t."""
-        ab = self.process.alphas_cumprod.to(device=device, dtype=torch.float64)
-        log_sigma = 0.5 * ((1 - ab) / ab).log()
+        log_sigma = -0.5 * snr(self.process.alphas_cumprod.to(device=device, dtype=torch.float64)).log()
         cdf = torch.special.ndtr(((log_sigma[1:] + log_sigma[:-1]) / 2 - self.lognormal_mean) / self.lognormal_std)
         return torch.diff(cdf, prepend=cdf.new_zeros(1), append=cdf.new_ones(1))
 
@@ -117,8 +121,7 @@ class Prediction:
         """Per-sample loss weight [B] in the parameterisation's own space (1 for ``uniform``)."""
         if self.weighting == "uniform":
             return torch.ones(t.shape, dtype=torch.float32, device=t.device)
-        ab = self._ab(t, torch.empty(t.shape, dtype=torch.float64, device=t.device))
-        snr = ab / (1 - ab)
-        clipped = snr.clamp(max=self.snr_gamma)
-        per_space = {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[self.kind]
+        ratio = snr(self._ab(t, torch.empty(t.shape, dtype=torch.float64, device=t.device)))
+        clipped = ratio.clamp(max=self.snr_gamma)
+        per_space = {"eps": clipped / ratio, "v": clipped / (ratio + 1), "x0": clipped}[self.kind]
         return per_space.float()
