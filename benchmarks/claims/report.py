@@ -70,19 +70,23 @@ def claims(r: dict, sd: dict | None = None) -> list[dict]:
         fid = next(k for k in next(iter(r["table2"]["rows"].values())) if k.startswith("FID"))
         f = rows("table2", lambda row: [(fid,)])
         specs += [
-            ("table2", "MT-Diffusion-X beats single-task DDPM (FID)", ("masked-x", "ddpm"), True, "9.85 vs 23.22"),
             (
                 "table2",
-                "MT-Diffusion-U beats single-task DDPM (FID; the paper's text says so, its table does not)",
-                ("masked-u", "ddpm"),
-                True,
-                "26.00 vs 23.22",
-            ),
-            ("table2", "MT-Diffusion-X beats MT-Diffusion-U (FID)", ("masked-x", "masked-u"), True, "9.85 vs 26.00"),
-            ("table2", "MT-Diffusion-M beats MT-Diffusion-E (FID)", ("label-m", "label-e"), True, "33.92 vs 41.00"),
-        ]
-        specs = [
-            (t, c, need, lambda a, b, lower=lower: pair(f[a], f[b], lower, 2), p) for t, c, need, lower, p in specs
+                claim,
+                need,
+                lambda a, b: pair(f[a], f[b], True, 2),
+                paper,
+            )
+            for claim, need, paper in (
+                ("MT-Diffusion-X beats single-task DDPM (FID)", ("masked-x", "ddpm"), "9.85 vs 23.22"),
+                (
+                    "MT-Diffusion-U beats single-task DDPM (FID; the paper's text says so, its table does not)",
+                    ("masked-u", "ddpm"),
+                    "26.00 vs 23.22",
+                ),
+                ("MT-Diffusion-X beats MT-Diffusion-U (FID)", ("masked-x", "masked-u"), "9.85 vs 26.00"),
+                ("MT-Diffusion-M beats MT-Diffusion-E (FID)", ("label-m", "label-e"), "33.92 vs 41.00"),
+            )
         ]
         specs.append(
             (
@@ -375,7 +379,6 @@ def markdown(r: dict) -> str:
     runs_on: dict[str, list[str]] = {}
     for seed, where in (r.get("provenance") or {}).items():
         for table, by_row in where.items():
-            by_row = dict.fromkeys(r[table]["rows"], by_row) if isinstance(by_row, str) else by_row
             for text in dict.fromkeys(by_row.values()):
                 part = [row for row, w in by_row.items() if w == text]
                 names = "" if len(part) == len(by_row) else f" ({', '.join(NAMES[row] for row in part)})"

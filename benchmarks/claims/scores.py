@@ -18,7 +18,6 @@ from .arms import TABLES, Scale, arms_of
 from .paper import NAMES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE4, PATCHES, SEG_METRICS, TABLE2_METRICS
 
 SEG_PREFIX = "generated_by_threshold_mnist_cnn_ccexam/"  # the translation scorer's keys
-TABLE1_ARM = {"clean_masked": None, "sdedit": "ddpm", "repaint": "ddpm", "mt_x": "masked-x"}  # the arm of each row
 ROWS = {  # each table's rows, in its order
     "table2": tuple(PAPER_TABLE2),
     "table1": tuple(PAPER_TABLE1),
@@ -168,14 +167,14 @@ def table1_restoration(
     restorations from masks of 5, 10, 15, 20 random patches; the rows of ``arms`` (and the masked input)."""
     ddpm, mtx = (load_run(runs / arm, device=device) if arm in arms else None for arm in ("ddpm", "masked-x"))
     x, keeps = table1_inputs(test, scale, seed, device)
-    rows: dict[str, dict] = {row: {} for row in PAPER_TABLE1 if TABLE1_ARM[row] is None or TABLE1_ARM[row] in arms}
+    rows: dict[str, dict] = {}  # the rows _restorations makes with the arms given
     metric = None
     for k, keep in keeps.items():
         outs = _restorations(ddpm, mtx, x, apply_mask(x, keep), keep, scale, seed, device)
         for row, out in outs.items():
             ((metric, dist),) = perceptual_distance(out, x, lpips=lpips, extractor=None if lpips else extractor).items()
             errors = masked_errors(out, x, keep)
-            rows[row][f"mask-{k}"] = {
+            rows.setdefault(row, {})[f"mask-{k}"] = {
                 "perceptual": dist,
                 "mse_masked": errors["mse_masked"],
                 "mse_unmasked": errors["mse_unmasked"],
