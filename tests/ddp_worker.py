@@ -43,6 +43,7 @@ def main(argv: list[str]) -> None:
     torch.save(
         {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, f"{prefix}-rank{trainer.world.rank}.pt"
     )
+    torch.save(torch.get_rng_state(), f"{prefix}-rank{trainer.world.rank}.rng")  # where its dropout masks stand
 
 
 if __name__ == "__main__":

@@ -29,9 +29,16 @@ SETTINGS = [
 
 
 def _launch(
-    tmp_path, nproc: int, out: str, steps: int, *extra: str, resume: bool = False, preset: str = "mnist-masked-x"
-) -> list[dict]:
-    """Train ``preset`` in ``nproc`` processes; returns each rank's final parameters."""
+    tmp_path,
+    nproc: int,
+    out: str,
+    steps: int,
+    *extra: str,
+    resume: bool = False,
+    preset: str = "mnist-masked-x",
+    fails: bool = False,
+) -> list[dict] | str:
+    """Train ``preset`` in ``nproc`` processes; returns each rank's final parameters (``fails``: its stderr)."""
     prefix = tmp_path / f"{out}-{nproc}p-{steps}"
     args = [
         str(tmp_path / out),
@@ -55,6 +62,9 @@ def _launch(
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, cwd=WORKER.parent, env={**_env(), "OMP_NUM_THREADS": "1"}
     )
+    if fails:
+        assert proc.returncode != 0
+        return proc.stderr
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [torch.load(f"{prefix}-rank{r}.pt") for r in range(nproc)]
 
@@ -91,9 +101,12 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, one_proces
 def test_two_processes_equal_one_with_an_image_backbone_input_from_an_image_folder(tmp_path):
     """The same with an image modality as the -X backbone input (edges -> image), dropped with cond_drop_prob:
     its "nothing known" value is fixed, not drawn per process, so 2 processes still take 1 process's steps.
-    The images come from a folder: rank 0 decodes it into the data cache and rank 1 maps it from there rather
-    than decode it again (a copy per process of ImageNet-64 would be ~16 GB each); so does the later run."""
+    The images come from a folder: ``mtdiff prepare-data`` decodes it into the data cache once and every process
+    maps it from there (a copy per process of ImageNet-64 would be ~16 GB each); so does the later run. Before
+    that, the torchrun job stops at once, saying how to prepare it, rather than wait for a decoding rank."""
     from PIL import Image
+
+    from mtdiff.cli.main import main as cli
 
     g = torch.Generator().manual_seed(0)
     for i in range(16):
@@ -101,13 +114,18 @@ def test_two_processes_equal_one_with_an_image_backbone_input_from_an_image_fold
         pixels = (torch.rand(32, 32, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(tmp_path / "folder" / str(i % 2) / f"{i}.png")
     folder = ["data.source=folder", f"data.root={tmp_path / 'folder'}", f"data.cache={tmp_path / 'cache'}"]
+    stderr = _launch(tmp_path, 2, "early", 2, *folder, preset="fashion-edges2img", fails=True)
+    assert "is not in the data cache" in stderr and "mtdiff prepare-data" in stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    sets = [f"--set={x}" for x in folder]
+    assert cli(["prepare-data", "--config", "fashion-edges2img", *sets, "--workers", "2"]) == 0
     two = _launch(tmp_path, 2, "two", 2, "train.micro_batch=2", *folder, preset="fashion-edges2img")
     one = _launch(tmp_path, 1, "one", 2, *folder, preset="fashion-edges2img")
     decoded = [
         int((tmp_path / f"{run}-rank{r}.decoded").read_text())
         for run, r in (("two-2p-2", 0), ("two-2p-2", 1), ("one-1p-2", 0))
     ]
-    assert decoded == [1, 0, 0]
+    assert decoded == [0, 0, 0]
     assert len(list((tmp_path / "cache").iterdir())) == 1  # one entry, no leftover temporary folder
     for k in two[0]:
         torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)
@@ -150,3 +168,24 @@ def test_shards_cover_every_item_once(n, size):
     parts = [list(shard(n, World(rank=r, size=size))) for r in range(size)]
     assert sum(parts, []) == list(range(n))
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_a_resumed_run_draws_each_process_its_own_dropout_masks(tmp_path):
+    """With dropout, 2 processes draw different masks (each its own generator); a run resumed from a checkpoint
+    on 2 processes goes on drawing each process's own masks, so it ends where the uninterrupted run ends:
+    the same generator state on every rank, and the same parameters."""
+    import shutil
+
+    dropout = ["model.dropout=0.1", "train.ckpt_every=2"]
+    straight = _launch(tmp_path, 2, "straight", 4, *dropout)
+    rng = [torch.load(tmp_path / f"straight-2p-4-rank{r}.rng") for r in range(2)]
+    assert not torch.equal(rng[0], rng[1])  # each process its own masks
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    checkpoints = tmp_path / "resumed" / "checkpoints"
+    shutil.rmtree(checkpoints / f"ckpt-{4:09d}")
+    (checkpoints / "latest.json").unlink(missing_ok=True)
+    assert load_checkpoint(tmp_path / "resumed")["meta"]["step"] == 2
+    resumed = _launch(tmp_path, 2, "resumed", 4, *dropout, resume=True)
+    for r in range(2):
+        assert torch.equal(torch.load(tmp_path / f"resumed-2p-4-rank{r}.rng"), rng[r]), f"rank {r}"
+        _assert_close(resumed[r], straight[r], atol=1e-6)

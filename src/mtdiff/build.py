@@ -139,13 +139,18 @@ def build_model(cfg: Config) -> MTModel:
     return MTModel(backbone, modalities, conditioned=cond_names, prediction=build_prediction(cfg))
 
 
-def load_data(cfg: Config, split: str = "train") -> ImageSet:
-    """The ``split`` of ``cfg.data``, checked against the config (channels, size, label classes)."""
+def load_data(cfg: Config, split: str = "train", *, prepared: bool = False, workers: int = 1) -> ImageSet:
+    """The ``split`` of ``cfg.data``, checked against the config (channels, size, label classes). A folder
+    source with a cache and ``prepared``: only mapped from the cache (a DataError if not decoded yet);
+    ``workers``: threads that decode a folder."""
     d = cfg.data
     kw: dict[str, Any] = {}
     if d.source in ("folder", "paired"):
         kw = {"root": d.root, "image_size": d.image_size, "channels": d.channels, "on_bad": d.on_bad}
         kw["cache"] = cache_dir(d.cache)
+        kw["prepared"] = prepared and kw["cache"] is not None
+        if d.source == "folder":
+            kw["workers"] = workers
         if d.source == "paired":
             kw["direction"] = d.direction
     elif d.root:

@@ -47,7 +47,9 @@ _ALIASES = {
 }
 
 
-def load_source(name: str, split: str, *, cache: str | Path | None = None, **kw) -> ImageSet:
+def load_source(
+    name: str, split: str, *, cache: str | Path | None = None, prepared: bool = False, workers: int = 1, **kw
+) -> ImageSet:
     """Load a data source by name: "mnist", "fashion-mnist", "folder" or "paired".
 
     "fashion-mnist" accepts ``root=``. "folder" needs ``root=`` and ``image_size=``
@@ -55,7 +57,8 @@ def load_source(name: str, split: str, *, cache: str | Path | None = None, **kw)
     used (e.g. ``root/train``, ``root/test``), otherwise ``root`` itself. "paired" takes the
     folder options plus ``direction=`` and reads ``root/train``, or ``root/test`` (``root/val``
     when there is no test/, as in pix2pix's Cityscapes) for split "test". With ``cache`` (a directory) the
-    two folder sources are decoded once and memory-mapped from there afterwards (:mod:`.cache`).
+    two folder sources are decoded once and memory-mapped from there afterwards (:mod:`.cache`);
+    ``prepared``: only mapped, a DataError if not decoded yet; ``workers``: decoding threads (folder).
     """
     key = _ALIASES.get(str(name).strip().lower())
     if key is None:
@@ -83,7 +86,8 @@ def load_source(name: str, split: str, *, cache: str | Path | None = None, **kw)
         folder, load = root / split, functools.partial(load_paired_folder, root, split, **kw)
     else:
         folder = root / split if (root / split).is_dir() else root
-        load = functools.partial(load_image_folder, folder, **kw)
+        load = functools.partial(load_image_folder, folder, workers=workers, **kw)
     if cache is None or not folder.is_dir():  # a missing folder fails in the loader, with its message
         return load()
-    return cached(load, Path(cache), fingerprint(folder, {"source": key, "folder": folder.resolve(), **kw}))
+    key = fingerprint(folder, {"source": key, "folder": folder.resolve(), **kw})
+    return cached(load, Path(cache), key, prepared=f"the image folder {folder}" if prepared else None)

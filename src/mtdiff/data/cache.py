@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageset import IMAGE_EXTENSIONS, ImageSet
+from .imageset import IMAGE_EXTENSIONS, DataError, ImageSet
 
 __all__ = ["cached", "cache_dir", "fingerprint"]
 
 FORMAT = 1  # bumped when the layout of an entry changes
+PREPARE = "decode it first, in one process: mtdiff prepare-data --config CONFIG [--set ...] (the training run's)"
 _META = "meta.json"
 
 
@@ -56,17 +57,24 @@ def fingerprint(root: Path, options: dict) -> str:
     return h.hexdigest()[:24]
 
 
-def cached(load: Callable[[], ImageSet], directory: Path, key: str) -> ImageSet:
+def cached(load: Callable[[], ImageSet], directory: Path, key: str, *, prepared: str | None = None) -> ImageSet:
     """``load()``'s ImageSet, from ``directory/key`` when it holds one, else decoded and written there first.
 
     The warnings ``load`` gave (skipped files) are kept with the entry and given again on every load. A cache
     that cannot be written (read-only, full disk) costs speed, not the run: a warning, and the decoded set.
+    ``prepared`` (what the folder is): the entry must exist and be intact; a DataError says how to make it
+    otherwise (processes of a torchrun job only map the cache: one of them decoding would keep the others
+    waiting past any timeout).
     """
     entry = directory / key
+    if prepared is not None and not (entry / _META).is_file():
+        raise DataError(f"{prepared} is not in the data cache {directory} yet (no {entry.name}/{_META}); {PREPARE}")
     if (entry / _META).is_file():
         try:
             return _read(entry)
         except (OSError, ValueError, KeyError) as e:  # a damaged entry: decode again and replace it
+            if prepared is not None:
+                raise DataError(f"the data cache entry {entry} of {prepared} is damaged ({e}); {PREPARE}") from None
             warnings.warn(f"damaged cache entry {entry} ({e}); decoding the images again", stacklevel=2)
             shutil.rmtree(entry, ignore_errors=True)
     with warnings.catch_warnings(record=True) as caught:

@@ -6,7 +6,9 @@ file fails here, naming the file (or is skipped and counted, with ``on_bad="skip
 
 from __future__ import annotations
 
+import functools
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +106,41 @@ def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, files
 
 
+def _decode(path: Path, *, channels: int, image_size: int) -> tuple[np.ndarray | None, str]:
+    """(uint8 [C, H, W], "") for a readable image file, else (None, why)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            img = im.copy()
+    except Exception as e:  # any decoder failure means a corrupt/unsupported file
+        return None, f"{type(e).__name__}: {e}"
+    try:  # honour the EXIF orientation of photos; a broken EXIF block is not fatal
+        img = ImageOps.exif_transpose(img)
+    except Exception:
+        pass
+    a = np.asarray(_center_crop_resize(_to_mode(img, channels), image_size), dtype=np.uint8)
+    return (a[None] if a.ndim == 2 else a.transpose(2, 0, 1)), ""
+
+
+def _decode_all(paths: list[Path], channels: int, image_size: int, workers: int):
+    """``_decode`` of each path, in order, by ``workers`` threads (PIL decodes and resizes without the GIL),
+    at most a few thousand images in flight."""
+    decode = functools.partial(_decode, channels=channels, image_size=image_size)
+    chunk = 64 * max(1, workers)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for start in range(0, len(paths), chunk):
+            yield from pool.map(decode, paths[start : start + chunk])
+
+
 def load_image_folder(
     root,
     *,
     image_size: int,
     channels: int = 3,
     on_bad: str = "error",
+    workers: int = 1,
 ) -> ImageSet:
     """Load ``root/<class_name>/<image>`` into memory (ImageNet layout).
 
@@ -120,9 +151,9 @@ def load_image_folder(
     ``image_size``.
 
     on_bad: "error" raises DataError on the first corrupt/truncated file; "skip" skips
-    such files and emits one warning at the end.
+    such files and emits one warning at the end. ``workers``: threads that decode at once (the
+    order, and so the result, is the same for any number).
     """
-    from PIL import Image, ImageOps
     from tqdm import tqdm
 
     check_decode_args(on_bad=on_bad, channels=channels, image_size=image_size)
@@ -133,27 +164,19 @@ def load_image_folder(
     labels = np.empty(len(files), dtype=np.int64)
     bad: list[tuple[Path, str]] = []
     n = 0
-    for path, label in tqdm(files, desc=f"loading {root.name or root}", unit="img", disable=None):
-        try:
-            with Image.open(path) as im:
-                im.load()
-                img = im.copy()
-        except Exception as e:  # any decoder failure means a corrupt/unsupported file
-            reason = f"{type(e).__name__}: {e}"
+    decoded = _decode_all([path for path, _ in files], channels, image_size, workers)
+    bar = tqdm(zip(files, decoded), total=len(files), desc=f"loading {root.name or root}", unit="img", disable=None)
+    for (path, label), (a, reason) in bar:
+        if a is None:
             if on_bad == "error":
+                decoded.close()  # cancels what is still queued
                 raise DataError(
                     f"cannot decode image {path}: expected a complete, readable image file "
                     f"({reason}); pass on_bad='skip' to skip such files"
-                ) from e
+                )
             bad.append((path, reason))
             continue
-        try:  # honour the EXIF orientation of photos; a broken EXIF block is not fatal
-            img = ImageOps.exif_transpose(img)
-        except Exception:
-            pass
-        img = _center_crop_resize(_to_mode(img, channels), image_size)
-        a = np.asarray(img, dtype=np.uint8)
-        images[n] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        images[n] = a
         labels[n] = label
         n += 1
 

@@ -77,6 +77,10 @@ class ImageSet:
         tensors = [self.images, *([self.labels] if self.labels is not None else []), *self.extras.values()]
         return sum(x.numel() * x.element_size() for x in tensors)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The per-sample tensors by batch key: "image", "label" when labelled, and every extra."""
+        return {"image": self.images, **({"label": self.labels} if self.labels is not None else {}), **self.extras}
+
     def to(self, device: torch.device | str) -> ImageSet:
         """The same set with its tensors on ``device`` (batches are then gathered there, with no copy per step)."""
         return replace(

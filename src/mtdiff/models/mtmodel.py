@@ -76,7 +76,9 @@ class MTModel(nn.Module):
             cond = None
             if self.backbone.cond_channels:
                 cond = torch.zeros(b, self.backbone.cond_channels, *self.z_shape[1:], device=context.device)
-            return self.backbone(z, t, cond=cond, context=context.detach())["eps"].detach()
+            # .forward, not the call: under train.compile the call is the compiled training graph, and this
+            # pass (other inputs, other batch sizes) would compile the whole backbone again, each time
+            return self.backbone.forward(z, t, cond=cond, context=context.detach())["eps"].detach()
 
     def encode(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """E_i(x_i) for every modality present in ``data`` (Algorithm 1 line 7, Algorithm 2 line 4)."""
@@ -134,7 +136,7 @@ class MTModel(nn.Module):
         enc: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
         """The backbone output as eps (the identity for an eps-prediction model)."""
-        if self.prediction is None or self.prediction.kind == "eps":
+        if self.prediction is None or self.prediction.space.is_eps:
             return out
         return self.prediction.eps(out.float(), z.float(), t, self.encode(data or {}) if enc is None else enc)
 
