@@ -1,6 +1,6 @@
 """Ablations that explain the paper's comparisons: one setting of one arm of ``paper_claims.py`` changed at a time.
 
-    python benchmarks/ablations.py --study table1|table2|table4|figure6 --scale converged [--steps 1600]
+    python -m benchmarks.ablations --study table1|table2|table4|figure6 --scale converged [--steps 1600]
         [--variants middle-up,lam-1] [--seeds 0,1,2] [--runs runs/ablations] [--out-dir ...]
 
 A study takes the arms of one of the paper's tables as ``paper_claims.py`` builds them (same presets, backbone,
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from claims import arms, paper, report, scores
-from common import RESULTS, machine, seed_list, where_run
 
+from benchmarks.claims import arms, paper, report, scores
+from benchmarks.common import RESULTS, machine, seed_list, where_run
 from mtdiff.build import load_data
 from mtdiff.runs import load_run
 
@@ -227,7 +227,7 @@ def markdown(result: dict) -> str:
         "table2": f"; FID and IS on {s['features']} features",
     }.get(study.table, "")
     lines = [
-        f"## Ablation of {paper.TITLES[study.table]} (`benchmarks/ablations.py --study {result['study']}`)",
+        f"## Ablation of {paper.TITLES[study.table]} (`python -m benchmarks.ablations --study {result['study']}`)",
         "",
         f"Every arm: {s['backbone']}, {s['steps']} steps at batch {s['batch_size']}; sampler DDIM (eta 0), "
         f"{s['sample_steps']} steps{scored_by}. Mean ± sd over the seeds each row has; the runs that scored the "
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         print(f"[ablations] {name} / {arm} / seed {seed}: scored", flush=True)
     mach, date = machine(scale.device), time.strftime("%Y-%m-%d")
-    command = shlex.join(["python", "benchmarks/ablations.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "benchmarks.ablations", *(sys.argv[1:] if argv is None else argv)])
     whole = put_together(per_seed, before, study, {"command": command, "where": where_run(mach, date)})
     result = {
         "benchmark": "ablations",

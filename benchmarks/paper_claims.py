@@ -1,6 +1,6 @@
 """The paper's comparisons rerun at MNIST scale: Tables 1, 2, 4 and Figure 6 of Chen et al. (ICLR 2024).
 
-    python benchmarks/paper_claims.py --scale smoke|cpu|converged|gpu [--seeds 0,1,2] [--tables ...] [--runs ...]
+    python -m benchmarks.paper_claims --scale smoke|cpu|converged|gpu [--seeds 0,1,2] [--tables ...] [--runs ...]
 
 This file is the command; its parts are in ``benchmarks/claims/``: the paper's numbers, the arms and their
 training, the time estimate, one scorer per table, and the verdicts and markdown.
@@ -48,7 +48,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from claims.arms import (
+
+from benchmarks.claims.arms import (
     SCALES,
     TABLES,
     Scale,
@@ -61,10 +62,10 @@ from claims.arms import (
     run_state,
     train_arm,
 )
-from claims.estimate import calibrate, estimate
-from claims.paper import TITLES
-from claims.report import claims, markdown, mean_and_sd
-from claims.scores import (
+from benchmarks.claims.estimate import calibrate, estimate
+from benchmarks.claims.paper import TITLES
+from benchmarks.claims.report import claims, markdown, mean_and_sd
+from benchmarks.claims.scores import (
     ROWS,
     convergence,
     figure6_classification,
@@ -73,8 +74,7 @@ from claims.scores import (
     table2_generation,
     table4_translation,
 )
-from common import RESULTS, machine, seed_list, where_run
-
+from benchmarks.common import RESULTS, machine, seed_list, where_run
 from mtdiff.build import load_data
 from mtdiff.config import Config
 
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
         "scale": args.scale,
         "machine": mach,
         "date": date,
-        "command": shlex.join(["python", "benchmarks/paper_claims.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "-m", "benchmarks.paper_claims", *(sys.argv[1:] if argv is None else argv)]),
         "settings": settings,
         "estimate_seconds": guess,
         "speed_measured": speed,

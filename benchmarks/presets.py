@@ -1,6 +1,6 @@
 """Every MNIST preset at its own budget, its joint samples scored by the frozen MNIST classifiers.
 
-    python benchmarks/presets.py [--presets mnist-ddpm,mnist-label-m,...] [--runs runs/presets]
+    python -m benchmarks.presets [--presets mnist-ddpm,mnist-label-m,...] [--runs runs/presets]
                                  [--reuse PRESET=RUN_DIR ...] [--set KEY=V ...] [--num 500]
                                  [--sampler ddim] [--sample-steps 100] [--eta 1] [--out-dir benchmarks/results]
                                  [--tag NAME]
@@ -31,10 +31,10 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from claims.arms import latest_step, saved_differences
-from common import RESULTS, machine, where_run
-from quality import CONFIDENT, score, strict_classifier
 
+from benchmarks.claims.arms import latest_step, saved_differences
+from benchmarks.common import RESULTS, machine, where_run
+from benchmarks.quality import CONFIDENT, score, strict_classifier
 from mtdiff.runs import read_log
 
 # The MNIST presets whose samples are digits (mnist-demo is `mtdiff demo`'s, scored in quality.py).
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(images[:16])
         print(f"[presets] {preset}: recognised {rec['scores']['recognised']:.3f}", file=sys.stderr, flush=True)
     result = {
-        "command": "python benchmarks/presets.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.presets " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine("cpu"),
         "date": date.today().isoformat(),
         "num": args.num,

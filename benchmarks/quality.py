@@ -1,6 +1,6 @@
 """Sample quality per CPU minute: mtdiff arms against a diffusers peer trained for the same wall clock.
 
-    python benchmarks/quality.py [--minutes 6 | --steps N] [--arms demo,...] [--arm NAME=PRESET:KEY=V;KEY=V ...]
+    python -m benchmarks.quality [--minutes 6 | --steps N] [--arms demo,...] [--arm NAME=PRESET:KEY=V;KEY=V ...]
                                  [--peers demo-recipe,mtdiff-recipe,example] [--num 1000] [--sampler ddim]
                                  [--sample-steps 50]
                                  [--curve 3] [--runs runs/quality] [--out-dir benchmarks/results] [--tag NAME]
@@ -49,7 +49,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import machine
+
+from benchmarks.common import machine
 
 RESULTS = Path(__file__).parent / "results"
 CONFIDENT = 0.9
@@ -566,7 +567,7 @@ def main(argv: list[str] | None = None) -> dict:
             rec["fid_ratio_to_peer"] = rec["final"]["FID"] / peer["final"]["FID"]
             rec["recognised_minus_peer"] = rec["final"]["recognised"] - peer["final"]["recognised"]
     result = {
-        "command": "python benchmarks/quality.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.quality " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine("cpu"),
         "minutes": args.minutes,
         "steps": args.steps,

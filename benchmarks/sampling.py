@@ -1,6 +1,6 @@
 """Few-step sampling: sample quality against the number of steps, and sampling speed.
 
-    python benchmarks/sampling.py --run RUN_DIR [--num 500] [--steps 10,20,50,100,1000]
+    python -m benchmarks.sampling --run RUN_DIR [--num 500] [--steps 10,20,50,100,1000]
                                   [--samplers ddim,dpm-solver] [--precisions fp32,bf16] [--reference-steps 1000]
                                   [--device cpu] [--out-dir benchmarks/results]
 
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine
 
+from benchmarks.common import machine
 from mtdiff.build import load_data
 from mtdiff.cli.evaluate import default_extractor
 from mtdiff.evaluate import joint_images
@@ -51,7 +51,7 @@ def markdown(r: dict) -> str:
     m = r["machine"]
     fid, kid = r["metric_names"]["FID"], r["metric_names"]["KID"]
     lines = [
-        "## Few-step sampling (`benchmarks/sampling.py`)",
+        "## Few-step sampling (`python -m benchmarks.sampling`)",
         "",
         f"Command: `{r['command']}`",
         "",
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result = {
         "benchmark": "sampling",
-        "command": shlex.join(["python", "benchmarks/sampling.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "-m", "benchmarks.sampling", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine(args.device),
         "run": str(args.run),
         "run_step": run.step,

@@ -1,7 +1,7 @@
 """Training throughput of the mtdiff U-Net against diffusers' UNet2DModel of the same size, and the cost
 of MT-Diffusion's heads, all measured in one run.
 
-    python benchmarks/throughput.py [--device cuda] [--sizes cifar32,adm64] [--batch N] [--steps 10]
+    python -m benchmarks.throughput [--device cuda] [--sizes cifar32,adm64] [--batch N] [--steps 10]
                                     [--compile | --no-compile] [--out-dir benchmarks/results]
 
 Sizes (the issue's): ``cifar32``, 32x32x3, channels (128, 256, 256, 256), 2 res blocks, attention at 16,
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import machine, slug
+
+from benchmarks.common import machine, slug
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -263,8 +264,9 @@ def peak_flops(device: str) -> tuple[float | None, str]:
 
 
 def spawn(case: dict, threads: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--case", json.dumps(case)] + (["--threads", str(threads)] if threads else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "benchmarks.throughput", "--case", json.dumps(case)]
+    cmd += ["--threads", str(threads)] if threads else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode:
         return {
             **case,
@@ -276,7 +278,7 @@ def spawn(case: dict, threads: int | None) -> dict:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [
-        "## Training throughput (`benchmarks/throughput.py`)",
+        "## Training throughput (`python -m benchmarks.throughput`)",
         "",
         f"Command: `{r['command']}`",
         "",
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
     m = machine(args.device)
     result = {
         "benchmark": "throughput",
-        "command": shlex.join(["python", "benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "-m", "benchmarks.throughput", *(sys.argv[1:] if argv is None else argv)]),
         "machine": m,
         "peak_flops": peak,
         "peak_label": peak_label,

@@ -1,6 +1,6 @@
 """Shared test helpers. The tests run on the CPU on every machine (a GPU is hidden from them and from the
 processes they start; decoded image folders go to a temporary data cache); the GPU paths are exercised by
-benchmarks/gpu_check.py."""
+``mtdiff check`` (mtdiff.cli.check)."""
 
 import atexit
 import os

@@ -1,23 +1,42 @@
-"""The benchmarks (throughput, sampling, quality, gpu_check) run end to end at toy sizes and write their
+"""The benchmarks (throughput, sampling, quality) and ``mtdiff check`` run end to end at toy sizes and write their
 JSON and tables (the numbers mean nothing here)."""
 
-import importlib.util
+import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 def _load(name: str):
-    if name not in sys.modules:
-        sys.path.insert(0, str(ROOT))
-        spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+    """The benchmark ``benchmarks.<name>`` (the package is importable from the repository root)."""
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+def test_every_benchmark_is_a_command_of_the_benchmarks_package():
+    """Each benchmark imports as ``benchmarks.NAME`` (its command: ``python -m benchmarks.NAME``), has a ``main``,
+    and reaches its siblings through the package (a bare ``from common import`` works only with a path edit)."""
+    import ast
+    from pathlib import Path
+
+    import benchmarks
+
+    root = Path(benchmarks.__file__).parent
+    siblings = {p.stem for p in root.glob("*.py")} | {"claims"}
+    scripts = sorted(p for p in root.glob("*.py") if p.stem not in ("__init__", "common"))
+    assert {"paper_claims", "quality", "throughput"} <= {p.stem for p in scripts}
+    for path in [*scripts, *sorted((root / "claims").glob("*.py"))]:
+        bare = [
+            node.lineno
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom)
+            and not node.level
+            and node.module.split(".")[0] in siblings
+            or isinstance(node, ast.Import)
+            and any(a.name.split(".")[0] in siblings for a in node.names)
+        ]
+        assert not bare, f"{path.name}: imports a sibling by its bare name at lines {bare}"
+    for path in scripts:
+        assert callable(_load(path.stem).main), path.stem
 
 
 def test_throughput_compares_mtdiff_with_diffusers_and_mt_with_single_task(tmp_path, monkeypatch):
@@ -158,10 +177,11 @@ def test_throughput_peak_matches_the_longest_whole_word_gpu_name(monkeypatch, na
 
 
 def test_gpu_check_smoke_runs_every_section_on_the_cpu(tmp_path):
-    """gpu_check.py as CI runs it (--device cpu --smoke), so that it cannot rot: every section reports, none
+    """``mtdiff check`` as CI runs it (--device cpu --smoke), so that it cannot rot: every section reports, none
     fails, and the JSON summary is written."""
-    gpu_check = _load("gpu_check")
-    r = gpu_check.main(["--device", "cpu", "--smoke", "--out", str(tmp_path)])
+    from mtdiff.cli.check import main as check
+
+    r = check(["--device", "cpu", "--smoke", "--out", str(tmp_path)])
     names = [s["name"] for s in r["sections"]]
     assert names == [
         "kinds",
@@ -173,6 +193,7 @@ def test_gpu_check_smoke_runs_every_section_on_the_cpu(tmp_path):
         "channels_last",
         "sdpa",
         "nccl",
+        "torchrun",
         "compile",
         "cli",
         "throughput",
@@ -182,7 +203,8 @@ def test_gpu_check_smoke_runs_every_section_on_the_cpu(tmp_path):
     assert not failed, {s["name"]: s["reason"] for s in r["sections"] if s["status"] == "FAIL"}
     assert all(s["reason"] for s in r["sections"])  # every PASS, FAIL and SKIP says why
     # what a CPU cannot do is skipped; the rest runs here
-    assert status["sync_debug"] == "SKIP" and status["compile"] == "SKIP"
+    assert status["sync_debug"] == "SKIP" and status["compile"] == "SKIP" and status["torchrun"] == "SKIP"
+    assert "needs 2 GPUs" in next(s["reason"] for s in r["sections"] if s["name"] == "torchrun")
     for name in ("kinds", "resume", "resume_deterministic", "fp16", "channels_last", "sdpa", "nccl", "cli"):
         assert status[name] == "PASS", name
     saved = json.loads((tmp_path / "gpu_check.json").read_text())

@@ -1,4 +1,4 @@
-"""benchmarks/paper_claims.py: the smoke scale runs end to end and writes the four tables with finite numbers,
+"""benchmarks.paper_claims: the smoke scale runs end to end and writes the four tables with finite numbers,
 the machine and the paper's numbers; its Figure 6 accuracy is mtdiff.evaluate.classify's; a partial arm is
 resumed, a finished one reused, a run of another config or objective refused. benchmarks/ablations.py on the
 same runs."""
@@ -23,23 +23,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "paper_claims.py"
+COMMAND = [sys.executable, "-m", "benchmarks.paper_claims"]  # run from ROOT
 
 
 def _benchmark(name: str = "paper_claims"):
-    if name not in sys.modules:  # dataclasses look their module up there
-        if str(SCRIPT.parent) not in sys.path:
-            sys.path.insert(0, str(SCRIPT.parent))  # its sibling modules (common, claims, paper_claims)
-        spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+    """The benchmark ``benchmarks.<name>``."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def _part(name: str):
-    """The module ``benchmarks/claims/<name>.py``: one part of the benchmark."""
-    _benchmark()
-    return importlib.import_module(f"claims.{name}")
+    """The module ``benchmarks.claims.<name>``: one part of the benchmark."""
+    return importlib.import_module(f"benchmarks.claims.{name}")
 
 
 def _numbers(x):
@@ -53,7 +47,7 @@ def _numbers(x):
 
 def _run_smoke(runs: Path, out_dir: Path, *extra: str) -> str:
     """The benchmark at the smoke scale as a command; its stdout (it must succeed)."""
-    cmd = [sys.executable, str(SCRIPT), "--scale", "smoke", "--runs", str(runs), "--out-dir", str(out_dir), *extra]
+    cmd = [*COMMAND, "--scale", "smoke", "--runs", str(runs), "--out-dir", str(out_dir), *extra]
     proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout
@@ -116,7 +110,7 @@ def test_markdown_names_the_machine_the_command_and_the_paper(smoke):
         "### Convergence",
     ):
         assert text.lower() in md.lower(), text
-    assert r["command"].startswith("python benchmarks/paper_claims.py --scale smoke")
+    assert r["command"].startswith("python -m benchmarks.paper_claims --scale smoke")
 
 
 def test_figure6_accuracy_is_that_of_mtdiff_classify(smoke):
@@ -268,7 +262,7 @@ def test_a_run_of_some_arms_adds_their_rows_and_a_row_does_not_depend_on_the_oth
     md = (tmp_path / "results" / "paper_claims-smoke.md").read_text()
     assert "Rows run with fewer seeds" in md and "Table 2 seed 1 (single-task DDPM)" not in md  # one machine, one day
     # an arm outside the chosen tables is a clear error, before anything is trained
-    cmd = [sys.executable, str(SCRIPT), "--scale", "smoke", "--runs", str(tmp_path / "x"), "--tables", "table2"]
+    cmd = [*COMMAND, "--scale", "smoke", "--runs", str(tmp_path / "x"), "--tables", "table2"]
     proc = subprocess.run([*cmd, "--arms", "seg2img"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert (
         proc.returncode != 0 and "seg2img not in the arms of table2" in proc.stderr and "Traceback" not in proc.stderr

@@ -13,6 +13,7 @@ from mtdiff.process import (
     beta_schedule,
     weights_from_alpha_tilde,
 )
+from mtdiff.process.prediction import eps_from_z0, z0_from_eps
 
 T = 1000
 SHAPE = (4, 1, 3, 3)
@@ -146,8 +147,10 @@ def test_two_posterior_forms_agree(kind):
         mean, _ = proc.q_posterior(z0, zt, t, enc)
         scale = 1 + float(zt.abs().max())
         torch.testing.assert_close(proc.posterior_mean_from_eps(zt, t, eps, enc), mean, rtol=1e-9, atol=1e-9 * scale)
-        torch.testing.assert_close(proc.predict_z0_from_eps(zt, t, eps, enc), z0, rtol=1e-8, atol=1e-8 * scale)
-        torch.testing.assert_close(proc.predict_eps_from_z0(zt, t, z0, enc), eps, rtol=1e-8, atol=1e-8 * scale)
+        # Eq. 4 inverted on the y-chain y_t = z_t - m_t = sqrt(ab_t) z_0 + sqrt(1 - ab_t) eps
+        y, ab = zt - proc.shift(t, enc, zt), proc.alphas_cumprod[i]
+        torch.testing.assert_close(z0_from_eps(eps, y, ab.sqrt(), (1 - ab).sqrt()), z0, rtol=1e-8, atol=1e-8 * scale)
+        torch.testing.assert_close(eps_from_z0(z0, y, ab.sqrt(), (1 - ab).sqrt()), eps, rtol=1e-8, atol=1e-8 * scale)
 
 
 def _assert_gaussian(samples, mean, std, n_se=4.0):

@@ -356,7 +356,7 @@ def markdown(r: dict) -> str:
     """The four tables laid out like the paper's, our numbers first and the paper's in parentheses."""
     m, s = r["machine"], r["settings"]
     lines = [
-        f"## The paper's comparisons at MNIST scale (`benchmarks/paper_claims.py`, scale `{r['scale']}`)",
+        f"## The paper's comparisons at MNIST scale (`python -m benchmarks.paper_claims`, scale `{r['scale']}`)",
         "",
         f"Command: `{r['command']}`",
         "",

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import MtdiffError
+from .rundir import checkpoints_dir
 
 __all__ = [
     "save_checkpoint",
@@ -107,7 +108,7 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
 
 
 def save_checkpoint(
-    ckpt_root: Path,
+    run_dir: Path,
     *,
     step: int,
     model: dict[str, torch.Tensor],
@@ -116,7 +117,8 @@ def save_checkpoint(
     meta: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write one checkpoint atomically and keep only the ``keep`` newest. Returns its directory."""
+    """Write one checkpoint of a run atomically and keep only the ``keep`` newest. Returns its directory."""
+    ckpt_root = checkpoints_dir(run_dir)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"ckpt-{step:09d}"
     tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
@@ -188,12 +190,12 @@ def _prune(ckpt_root: Path, keep: int, protect: Path) -> None:
 
 def has_checkpoints(run_dir: Path) -> bool:
     """Whether a run directory holds any checkpoint directory (complete or not: never overwrite one)."""
-    return any((Path(run_dir) / "checkpoints").glob("ckpt-*"))
+    return any(checkpoints_dir(run_dir).glob("ckpt-*"))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint ``latest.json`` points to, else the newest complete one, else None."""
-    root = Path(run_dir) / "checkpoints"
+    root = checkpoints_dir(run_dir)
     try:
         d = root / json.loads((root / "latest.json").read_text())["dir"]
         if _read_meta(d) is not None:
@@ -225,7 +227,7 @@ def _verify_and_load(d: Path) -> dict[str, Any]:
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
     """The steps of a run's complete checkpoints, oldest first."""
-    return sorted(s for s, _ in _complete(Path(run_dir) / "checkpoints"))
+    return sorted(s for s, _ in _complete(checkpoints_dir(run_dir)))
 
 
 def load_checkpoint(run_dir: Path, *, fallback: bool = True, step: int | None = None) -> dict[str, Any]:
@@ -236,7 +238,7 @@ def load_checkpoint(run_dir: Path, *, fallback: bool = True, step: int | None = 
     """
     import warnings
 
-    root = Path(run_dir) / "checkpoints"
+    root = checkpoints_dir(run_dir)
     if step is not None:
         found = [d for s, d in _complete(root) if s == step]
         if not found:

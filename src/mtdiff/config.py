@@ -32,6 +32,7 @@ __all__ = [
     "to_dict",
     "presets",
     "apply_overrides",
+    "registries",
 ]
 
 
@@ -61,14 +62,12 @@ class DiffusionConfig:
     timesteps: int = 1000
     beta_schedule: Literal["linear", "cosine"] = "linear"
     lam: float = 0.1  # lambda of Eq. 6
-    prediction: Literal["eps", "v", "x0"] = "eps"  # what the network outputs on the y-chain (eps: the paper's)
-    loss_weighting: Literal["uniform", "min-snr"] = (
-        "min-snr"  # min-snr: Hang et al. 2023; uniform: Eq. 6 as printed (the paper's)
-    )
+    # the choices of prediction, loss_weighting and timestep_sampling are the names of their registries
+    # (mtdiff.process.prediction: PREDICTIONS, WEIGHTINGS, TIMESTEP_SAMPLINGS; see registries())
+    prediction: str = "eps"  # what the network outputs on the y-chain (eps: the paper's)
+    loss_weighting: str = "min-snr"  # min-snr: Hang et al. 2023; uniform: Eq. 6 as printed (the paper's)
     snr_gamma: float = 5.0  # min-snr: the truncation gamma of min(SNR_t, gamma)
-    timestep_sampling: Literal["uniform", "stratified", "log-normal"] = (
-        "uniform"  # t per batch row; uniform: Algorithm 2 (the paper's); log-normal: EDM's ln sigma ~ N(mean, std^2)
-    )
+    timestep_sampling: str = "uniform"  # per batch row; uniform: Algorithm 2 (the paper's); log-normal: EDM's
     lognormal_mean: float = -1.2  # log-normal: mean of ln sigma_t, sigma_t = sqrt((1 - ab_t) / ab_t)
     lognormal_std: float = 1.2  # log-normal: its std
 
@@ -146,13 +145,9 @@ class TrainConfig:
     init_from: str = ""  # a run directory: start from the weights its latest checkpoint samples with (fine-tuning)
 
 
-SamplerName = Literal["ddim", "ancestral", "dpm-solver"]
-SAMPLER_NAMES: tuple[str, ...] = typing.get_args(SamplerName)  # mtdiff.sampling.SAMPLERS' keys
-
-
 @dataclass
 class SampleConfig:
-    sampler: SamplerName = "ddim"
+    sampler: str = "ddim"  # a name in mtdiff.sampling.SAMPLERS
     steps: int = 50
     eta: float = 0.0
     start: Literal["marginal", "standard"] = "marginal"
@@ -330,10 +325,33 @@ def _kinds(cfg: Config) -> dict[str, type]:
     return {name: MODALITY_KINDS[mc.kind] for name, mc in cfg.modalities.items()}
 
 
+def registries() -> dict[str, Any]:
+    """Config key -> the registry whose names are its choices (a new entry is a new valid value)."""
+    # imported here for the reason of _kinds; samplers and the process never import this module
+    from .process.prediction import PREDICTIONS, TIMESTEP_SAMPLINGS, WEIGHTINGS
+    from .sampling.samplers import SAMPLERS
+
+    return {
+        "diffusion.prediction": PREDICTIONS,
+        "diffusion.loss_weighting": WEIGHTINGS,
+        "diffusion.timestep_sampling": TIMESTEP_SAMPLINGS,
+        "sample.sampler": SAMPLERS,
+    }
+
+
+def _check_names(cfg: Config) -> None:
+    for key, registry in registries().items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in registry:
+            raise ConfigError(f"{key}: {value!r} is not valid; choose one of {list(registry)}")
+
+
 def validate(cfg: Config) -> Config:
     """Resolve ``auto`` choices and check combinations; returns the same object, resolved. Each modality's
     own fields are its kind's to resolve and check (``Modality.configure``)."""
     m = cfg.model
+    _check_names(cfg)
     kinds = _kinds(cfg)
     labels = [n for n, mc in cfg.modalities.items() if mc.kind == "label"]
     if m.variant in ("M", "E") and not labels:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["to_uint8", "to_pil", "make_grid", "save_grid", "load_image", "load_class_map"]
+__all__ = ["to_uint8", "to_pil", "from_pil", "make_grid", "save_grid", "load_image", "load_class_map"]
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -21,6 +21,18 @@ def to_pil(images: Tensor) -> list[Image.Image]:
     """[N, C, H, W] in [-1, 1] -> N PIL images (greyscale for one channel, RGB for three)."""
     arr = to_uint8(images).permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+
+
+def from_pil(images, channels: int) -> Tensor:
+    """PIL images (greyscale for one channel, RGB for three) -> float [N, C, H, W] in [-1, 1]
+    (8-bit: 0 -> -1, 255 -> 1): the inverse of :func:`to_pil` and :func:`to_uint8`."""
+    import numpy as np
+
+    out = []
+    for im in images:
+        t = torch.from_numpy(np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32).copy())
+        out.append(t[None] if channels == 1 else t.permute(2, 0, 1))
+    return torch.stack(out) / 127.5 - 1
 
 
 def make_grid(images: Tensor, nrow: int | None = None, pad: int = 2, pad_value: int = 128) -> Tensor:
@@ -78,19 +90,14 @@ def _fit(draw, text: str, width: float) -> str:
 
 def load_image(path: str | Path, *, size: int, channels: int) -> Tensor:
     """One image file -> float [1, C, size, size] in [-1, 1]; a clear error if it is not that size."""
-    import numpy as np
-
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            arr = np.asarray(im)
+            x = from_pil([im], channels)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from None
-    if arr.shape[0] != size or arr.shape[1] != size:
-        raise ValueError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the model expects {size}x{size}")
-    t = torch.from_numpy(arr.copy()).float()
-    t = t[None, None] if channels == 1 else t.permute(2, 0, 1)[None]
-    return t / 127.5 - 1
+    if x.shape[-2:] != (size, size):
+        raise ValueError(f"{path}: image is {x.shape[-1]}x{x.shape[-2]}, the model expects {size}x{size}")
+    return x
 
 
 def load_class_map(path: str | Path, *, size: int, num_classes: int) -> Tensor:

@@ -147,16 +147,6 @@ class MTProcess:
         ab = self._at(self.alphas_cumprod, t, zt)
         return (zt - (1 - a) / (1 - ab).sqrt() * eps) / a.sqrt() - self._sum(self.weights, t, enc, zt)
 
-    def predict_z0_from_eps(self, zt: Tensor, t: Tensor, eps: Tensor, enc: Mapping[str, Tensor]) -> Tensor:
-        """Invert Eq. 4 for z_0: (z_t - m_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)."""
-        ab = self._at(self.alphas_cumprod, t, zt)
-        return (zt - self._sum(self.alpha_tilde, t, enc, zt) - (1 - ab).sqrt() * eps) / ab.sqrt()
-
-    def predict_eps_from_z0(self, zt: Tensor, t: Tensor, z0: Tensor, enc: Mapping[str, Tensor]) -> Tensor:
-        """Invert Eq. 4 for eps: (z_t - m_t - sqrt(ab_t) z_0) / sqrt(1 - ab_t)."""
-        ab = self._at(self.alphas_cumprod, t, zt)
-        return (zt - self._sum(self.alpha_tilde, t, enc, zt) - ab.sqrt() * z0) / (1 - ab).sqrt()
-
     # -- prior ---------------------------------------------------------------------------
     def prior_mean_std(self, enc: Mapping[str, Tensor], like: Tensor) -> tuple[Tensor, Tensor]:
         """q(z_T | X) without z_0's contribution: N(sum_i alpha~_T E_i, (1 - ab_T) I)

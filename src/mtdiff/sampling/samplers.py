@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..process import MTProcess
+from ..process.prediction import eps_from_z0, z0_from_eps
 
 __all__ = [
     "SampleState",
@@ -30,7 +31,9 @@ __all__ = [
     "dpm_solver",
     "log_snr",
     "timesteps",
+    "Sampler",
     "SAMPLERS",
+    "sampler_named",
 ]
 
 
@@ -142,12 +145,13 @@ def _steps(step_fn, model, process, state, ts, generator, callback, clip, constr
         ab_t = process.alphas_cumprod[t]
         ab_s = process.alphas_cumprod[s] if s >= 0 else torch.ones((), dtype=torch.float64)
         y = z - process.shift(tt, state.enc, z)  # into the DDPM chain
-        z0 = (y - (1 - ab_t).sqrt().item() * eps) / ab_t.sqrt().item()  # predicted z_0 (= y_0)
+        a, sd = ab_t.sqrt().item(), (1 - ab_t).sqrt().item()
+        z0 = z0_from_eps(eps, y, a, sd)  # predicted z_0 (= y_0)
         state.raw_z0 = z0
         if clip or constraint is not None:
             z0 = z0.clamp(-1, 1) if clip else z0
             z0 = constraint(z0) if constraint is not None else z0
-            eps = (y - ab_t.sqrt().item() * z0) / (1 - ab_t).sqrt().item()
+            eps = eps_from_z0(z0, y, a, sd)
         state.data.update({n: est[n] for n in state.unknown})
         state.enc = model.encode(state.data)
         y_s = step_fn(y, z0, eps, ab_t, ab_s, generator=generator, last=s < 0)
@@ -268,4 +272,33 @@ def dpm_solver(
     )
 
 
-SAMPLERS = {"ancestral": ancestral, "ddim": ddim, "dpm-solver": dpm_solver}
+@dataclass(frozen=True)
+class Sampler:
+    """A registry entry: the sampler function and the keyword options it takes beyond the common ones
+    (``ddim``'s ``eta``). Calling the entry calls the function."""
+
+    fn: Callable[..., SampleState]
+    options: tuple[str, ...] = ()
+
+    def __call__(self, *args, **kwargs) -> SampleState:
+        return self.fn(*args, **kwargs)
+
+    def run(self, model, process, init, steps, *, options: Mapping[str, object] = (), **kwargs) -> SampleState:
+        """Call the sampler with the common keywords and those of ``options`` it takes (the rest ignored)."""
+        taken = {k: v for k, v in dict(options).items() if k in self.options}
+        return self.fn(model, process, init, steps, **kwargs, **taken)
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": Sampler(ancestral),
+    "ddim": Sampler(ddim, ("eta",)),
+    "dpm-solver": Sampler(dpm_solver),
+}
+"""Samplers by name (``sample.sampler``, ``--sampler``): a new sampler is one entry here."""
+
+
+def sampler_named(name: str) -> Sampler:
+    """The registry entry of ``name``, or a ValueError listing the valid names."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid: {list(SAMPLERS)}")
+    return SAMPLERS[name]

@@ -47,7 +47,8 @@ from ..loss import mt_loss
 from ..memory import estimate_training_memory
 from ..precision import autocast, autocast_dtype
 from ..process import Prediction
-from ..runs import CONFIG_FILE, LOG_FILE, resolve_device
+from ..rundir import CONFIG_FILE, LOG_FILE, SAMPLES_DIR, TB_DIR, checkpoints_dir
+from ..runs import resolve_device
 from ..sampling import generate_joint
 from ..viz import save_grid
 from .ema import EMA
@@ -116,7 +117,10 @@ class Trainer:
         t = cfg.train
         self.local_batch, self.micro_batch = _shares(t.batch_size, t.micro_batch, self.world.size)
         self.amp_dtype = autocast_dtype(t.precision, self.device)
-        self.data = data if data is not None else main_first(self.world, lambda: load_data(cfg))
+        # under torchrun a cached folder is only mapped (mtdiff prepare-data decodes it): no process waits
+        # for another's decoding at a barrier with a timeout; a missing entry stops every process at once
+        prepared = self.world.distributed
+        self.data = data if data is not None else main_first(self.world, lambda: load_data(cfg, prepared=prepared))
         if t.batch_size > len(self.data):
             raise ConfigError(
                 f"train.batch_size={t.batch_size} exceeds the {len(self.data)} images of {self.data.name!r}"
@@ -127,6 +131,8 @@ class Trainer:
             cfg.data.latent_scale = self.latent.scale
         if t.deterministic:
             use_deterministic_kernels()
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # static shapes: each convolution is tuned once
         torch.manual_seed(t.seed)  # initial weights: the same on every process
         self.process = build_process(cfg)
         self.model = build_model(cfg)
@@ -142,9 +148,13 @@ class Trainer:
         self.ema = EMA(self.model, t.ema_decay)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        self.stream = BatchStream(self.data, t.batch_size, seed=t.seed, device=self.device)
+        mine = slice(self.world.rank * self.local_batch, (self.world.rank + 1) * self.local_batch)
+        self.stream = BatchStream(  # this process gathers and converts only its own rows
+            self.data, t.batch_size, seed=t.seed, device=self.device, rows=mine if self.world.distributed else None
+        )
         self.gen = torch.Generator(self.device).manual_seed(t.seed)  # t, noise and masks
         self.step = 0
+        self._rank_rng: dict[str, torch.Tensor] = {}
         self.streak = torch.zeros((), device=self.device)  # consecutive non-finite steps, on the device
         self.skipped_on_device = torch.zeros((), device=self.device)
         if resume:
@@ -171,6 +181,7 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, opt_meta = optimizer_to_flat(self.opt)
+        tensors.update(self._rank_rng)
         tensors["rng.cpu"] = torch.get_rng_state()
         tensors["rng.gen"] = self.gen.get_state()
         if self.device.type == "cuda":
@@ -187,12 +198,13 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint (the main process only; the others return None)."""
+        self._rank_rng = self._gather_rank_rng()  # a collective: every process takes part
         if not self.world.main:
             return None
         tensors, meta = self._state()
         try:
             return save_checkpoint(
-                self.run_dir / "checkpoints",
+                self.run_dir,
                 step=self.step,
                 model=self.model.state_dict(),
                 ema=self.ema.state_dict(),
@@ -201,7 +213,31 @@ class Trainer:
                 keep=self.cfg.train.keep_checkpoints,
             )
         except OSError as e:  # disk full, quota, permissions: the partial write is removed, older ones are intact
-            raise self._write_failed(e, f"the checkpoint of step {self.step} to {self.run_dir / 'checkpoints'}") from e
+            raise self._write_failed(e, f"the checkpoint of step {self.step} to {checkpoints_dir(self.run_dir)}") from e
+
+    def _gather_rank_rng(self) -> dict[str, torch.Tensor]:
+        """Every process's dropout generators (the CPU's and its device's) as ``rng.cpu.rankR`` and
+        ``rng.cuda.rankR``: each process draws its own masks, and a resumed one must go on drawing them."""
+        mine = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(self.device)
+        states = [mine] * self.world.size
+        if self.world.distributed:
+            torch.distributed.all_gather_object(states, mine)
+        return {f"rng.{k}.rank{r}": v for r, s in enumerate(states) for k, v in s.items()}
+
+    def _restore_rank_rng(self, state: dict[str, torch.Tensor], step: int) -> None:
+        """This process's own dropout generators; a rank the checkpoint did not have (it was written by fewer
+        processes, or before per-rank states were saved) reseeds from train.seed, its rank and the step."""
+        rank = self.world.rank
+        cpu = state.get(f"rng.cpu.rank{rank}", state["rng.cpu"] if rank == 0 else None)
+        if cpu is None:
+            torch.manual_seed(self.cfg.train.seed + 1_000_003 * rank + 7_919 * step)
+        else:
+            torch.set_rng_state(cpu)
+        cuda = state.get(f"rng.cuda.rank{rank}", state.get("rng.cuda") if rank == 0 else None)
+        if self.device.type == "cuda" and cuda is not None and cpu is not None:
+            torch.cuda.set_rng_state(cuda, self.device)
 
     def _write_failed(self, e: OSError, what: str) -> TrainingError:
         """The error that stops a run whose files cannot be written: what failed, why, and what is intact."""
@@ -221,7 +257,7 @@ class Trainer:
             self.opt, {k: v.to(self.device) for k, v in state.items() if k.startswith("optim.")}, meta["optimizer"]
         )
         self.stream.load_state_dict(meta["data"])
-        torch.set_rng_state(state["rng.cpu"])
+        self._restore_rank_rng(state, int(meta["step"]))
         if state["rng.gen"].numel() == self.gen.get_state().numel():
             self.gen.set_state(state["rng.gen"])
         else:  # saved on another device type, whose generator state has another form
@@ -233,8 +269,6 @@ class Trainer:
                 stacklevel=3,
             )
             self.gen.manual_seed(self.cfg.train.seed + 1_000_003 * int(meta["step"]))
-        if self.device.type == "cuda" and "rng.cuda" in state:
-            torch.cuda.set_rng_state(state["rng.cuda"], self.device)
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
@@ -273,7 +307,7 @@ class Trainer:
         mine = self.world.rank * self.local_batch
         data = model.derive(batch, self.gen, slice(mine, mine + self.local_batch))  # this process's rows only
         B = batch["image"].shape[0]
-        tt = (model.prediction or Prediction(self.process)).timesteps(B, self.gen, self.device)
+        tt = Prediction.of(model, self.process).timesteps(B, self.gen, self.device)
         noise = torch.randn((B, *model.z_shape), generator=self.gen, device=self.device)
         cond_drop = self._drop_masks(B, t.cond_drop_prob, model.conditioned)  # classifier-free guidance
         enc_drop = self._drop_masks(B, t.enc_drop_prob, tuple(model.modalities))  # heads learn image -> x
@@ -374,7 +408,7 @@ class Trainer:
         log_path = self.run_dir / LOG_FILE
         if main and self.step > 0:  # resumed: what a killed run logged after its checkpoint is redone exactly
             _truncate_jsonl(log_path, self.step)
-        writer = _tensorboard(self.run_dir / "tb", purge_step=self.step or None) if main else None
+        writer = _tensorboard(self.run_dir / TB_DIR, purge_step=self.step or None) if main else None
         if main:
             if self.progress and self.memory is not None:
                 print(self.memory.summary(), file=sys.stderr, flush=True)
@@ -425,7 +459,7 @@ class Trainer:
                 self._stop_if_diverged()
                 self.save()
             if main and t.sample_every > 0 and (self.step % t.sample_every == 0 or self.step == t.steps):
-                self.sample_grid(self.run_dir / "samples" / f"step-{self.step:07d}.png")
+                self.sample_grid(self.run_dir / SAMPLES_DIR / f"step-{self.step:07d}.png")
             if stop["stop"] and (log_step or not self.world.distributed) and self.step < t.steps:
                 self._interrupted(bar)
         bar.close()
@@ -461,7 +495,7 @@ class Trainer:
     def _log_prior(self, log_path: Path, writer, **extra) -> None:
         """L0 = KL(q(z_T | z_0, X) || N(0, I)) on one batch: whether the schedules end at the prior."""
         batch = BatchStream(
-            self.data, min(256, len(self.data)), seed=self.cfg.train.seed + 1, device=self.device
+            self.data, min(256, len(self.data)), seed=self.cfg.train.seed + 1, device=self.device, prefetch=False
         ).next()
         g = torch.Generator(self.device).manual_seed(0)
         with torch.no_grad():
@@ -477,7 +511,10 @@ class Trainer:
         """Joint samples from the EMA model with the config's sampler (a fixed seed per run)."""
         s = self.cfg.sample
         g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 12345)
-        state = generate_joint(self.ema.model, self.process, batch=s.num, generator=g, device=self.device, **s.kwargs())
+        with self._autocast():  # bf16 on a GPU: the other processes wait for this grid
+            state = generate_joint(
+                self.ema.model, self.process, batch=s.num, generator=g, device=self.device, **s.kwargs()
+            )
         return save_grid(self.latent.decode(state.z), path)
 
 
