@@ -13,8 +13,8 @@ import argparse
 import math
 from pathlib import Path
 
-from ..config import SAMPLER_NAMES
 from ..precision import PRECISIONS
+from ..sampling.samplers import SAMPLERS
 
 __all__ = [
     "positive_int",
@@ -87,7 +87,12 @@ def image_path(text: str) -> Path:
 
 
 def add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, type=Path, help="run directory written by mtdiff train")
+    p.add_argument(
+        "--run",
+        required=True,
+        type=Path,
+        help="run directory written by mtdiff train, or a shipped model's name (mtdiff models)",
+    )
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
@@ -117,7 +122,9 @@ def add_out(p: argparse.ArgumentParser, what: str = "image grid") -> None:
 
 def add_sampler(p: argparse.ArgumentParser) -> None:
     """--sampler, --steps, --eta: the run's ``sample`` config unless given."""
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="sampler (default: the run's sample.sampler)")
+    p.add_argument(
+        "--sampler", choices=SAMPLERS, default=None, help="sampler (default: the run's sample.sampler)"
+    )  # the live registry: an entry added before parsing is a choice
     p.add_argument(
         "--steps",
         type=positive_int,

@@ -1,9 +1,11 @@
-"""The commands that use a trained run: sample, translate, restore, classify (each through
-:class:`mtdiff.runs.Run`, so the command line and Python give the same result for the same seed)."""
+"""The commands that use a trained run: generate (any modalities given, the rest generated), sample, translate,
+restore, classify (each through :class:`mtdiff.runs.Run`, so the command line and Python give the same result
+for the same seed)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from ..errors import InputError
@@ -41,7 +43,57 @@ def _guidance(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _assignment(text: str) -> tuple[str, str]:
+    """argparse type: NAME=VALUE."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (a modality or 'image', and its value), got {text!r}")
+    return name, value
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate", help="any modalities given (a class, a caption, images, class maps), the rest generated"
+    )
+    add_run(p)
+    p.add_argument(
+        "--num", type=positive_int, default=None, help="number of samples (default: the given files', else 16)"
+    )
+    add_sampler(p)
+    add_seed(p)
+    add_device(p)
+    add_out(p)
+    p.add_argument(
+        "--given",
+        action="append",
+        type=_assignment,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a known modality, or 'image' (repeatable): a PNG file or folder of PNGs (images; class maps with "
+        "pixel value = class index), a class index or comma-separated indices, 'each', a class name or a caption",
+    )
+    p.add_argument(
+        "--keep",
+        action="append",
+        type=_assignment,
+        default=[],
+        metavar="NAME=PNG",
+        help="an image-like --given known on some pixels only: a PNG (or folder, same file names) per input, "
+        "white = known pixel (restoration)",
+    )
+    _guidance(p)
+    p.add_argument(
+        "--head-guidance",
+        type=positive_float,
+        default=None,
+        metavar="S",
+        help="with a label given: guide towards it by the gradient of the model's own label head",
+    )
+    p.add_argument("--t", type=int, default=0, help="with the image given: time index at which the heads read it")
+
+
 def add_parsers(sub) -> None:
+    _add_generate(sub)
     p = sub.add_parser("sample", help="joint samples (image and every modality) from a trained run")
     _sampling(p, 16, "number of samples")
     p.add_argument(
@@ -79,6 +131,12 @@ def add_parsers(sub) -> None:
         default="test",
         help="'test' (the source derived from the test split, scored against the truth; default), or a "
         "PNG file or folder of PNGs: class maps (pixel value = class index) or source images",
+    )
+    p.add_argument(
+        "--modality",
+        default=None,
+        metavar="NAME",
+        help="the source modality, where a run has several (default: its first class-map or source-image modality)",
     )
     _guidance(p)
 
@@ -141,6 +199,65 @@ def add_parsers(sub) -> None:
     add_device(p)
 
 
+def _read_given(run, pairs: list[tuple[str, str]], keeps: list[tuple[str, str]]) -> dict:
+    """--given NAME=VALUE and --keep NAME=PNG as the values of ``Run.generate``."""
+    from ..runs import IMAGE
+
+    names = [IMAGE, *run.model.modalities]
+    for name, _ in [*pairs, *keeps]:
+        if name not in names:
+            raise InputError(f"{name!r} is not a modality of {run.directory}; give any of {names}")
+    files, given = {}, {}
+    for name, text in pairs:
+        if name in given:
+            raise InputError(f"--given {name} twice; give each modality once")
+        given[name], files[name] = _given_value(run, name, text)
+    for name, path in keeps:
+        if files.get(name) is None:
+            raise InputError(f"--keep {name} needs --given {name}=PNG (the images the masks belong to)")
+        given[name] = (given[name], read_keep(run, Path(path), files[name]))
+    return given
+
+
+def _given_value(run, name: str, text: str):
+    """One --given value and its PNG files (None for a value on the command line): a PNG file or folder (images
+    for the image and image-like modalities, class maps otherwise), integers ('3', '3,1,4'), else the text."""
+    from ..runs import IMAGE
+
+    mod = run.model.modalities[name] if name != IMAGE else None
+    if Path(text).exists():
+        files = png_files(Path(text), f"--given {name}")
+        if mod is None or mod.image_data:
+            return read_images(run, files, f"--given {name}"), files
+        if not hasattr(mod, "num_classes"):
+            raise InputError(f"--given {name}: a PNG gives images or class maps; {name} is a {mod.kind} modality")
+        return read_class_maps(run, name, files), files
+    if name == IMAGE or mod.image_data:
+        raise InputError(f"--given {name}={text}: no such PNG file or folder")
+    if re.fullmatch(r"\d+(,\d+)*", text):
+        ints = [int(v) for v in text.split(",")]
+        return (ints[0] if len(ints) == 1 else ints), None
+    return text, None
+
+
+def cmd_generate(args) -> int:
+    from ..viz import save_grid
+
+    run = load(args)
+    opts = sampler_options(args)
+    run.sampler_kwargs(**opts)  # refused before any work
+    given = _read_given(run, args.given, args.keep)
+    num = args.num if args.num is not None or given else 16
+    s = run.generate(given, num, guidance=args.guidance, head_guidance=args.head_guidance, t=args.t, **opts)
+    result = {"out": str(args.out), "num": len(s.images), "step": run.step, "given": list(s.given)}
+    if s.labels is not None:
+        result["labels"] = s.labels.tolist()
+    if s.drift is not None:
+        result["drift"] = round(float(s.drift.mean()), 6)
+    save_grid(s.images, args.out, captions=s.captions)
+    return emit(result)
+
+
 def _labels(spec: str | None):
     """--label K|each -> what Run.sample takes."""
     if spec is None or spec == "each":
@@ -190,22 +307,20 @@ def cmd_sample(args) -> int:
 def cmd_translate(args) -> int:
     from ..build import load_data
     from ..evaluate import translate
+    from ..runs import translation_source
     from ..viz import save_grid
 
     run = load(args)
     opts = sampler_options(args)
     run.sampler_kwargs(**opts)
     opts["guidance"] = args.guidance
-    sources = [n for n, m in run.model.modalities.items() if m.kind in ("segmentation", "image")]
-    if not sources:
-        raise InputError(f"translate needs a run with a segmentation or image modality; {run.directory} has none")
-    name = sources[0]
+    name = translation_source(run.model, args.modality, where=run.directory)
     if args.input == "test":
         grid, scores = translate(run, load_data(run.config, "test"), modality=name, num=args.num, **opts)
     else:
         files = png_files(Path(args.input), "--input")
-        kind = run.model.modalities[name].kind
-        source = read_class_maps(run, name, files) if kind == "segmentation" else read_images(run, files)
+        image_data = run.model.modalities[name].image_data
+        source = read_images(run, files) if image_data else read_class_maps(run, name, files)
         grid, scores = translate(run, modality=name, source=source, **opts)
     cols = int(scores.pop("columns"))
     save_grid(grid, args.out, nrow=2 * cols if scores["n"] % 2 == 0 else cols)
@@ -272,4 +387,10 @@ def cmd_classify(args) -> int:
     return emit({"run": str(args.run), "head": head, **result})
 
 
-COMMANDS = {"sample": cmd_sample, "translate": cmd_translate, "restore": cmd_restore, "classify": cmd_classify}
+COMMANDS = {
+    "generate": cmd_generate,
+    "sample": cmd_sample,
+    "translate": cmd_translate,
+    "restore": cmd_restore,
+    "classify": cmd_classify,
+}

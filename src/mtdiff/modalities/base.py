@@ -30,7 +30,7 @@ from .heads import HEADS
 if TYPE_CHECKING:
     from ..config import ModalityConfig
 
-__all__ = ["ALL", "Modality", "BackboneEncode", "MODALITY_KINDS"]
+__all__ = ["ALL", "Modality", "BackboneEncode", "MODALITY_KINDS", "given_rows"]
 
 # (context tokens [B, L, D]) -> backbone eps output at z = 0, t = 0 (the "U-Net as encoder" option)
 BackboneEncode = Callable[[Tensor], Tensor]
@@ -38,6 +38,19 @@ ALL = slice(None)  # every row of a batch
 
 MODALITY_KINDS: dict[str, type[Modality]] = {}
 """Kind name (``modalities.<name>.kind``) -> class; a subclass that sets ``kind`` enters it when defined."""
+
+
+def given_rows(x: Tensor, batch: int | None, shape: tuple[int, ...], what: str, *, floating: bool) -> Tensor:
+    """``x`` as [N, *shape] (one sample may come without its batch axis), N = 1 or ``batch``, floats or integers
+    as ``floating`` says; a ValueError naming ``what`` was expected otherwise."""
+    if x.ndim == len(shape):
+        x = x[None]
+    dims = ", ".join(["N" if batch is None else f"1 or {batch}", *map(str, shape)])
+    if tuple(x.shape[1:]) != tuple(shape) or len(x) == 0 or (batch is not None and len(x) not in (1, batch)):
+        raise ValueError(f"expected {what} [{dims}], got {tuple(x.shape)}")
+    if x.is_floating_point() != floating:
+        raise ValueError(f"expected {what} as {'floats' if floating else 'integers'}, got {x.dtype}")
+    return x
 
 
 class Modality(nn.Module):
@@ -58,6 +71,7 @@ class Modality(nn.Module):
     token_input: ClassVar[bool] = False  # as a backbone input (-X): a cross-attention token (else input channels)
     image_data: ClassVar[bool] = False  # its data are images: they go through data.autoencoder's map with z_0
     latent_refusal: ClassVar[str] = ""  # why the kind cannot be used with data.autoencoder ("": it can)
+    translation_source: ClassVar[bool] = False  # per-pixel data of another domain that images translate from (E.1)
     cond_channels: int = 0  # channels this modality adds to the backbone input in the -X variant
     uses_context: bool = False  # whether it enters the backbone as cross-attention tokens
 
@@ -193,6 +207,22 @@ class Modality(nn.Module):
         x = self.canonical(x)
         null = self.null(x.shape[0], device=x.device, dtype=x.dtype)
         return torch.where(dropped.reshape(-1, *([1] * (x.ndim - 1))), null, x)
+
+    # -- values a user gives (``Run.generate``) --------------------------------------------
+    def given(self, value: Any, batch: int | None = None) -> Tensor:
+        """A value a user gives for this modality as data [N, ...]: here a float tensor of the data's shape
+        (``data_shape``), one row or ``batch`` rows; a ValueError says what was expected. Kinds whose users
+        speak in class indices or text override it; image-like data arrive as pixels already mapped."""
+        return given_rows(torch.as_tensor(value), batch, self.data_shape(), f"{self.kind} data", floating=True)
+
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape of one sample's data (float form)."""
+        return tuple(self.z_shape)
+
+    def view_of_image(self, image: Tensor, keep: Tensor) -> Tensor | None:
+        """This modality's value when the image is known on the pixels where ``keep`` [N, 1, H, W] is 1, if the
+        modality is a view of the image (a masked image); None otherwise."""
+        return None
 
     # -- encoder E_i, head D_i, likelihood -------------------------------------------------
     def encode(self, x: Tensor, backbone_encode: BackboneEncode | None = None) -> Tensor:

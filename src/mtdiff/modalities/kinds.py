@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.masking import apply_mask, make_mask
-from .base import ALL, BackboneEncode, Modality
+from .base import ALL, BackboneEncode, Modality, given_rows
 
 if TYPE_CHECKING:
     from ..config import ModalityConfig
@@ -84,6 +84,7 @@ class ImageModality(Modality):
     encoder_choices = ("identity",)
     default_source = "image"
     image_data = True
+    translation_source = True
 
     def __init__(self, name: str, *, head: str = "output", encoder: str = "identity", clip: bool = True, **kw):
         super().__init__(name, head=head, encoder=encoder, **kw)
@@ -125,6 +126,7 @@ class MaskedImageModality(ImageModality):
     variant receives when it generates from scratch."""
 
     kind = "masked_image"
+    translation_source = False  # a view of the image itself (Section 4.1): restored, not translated from
     latent_refusal = (
         "its patch masks, its complete mask (all zeros) and mtdiff restore's pasting of known pixels "
         "all live in pixel space and have no counterpart in the VAE's latent space"
@@ -185,6 +187,9 @@ class MaskedImageModality(ImageModality):
         # generated from the "complete mask" (Section 4.1), not from noise: all zeros, the image's null
         return self.null(batch, device=device)
 
+    def view_of_image(self, image, keep):
+        return apply_mask(image, keep) if self.source == "image" else None  # the image's unknown pixels zeroed
+
 
 class _Discrete(Modality):
     """Shared parts of label-like modalities: data are indices or probability vectors."""
@@ -203,6 +208,14 @@ class _Discrete(Modality):
 
     def canonical(self, x):
         return self.probs(x)
+
+    def _given_indices(self, x: Tensor, batch: int | None, shape: tuple[int, ...], what: str) -> Tensor:
+        """Class indices [N, *shape] in [0, K) from a user's value (see ``Modality.given``)."""
+        what = f"{what} of class indices in [0, {self.num_classes})"
+        x = given_rows(x, batch, shape, what, floating=False)
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_classes):
+            raise ValueError(f"expected {what}, got values in [{int(x.min())}, {int(x.max())}]")
+        return x.long()
 
     def loss(self, pred, x):
         """Cross-entropy = the KL to the one-hot (or soft) target, up to the target's entropy."""
@@ -268,6 +281,18 @@ class LabelModality(_Discrete):
     def null(self, batch, *, device=None, dtype=torch.float32):
         return torch.full((batch, self.num_classes), 1.0 / self.num_classes, device=device, dtype=dtype)  # uniform
 
+    def given(self, value, batch=None):
+        """Class indices: one for every sample, one per sample, or "each" (the classes in turn; one of each
+        without ``batch``); or class probabilities [N, K]."""
+        if isinstance(value, str):
+            if value != "each":
+                raise ValueError(f"expected class indices in [0, {self.num_classes}) or 'each', got {value!r}")
+            return torch.arange(batch or self.num_classes) % self.num_classes
+        x = torch.as_tensor(value)
+        if x.is_floating_point() and x.ndim in (1, 2) and x.shape[-1] == self.num_classes:
+            return given_rows(x, batch, (self.num_classes,), "class probabilities", floating=True)
+        return self._given_indices(x, batch, (), "labels")
+
     def encode(self, x, backbone_encode: BackboneEncode | None = None):
         p = self.probs(x)  # [B, K]
         if self.encoder_name == "fixed":
@@ -290,6 +315,7 @@ class SegmentationModality(_Discrete):
     head_choices = ("output", "middle-up")
     encoder_choices = ("fixed",)
     default_source = "segmentation"
+    translation_source = True
     latent_refusal = (
         "its class maps and head live at pixel resolution; in latent space they would need masks at "
         "the latent resolution, which mtdiff does not make"
@@ -317,6 +343,10 @@ class SegmentationModality(_Discrete):
         return torch.full(
             (batch, self.num_classes, *self.z_shape[1:]), 1.0 / self.num_classes, device=device, dtype=dtype
         )  # uniform per pixel
+
+    def given(self, value, batch=None):
+        """Class maps [N, H, W] (or one map [H, W]) of class indices."""
+        return self._given_indices(torch.as_tensor(value), batch, tuple(self.z_shape[1:]), "class maps")
 
     def encode(self, x, backbone_encode=None):
         return torch.einsum("bkhw,kc->bchw", self.probs(x), self.class_values.to(torch.float32))
@@ -425,6 +455,9 @@ class VectorModality(Modality):
         # vector as the dropped encoding (train.enc_drop_prob) adds noise to z_t that eps cannot predict
         # (measured on mnist-text2img: test eps MSE 0.17 with random, 0.065 with the true vector).
         return torch.zeros(batch, self.dim, device=device, dtype=dtype)
+
+    def data_shape(self):
+        return (self.dim,)
 
     def encode(self, x, backbone_encode=None):
         if self.encoder_name == "fixed":
@@ -544,6 +577,29 @@ class TextModality(Modality):
             raise RuntimeError(f"modality {self.name!r}: captions are not encoded yet; call prepare()")
         template = torch.zeros_like(labels) if template is None else template
         return self.captions[labels.long(), template.long()]
+
+    def data_shape(self):
+        return (self.dim,)
+
+    def given(self, value, batch=None):
+        """Captions: text (one for all or one per sample), embedded by the run's text encoder; class indices or
+        class names (their captions' embeddings, no text encoder needed); or embeddings [N, D]."""
+        items = [value] if isinstance(value, (str, int)) else value
+        if isinstance(items, (list, tuple)) and items and all(isinstance(v, str) for v in items):
+            if not all(v in self.class_names for v in items):
+                if not all(v.strip() for v in items):
+                    raise ValueError(f"expected captions as non-empty text, got {items!r}")
+                return given_rows(self.embed(list(items)).float().cpu(), batch, (self.dim,), "captions", floating=True)
+            items = [self.class_names.index(v) for v in items]
+        x = torch.as_tensor(items)
+        if x.is_floating_point():
+            return given_rows(x, batch, (self.dim,), "caption embeddings", floating=True)
+        names = f"class indices in [0, {len(self.class_names)})" if self.class_names else "text"
+        x = given_rows(x, batch, (), f"captions as {names}", floating=False)
+        if not self.class_names or int(x.min()) < 0 or int(x.max()) >= len(self.class_names):
+            raise ValueError(f"expected captions as {names}, got {value!r}")
+        self.prepare()
+        return self.from_labels(x.to(self.captions.device)).cpu()
 
     def derive(self, batch, generator, rows=ALL):
         if self.source in batch:

@@ -1,7 +1,19 @@
 """Samplers (pure functions on the y-chain) and the joint / conditional / inverse modes."""
 
+from .given import KnownPixels, generate_given, read_heads, split_unknown
 from .guidance import ClassifierFreeGuidance, HeadGuidance
-from .samplers import SAMPLERS, Denoiser, SampleState, ancestral, ddim, dpm_solver, init_state, timesteps
+from .samplers import (
+    SAMPLERS,
+    Denoiser,
+    Sampler,
+    SampleState,
+    ancestral,
+    ddim,
+    dpm_solver,
+    init_state,
+    sampler_named,
+    timesteps,
+)
 from .tasks import (
     Restoration,
     elbo_logits,
@@ -16,7 +28,13 @@ from .tasks import (
 __all__ = [
     "ClassifierFreeGuidance",
     "HeadGuidance",
+    "KnownPixels",
+    "generate_given",
+    "read_heads",
+    "split_unknown",
     "SAMPLERS",
+    "Sampler",
+    "sampler_named",
     "Denoiser",
     "SampleState",
     "ancestral",

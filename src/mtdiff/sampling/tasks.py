@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..process import MTProcess
-from .samplers import SAMPLERS, Denoiser, SampleState, init_state
+from .samplers import Denoiser, SampleState, init_state, sampler_named
 
 __all__ = [
     "generate",
@@ -42,8 +42,7 @@ def generate(
     constraint=None,
 ) -> SampleState:
     """Joint (nothing known) or conditional (some X known) generation of z_0 and the unknown X."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; valid: {sorted(SAMPLERS)}")
+    entry = sampler_named(sampler)  # refused before any work
     init = init_state(
         model,
         process,
@@ -55,9 +54,16 @@ def generate(
         generator=generator,
         device=device,
     )
-    kw = {"eta": eta} if sampler == "ddim" else {}
-    return SAMPLERS[sampler](
-        model, process, init, steps, generator=generator, callback=callback, clip=clip, constraint=constraint, **kw
+    return entry.run(
+        model,
+        process,
+        init,
+        steps,
+        options={"eta": eta},
+        generator=generator,
+        callback=callback,
+        clip=clip,
+        constraint=constraint,
     )
 
 

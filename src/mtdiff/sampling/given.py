@@ -1,0 +1,126 @@
+"""Any subset of the modalities given, the rest generated (docs/API.md).
+
+Every inference mode is one of these with a different given set:
+
+- Nothing or some modalities given exactly: their encodings enter the shift from the start (conditional
+  generation; nothing given is joint generation). A modality that is not given is generated from its head
+  (Algorithm 1, line 10) when it has one and is not a backbone input; a backbone input that is not given
+  (the -X variant's inputs, a caption) is "nothing known" (``Modality.null``), as in training with
+  ``train.cond_drop_prob`` and in the unconditional branch of classifier-free guidance.
+- A modality given on some pixels only, ``(x, keep)``: generated from its head, with the known pixels pasted
+  into its start and into every head estimate (:class:`KnownPixels`).
+- z_0 given on some pixels, ``(x, keep)``: every z_0 estimate takes the known pixels (hard data consistency,
+  Section 4.1) and the result pastes them in again (:func:`generate_given`).
+- z_0 given everywhere: nothing is sampled; every head reads z_t drawn from Eq. 4 at one time index with the
+  unknown modalities "nothing known" (inverse mode, :func:`read_heads`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ..process import MTProcess
+from .guidance import _Wrapper
+from .samplers import Denoiser, SampleState
+from .tasks import generate
+
+__all__ = ["KnownPixels", "split_unknown", "generate_given", "read_heads"]
+
+Partial = tuple[Tensor, Tensor]  # (value, keep [N, 1, H, W]: 1 = known pixel)
+
+
+class KnownPixels(_Wrapper):
+    """A Denoiser whose head estimates (and the sampler's starts) of the modalities in ``partial`` keep their
+    known pixels: x = keep x_known + (1 - keep) x_est, x_known in the modality's float form."""
+
+    def __init__(self, model, partial: Mapping[str, Partial]):
+        super().__init__(model)
+        m = model.modalities
+        self.partial = {n: (m[n].canonical(x), keep) for n, (x, keep) in partial.items()}
+
+    def paste(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        out = dict(data)
+        for n, (x, keep) in self.partial.items():
+            if n in out:
+                keep = keep.to(out[n])
+                out[n] = keep * x.to(out[n]) + (1 - keep) * out[n]
+        return out
+
+    def predict(
+        self, z: Tensor, t: Tensor, data: Mapping[str, Tensor], enc: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        eps, est = self.model.predict(z, t, data, enc)
+        return eps, self.paste(est)
+
+    def init_data(self, names: Sequence[str], batch: int, *, generator, device) -> dict[str, Tensor]:
+        return self.paste(self.model.init_data(names, batch, generator=generator, device=device))
+
+
+def split_unknown(model: Denoiser, known: Collection[str], partial: Collection[str] = ()) -> tuple[list, list]:
+    """(generated, held) of the modalities not in ``known``, in the model's order: generated from their heads
+    (those with a head that are no backbone input, and those known on some pixels only); held at "nothing
+    known" (the rest: backbone inputs, captions)."""
+    m, inputs = model.modalities, set(model.conditioned)
+    rest = [n for n in m if n not in known]
+    generated = [n for n in rest if n in partial or (m[n].has_head and n not in inputs)]
+    return generated, [n for n in rest if n not in generated]
+
+
+def generate_given(
+    model: Denoiser,
+    process: MTProcess,
+    *,
+    batch: int,
+    z_shape: Sequence[int],
+    known: Mapping[str, Tensor],
+    partial: Mapping[str, Partial] | None = None,
+    image: Partial | None = None,
+    project: bool = True,
+    device=None,
+    **kw,
+) -> tuple[SampleState, Tensor | None]:
+    """z_0 and every modality not in ``known`` (:func:`split_unknown`), by :func:`generate` with its sampler
+    keywords ``kw``. ``partial``: modalities known on some pixels; ``image``: z_0 known on some pixels
+    (with ``project`` every z_0 estimate takes them). Returns the final state, whose ``z`` keeps the known
+    pixels of z_0, and the model's own last z_0 estimate (None without ``image``)."""
+    partial = dict(partial or {})
+    generated, held = split_unknown(model, known, partial)
+    null = model.null_data(held, batch, device=device)
+    known = {n: known[n] if n in known else null[n] for n in model.modalities if n in known or n in null}
+    model = KnownPixels(model, partial) if partial else model
+    if image is not None and project:
+        x0, keep = image
+        kw["constraint"] = lambda z0: keep * x0 + (1 - keep) * z0
+    state = generate(model, process, batch=batch, z_shape=z_shape, known=known, unknown=generated, device=device, **kw)
+    if image is None:
+        return state, None
+    x0, keep = image
+    raw = state.raw_z0 if state.raw_z0 is not None else state.z
+    state.z = keep * x0 + (1 - keep) * raw
+    return state, raw
+
+
+@torch.no_grad()
+def read_heads(
+    model: Denoiser,
+    process: MTProcess,
+    z0: Tensor,
+    *,
+    t: int = 0,
+    known: Mapping[str, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Inverse mode with z_0 known: z_t drawn from Eq. 4 at time index t with every modality not in ``known``
+    "nothing known" (``Modality.null``), as in training with ``train.enc_drop_prob``; returns the known data
+    and every other modality's head estimate (its null where it has no head). ``generator`` draws the noise."""
+    known = dict(known or {})
+    names = [n for n in model.modalities if n not in known]
+    tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
+    data = {**model.null_data(names, z0.shape[0], device=z0.device), **known}
+    noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+    zt = process.q_sample(z0, tt, model.encode(data), noise)
+    _, est = model.predict(zt, tt, data)
+    return {n: est.get(n, data[n]) if n in names else data[n] for n in model.modalities}
