@@ -34,8 +34,9 @@ def test_readme_python_section_runs(runs, monkeypatch):
     r = ns["restored"]
     assert r.restored.shape == (4, 1, 32, 32) and r.keep.shape == (4, 1, 32, 32)
     assert bool(((1 - r.keep).flatten(1).sum(1) > 0).all())  # every input gets a mask
-    assert torch.allclose(ns["probs"].sum(1), torch.ones(16), atol=1e-4)
+    assert ns["m"].shipped and torch.allclose(ns["probs"].sum(1), torch.ones(10), atol=1e-4)
     assert ns["pairs"].labels.tolist() == list(range(10))
+    assert ns["threes"].labels.tolist() == [3] * 4
     assert ns["digits"].shape == (10, 1, 32, 32)
 
 

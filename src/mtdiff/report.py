@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from .runs import CONFIG_FILE, Run, load_run, read_log
+from .rundir import CONFIG_FILE
+from .runs import Run, load_run, read_log
 
 __all__ = ["write_report", "prior_kl_curve"]
 
@@ -177,13 +178,14 @@ td{border:1px solid #ddd;padding:.2em .6em;font-size:.9em}pre{background:#f6f6f6
 def write_report(
     run_dir: str | Path, out: str | Path | None = None, *, num: int = 16, steps: int = 50, seed: int = 0, test=None
 ) -> Path:
-    """Write ``out`` (default RUN/report.html) and return its path. ``test``: the reference split
-    (default: the run's own test split, if it can be loaded; sections that need it are left out otherwise)."""
+    """Write ``out`` (default RUN/report.html; ``runs/NAME/report.html`` for a shipped model) and return its
+    path. ``test``: the reference split (default: the run's own test split, if it can be loaded; sections that
+    need it are left out otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    run_dir = Path(run_dir)
     run = load_run(run_dir)
+    run_dir = run.directory  # a shipped model's name resolved to its folder
     if test is None:
         try:
             from .build import load_data
@@ -233,7 +235,7 @@ def write_report(
         f"<!doctype html><html><head><meta charset='utf-8'><title>mtdiff report: {html.escape(str(run_dir))}</title>"
         f"<style>{_CSS}</style></head><body><h1>mtdiff report: {html.escape(run_dir.name)}</h1>{body}</body></html>"
     )
-    out = Path(out) if out is not None else run_dir / "report.html"
+    out = Path(out) if out is not None else run.output_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out

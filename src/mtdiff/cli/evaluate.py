@@ -112,10 +112,10 @@ def cmd_evaluate(args) -> int:
     if not world.main:
         return 0
     t1 = time.perf_counter()
-    scores = sample_quality(images, ref, extractor, seed=args.seed, cache_dir=run.directory / "eval")
+    scores = sample_quality(images, ref, extractor, seed=args.seed, cache_dir=run.output_dir / "eval")
     train_set = load_data(run.config, "train")  # the reference point: real images scored the same way
     idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))[: args.num]
-    real = sample_quality(train_set.to_float(idx), ref, extractor, seed=args.seed, cache_dir=run.directory / "eval")
+    real = sample_quality(train_set.to_float(idx), ref, extractor, seed=args.seed, cache_dir=run.output_dir / "eval")
     result = {
         "run": str(args.run),
         "step": run.step,
@@ -129,7 +129,7 @@ def cmd_evaluate(args) -> int:
         "seconds_sampling": round(t1 - t0, 1),
         "seconds_scoring": round(time.perf_counter() - t1, 1),
     }
-    out = args.out or run.directory / "eval" / f"quality-{name}-n{args.num}-steps{kw['steps']}-seed{args.seed}.json"
+    out = args.out or run.output_dir / "eval" / f"quality-{name}-n{args.num}-steps{kw['steps']}-seed{args.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(_table(scores, real))

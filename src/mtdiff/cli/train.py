@@ -70,14 +70,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The README's main job: train the mnist-demo preset on the CPU, then sample and restore."""
+    """The README's main job: train the mnist-demo preset on the CPU, then sample and restore; beside it, the
+    same with the preset's converged weights shipped with mtdiff (where they are)."""
     from ..build import load_data
     from ..checkpoint import has_checkpoints
     from ..config import load_config
-    from ..evaluate import restoration_grid
     from ..runs import load_run, read_run_config
+    from ..shipped import shipped_names
     from ..train import Trainer, steps_for_minutes
-    from ..viz import save_grid
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -101,18 +101,35 @@ def cmd_demo(args) -> int:
     run = load_run(out)
     print_memory_estimate(run, 64, lambda n, **over: run.sample(n, **over))
     steps = {"steps": args.sample_steps} if args.sample_steps else {}
-    samples = save_grid(run.sample(64, seed=0, **steps).images, out / "samples.png", nrow=8)
-    grid, ncol, stats = restoration_grid(run, load_data(run.config, "test"), num=16, per_input=2, seed=0, **steps)
-    restorations = save_grid(grid, out / "restorations.png", nrow=ncol * 2)
-    summary = {
-        "samples": str(samples),
-        "restorations": str(restorations),
-        **stats,
-        "minutes": round((time.perf_counter() - t0) / 60, 2),
-    }
+    test = load_data(run.config, "test")
+    summary = {**_demo_pictures(run, test, out, "", steps), "steps_trained": run.step}
+    if "mnist-demo" in shipped_names():  # the same preset trained to convergence, shipped: what it reaches
+        shipped = load_run("mnist-demo")
+        fast = steps or SHIPPED_SAMPLER  # seconds, not minutes, on any CPU
+        summary["shipped"] = {**_demo_pictures(shipped, test, out, "shipped_", fast), "steps_trained": shipped.step}
+        print(
+            f"[demo] beside your run ({run.step} steps): the same preset trained {shipped.step} steps, shipped with "
+            f"mtdiff as `mnist-demo` (sampled with {fast}): {out / 'shipped_samples.png'}"
+        )
+    summary["minutes"] = round((time.perf_counter() - t0) / 60, 2)
     (out / "demo.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 0
+
+
+SHIPPED_SAMPLER = {"sampler": "dpm-solver", "steps": 20}  # the demo's sampler for the shipped model
+
+
+def _demo_pictures(run, test, out: Path, prefix: str, steps: dict) -> dict:
+    """The demo's two pictures of ``run`` (64 samples from the complete mask; 16 test digits restored twice),
+    saved as ``out/{prefix}samples.png`` and ``{prefix}restorations.png``, and the restorations' scores."""
+    from ..evaluate import restoration_grid
+    from ..viz import save_grid
+
+    samples = save_grid(run.sample(64, seed=0, **steps).images, out / f"{prefix}samples.png", nrow=8)
+    grid, ncol, stats = restoration_grid(run, test, num=16, per_input=2, seed=0, **steps)
+    restorations = save_grid(grid, out / f"{prefix}restorations.png", nrow=ncol * 2)
+    return {"samples": str(samples), "restorations": str(restorations), **stats}
 
 
 COMMANDS = {"train": cmd_train, "demo": cmd_demo}

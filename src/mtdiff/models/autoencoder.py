@@ -79,7 +79,7 @@ def read_vae_config(path: str | Path) -> dict[str, Any]:
     if not path.is_dir():
         raise AutoencoderError(
             f"data.autoencoder={str(path)!r} is not a directory: expected a diffusers AutoencoderKL "
-            f"saved with save_pretrained (config.json + weights); see the README, 'latent space'"
+            f"saved with save_pretrained (config.json + weights); see docs/DATA.md, 'Latent space'"
         )
     cfg_file = path / "config.json"
     try:
