@@ -810,6 +810,49 @@ def cmd_score(args, argv: list[str]) -> dict:
     return result
 
 
+def cmd_demo(args, argv: list[str]) -> dict:
+    """What ``mtdiff demo`` shows, scored: its own run's samples with the preset's sampler and the shipped
+    ``mnist-demo``'s with the demo's (``--num`` of each, the same seed), recognised by the two classifiers."""
+    from benchmarks.common import machine, where_run
+    from mtdiff.cli.train import SHIPPED_SAMPLER
+    from mtdiff.runs import load_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    judges = Judges(Path(args.cache_dir))
+    rows = {}
+    for what, name, kw in (("own run", str(args.run), {}), ("shipped mnist-demo", "mnist-demo", SHIPPED_SAMPLER)):
+        run = load_run(name)
+        images = sample_batches(run, args.num, seed=args.seed, **kw).images
+        rows[what] = {
+            "run": name,
+            "step": run.step,
+            "sampler": f"{kw['sampler']} {kw['steps']} steps" if kw else sampler_text(run),
+            **judges.quality(images, run),
+        }
+    result = {"command": "python -m benchmarks.shipped " + shlex.join(argv), "machine": machine("cpu"), "rows": rows}
+    result["date"] = date.today().isoformat()
+    lines = [
+        f"Command: `{result['command']}`",
+        "",
+        f"What `mtdiff demo` shows, {args.num} samples of each from seed {args.seed}; scored on "
+        f"{where_run(result['machine'], result['date'])}.",
+        "",
+        "| model | step | sampler | recognised (ccexam, p > 0.9) | recognised (digit-recognizer) | FID (MNIST-CNN) |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {what} | {r['step']} | {r['sampler']} | {r['recognised']:.3f} | "
+            f"{r.get('recognised_strict', float('nan')):.3f} | {r['FID']:.0f} |"
+            for what, r in rows.items()
+        ),
+    ]
+    stem = args.out_dir / f"demo-{args.tag}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.shipped", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -820,6 +863,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, default=Path("src/mtdiff/weights"), help="default src/mtdiff/weights")
     p.add_argument("--preset", default=None, help="the run's preset (default: its config's name)")
     p.add_argument("--force", action="store_true", help="ship a run resumed with other settings (the card says so)")
+    p = sub.add_parser("demo", help="score what mtdiff demo shows: its own run and the shipped mnist-demo")
+    p.add_argument("--run", type=Path, default=Path("runs/demo"), help="the demo's run directory")
+    p.add_argument("--tag", required=True, help="names the results: demo-TAG.json / .md (e.g. the machine)")
+    p.add_argument("--num", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/shipped/reference"))
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p = sub.add_parser("pages", help="rewrite shipped.md and the model cards' page from shipped.json (no scoring)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--models-page", type=Path, default=Path("docs/MODELS.md"), help="the model cards (a page)")
@@ -848,6 +899,8 @@ def main(argv: list[str] | None = None):
     from mtdiff.errors import MtdiffError
 
     try:
+        if args.command == "demo":
+            return cmd_demo(args, argv)
         if args.command == "pages":
             return write_pages(json.loads((args.out_dir / "shipped.json").read_text()), args)
         return cmd_export(args) if args.command == "export" else cmd_score(args, argv)
