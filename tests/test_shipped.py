@@ -245,3 +245,27 @@ def test_score_runs_end_to_end_on_the_tiny_models(made, tmp_path, monkeypatch):
     assert "restoration, masked-pixel MSE, 20 patches" in md and "< 0.302" in md
     assert json.loads((out / "shipped.json").read_text())["models"][0]["name"] == "tiny-m"
     assert (out / "shipped.png").is_file()
+
+
+def test_models_lists_and_checks_every_shipped_model_and_presets_marks_them(weights, capsys):
+    from mtdiff.cli.main import main
+
+    assert main(["models", "--check"]) == 0
+    out = capsys.readouterr().out
+    for name in ("tiny-m", "tiny-seg", "tiny-x"):
+        assert f"{name}  (preset " in out
+    assert out.count("check: loaded and sampled 16 images (1, 32, 32)") == 3
+    assert "trained by: mtdiff train --config mnist-label-m --out runs/shipped/tiny-m" in out
+    assert main(["presets"]) == 0
+    assert "[shipped weights" not in capsys.readouterr().out  # no preset has the name of a tiny model
+
+
+def test_a_shipped_model_writes_its_report_under_runs_not_into_the_package(weights, tmp_path, monkeypatch):
+    from mtdiff.report import write_report
+
+    dest, _ = weights
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in (dest / "tiny-m").iterdir())
+    path = write_report("tiny-m", num=2, steps=2)
+    assert path.resolve() == (tmp_path / "runs" / "tiny-m" / "report.html").resolve()
+    assert "tiny-m" in path.read_text() and sorted(p.name for p in (dest / "tiny-m").iterdir()) == before

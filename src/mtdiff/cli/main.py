@@ -103,7 +103,11 @@ def cmd_models(args) -> int:
         card = read_card(WEIGHTS_DIR / name)
         print(f"{name}  (preset {card['preset']}, step {card['step']}, {card['parameters'] / 1e6:.2f}M parameters)")
         print(f"    trained by: {card['command']}")
-        scores = ", ".join(f"{k} {_fmt_score(v)}" for k, v in card.get("scores", {}).items() if not isinstance(v, dict))
+        scores = ", ".join(
+            f"{k} {_fmt_score(v)}"
+            for k, v in card.get("scores", {}).items()
+            if isinstance(v, (int, float)) and not k.startswith(("float32_", "half_")) and k not in _SETTINGS
+        )
         print(
             textwrap.fill(f"scores: {scores or 'not scored yet'}", 100, initial_indent="    ", subsequent_indent="    ")
         )
@@ -126,6 +130,9 @@ def _check_model(name: str) -> str:
     if not bool(torch.isfinite(images).all()):
         raise MtdiffError(f"{name}: the samples are not finite")
     return f"loaded and sampled 16 images {tuple(images.shape[1:])} in {time.perf_counter() - t0:.2f} s"
+
+
+_SETTINGS = ("num", "seed", "head_guidance", "caption_guidance", "restore_images", "head_test_digits")  # not scores
 
 
 def _fmt_score(v) -> str:
