@@ -811,17 +811,16 @@ def cmd_score(args, argv: list[str]) -> dict:
 
 
 def cmd_demo(args, argv: list[str]) -> dict:
-    """What ``mtdiff demo`` shows, scored: its own run's samples with the preset's sampler and the shipped
-    ``mnist-demo``'s with the demo's (``--num`` of each, the same seed), recognised by the two classifiers."""
+    """What ``mtdiff demo`` shows, scored: its own run's samples and the shipped ``mnist-demo``'s, each with the
+    preset's sampler (``--num`` of each, the same seed), recognised by the two classifiers."""
     from benchmarks.common import machine, where_run
-    from mtdiff.cli.train import SHIPPED_SAMPLER
     from mtdiff.runs import load_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
     judges = Judges(Path(args.cache_dir))
     rows = {}
-    for what, name, kw in (("own run", str(args.run), {}), ("shipped mnist-demo", "mnist-demo", SHIPPED_SAMPLER)):
+    for what, name, kw in (("own run", str(args.run), {}), ("shipped mnist-demo", "mnist-demo", {})):
         run = load_run(name)
         images = sample_batches(run, args.num, seed=args.seed, **kw).images
         rows[what] = {
