@@ -33,8 +33,8 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--minutes",
         type=positive_float,
-        default=4.5,
-        help="training budget: the steps that fit, timed here, up to the preset's 2,700 (default 4.5, so that "
+        default=4.0,
+        help="training budget: the steps that fit, timed here, up to the preset's 2,700 (default 4.0, so that "
         "install, training, sampling and restoring take at most 10 minutes on 2 cores)",
     )
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (instead of --minutes)")
