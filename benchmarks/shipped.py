@@ -811,8 +811,8 @@ def cmd_score(args, argv: list[str]) -> dict:
 
 
 def cmd_demo(args, argv: list[str]) -> dict:
-    """What ``mtdiff demo`` shows, scored: its own run's samples and the shipped ``mnist-demo``'s, each with the
-    preset's sampler (``--num`` of each, the same seed), recognised by the two classifiers."""
+    """What ``mtdiff demo`` shows, scored: its own run's samples with the preset's sampler and the shipped
+    ``mnist-demo``'s with the demo's (``--num`` of each, the same seed), recognised by the two classifiers."""
     from benchmarks.common import machine, where_run
     from mtdiff.runs import load_run
 
@@ -820,7 +820,9 @@ def cmd_demo(args, argv: list[str]) -> dict:
         torch.set_num_threads(args.threads)
     judges = Judges(Path(args.cache_dir))
     rows = {}
-    for what, name, kw in (("own run", str(args.run), {}), ("shipped mnist-demo", "mnist-demo", {})):
+    from mtdiff.cli.train import SHIPPED_SAMPLER
+
+    for what, name, kw in (("own run", str(args.run), {}), ("shipped mnist-demo", "mnist-demo", SHIPPED_SAMPLER)):
         run = load_run(name)
         images = sample_batches(run, args.num, seed=args.seed, **kw).images
         rows[what] = {
