@@ -3,41 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 from pathlib import Path
 
-import torch
+from mtdiff.cli.check.common import machine  # noqa: F401  (the benchmarks' record of where they ran)
 
 __all__ = ["RESULTS", "machine", "seed_list", "slug", "where_run"]
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def machine(device) -> dict:
-    """Platform, CPU, threads, torch version and the device's name."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": str(device),
-        "device_name": name,
-    }
 
 
 def where_run(m: dict, date: str | None) -> str:

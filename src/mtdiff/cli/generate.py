@@ -33,7 +33,8 @@ def _sampling(p: argparse.ArgumentParser, num: int, what: str) -> None:
     add_out(p)
 
 
-def _guidance(p: argparse.ArgumentParser) -> None:
+def _guidance(p: argparse.ArgumentParser, *, head: str | None = None) -> None:
+    """--guidance; with ``head`` (what it guides towards), --head-guidance too."""
     p.add_argument(
         "--guidance",
         type=positive_float,
@@ -41,6 +42,14 @@ def _guidance(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="classifier-free guidance scale, for runs trained with train.cond_drop_prob > 0 (1 = none)",
     )
+    if head is not None:
+        p.add_argument(
+            "--head-guidance",
+            type=positive_float,
+            default=None,
+            metavar="S",
+            help=f"{head} by the gradient of the model's own label head",
+        )
 
 
 def _assignment(text: str) -> tuple[str, str]:
@@ -81,14 +90,7 @@ def _add_generate(sub) -> None:
         help="an image-like --given known on some pixels only: a PNG (or folder, same file names) per input, "
         "white = known pixel (restoration)",
     )
-    _guidance(p)
-    p.add_argument(
-        "--head-guidance",
-        type=positive_float,
-        default=None,
-        metavar="S",
-        help="with a label given: guide towards it by the gradient of the model's own label head",
-    )
+    _guidance(p, head="with a label given: guide towards it")
     p.add_argument("--t", type=int, default=0, help="with the image given: time index at which the heads read it")
 
 
@@ -110,14 +112,7 @@ def add_parsers(sub) -> None:
         metavar="TEXT",
         help="text runs: caption to generate from (repeatable; the samples cycle through them)",
     )
-    _guidance(p)
-    p.add_argument(
-        "--head-guidance",
-        type=positive_float,
-        default=None,
-        metavar="S",
-        help="with --label: guide towards the class by the gradient of the model's own label head",
-    )
+    _guidance(p, head="with --label: guide towards the class")
     p.add_argument(
         "--agreement",
         action="store_true",
