@@ -40,6 +40,13 @@ MODALITY_KINDS: dict[str, type[Modality]] = {}
 """Kind name (``modalities.<name>.kind``) -> class; a subclass that sets ``kind`` enters it when defined."""
 
 
+VALUE_TYPES = ("image", "class", "class_map", "vector", "text")
+"""What a user gives and gets back of a modality (``Modality.value``), so that a front end (the CLI, an app)
+picks its inputs and outputs without knowing kind names: ``image`` pixels [C, H, W] in [-1, 1] (a masked image
+too: the image with the pixels it keeps); ``class`` a class index (or probabilities); ``class_map`` per-pixel
+class indices [H, W]; ``vector`` a feature vector; ``text`` a caption."""
+
+
 def given_rows(x: Tensor, batch: int | None, shape: tuple[int, ...], what: str, *, floating: bool) -> Tensor:
     """``x`` as [N, *shape] (one sample may come without its batch axis), N = 1 or ``batch``, floats or integers
     as ``floating`` says; a ValueError naming ``what`` was expected otherwise."""
@@ -72,6 +79,7 @@ class Modality(nn.Module):
     image_data: ClassVar[bool] = False  # its data are images: they go through data.autoencoder's map with z_0
     latent_refusal: ClassVar[str] = ""  # why the kind cannot be used with data.autoencoder ("": it can)
     translation_source: ClassVar[bool] = False  # per-pixel data of another domain that images translate from (E.1)
+    value: ClassVar[str] = ""  # what a user gives and gets back: image | class | class_map | vector | text (VALUE_TYPES)
     cond_channels: int = 0  # channels this modality adds to the backbone input in the -X variant
     uses_context: bool = False  # whether it enters the backbone as cross-attention tokens
 
@@ -86,6 +94,8 @@ class Modality(nn.Module):
                 f"modality kind {kind!r} is defined twice: by {known.__module__}.{known.__qualname__} "
                 f"and by {cls.__module__}.{cls.__qualname__}"
             )
+        if cls.value not in VALUE_TYPES:
+            raise TypeError(f"modality kind {kind!r}: value {cls.value!r} is not one of {VALUE_TYPES}")
         MODALITY_KINDS[kind] = cls
 
     # -- from a config ---------------------------------------------------------------------

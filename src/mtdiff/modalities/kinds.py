@@ -80,6 +80,7 @@ class ImageModality(Modality):
     the pixel range [-1, 1] (off in an autoencoder's latent space, Appendix E.1)."""
 
     kind = "image"
+    value = "image"
     head_choices = ("output",)
     encoder_choices = ("identity",)
     default_source = "image"
@@ -126,6 +127,7 @@ class MaskedImageModality(ImageModality):
     variant receives when it generates from scratch."""
 
     kind = "masked_image"
+    value = "image"
     translation_source = False  # a view of the image itself (Section 4.1): restored, not translated from
     latent_refusal = (
         "its patch masks, its complete mask (all zeros) and mtdiff restore's pasting of known pixels "
@@ -233,6 +235,7 @@ class LabelModality(_Discrete):
     block, MT-Diffusion-M) or ``classifier`` (on the output, MT-Diffusion-E)."""
 
     kind = "label"
+    value = "class"
     head_choices = ("middle", "classifier")
     encoder_choices = ("fixed", "backbone")
     default_source = "label"
@@ -312,6 +315,7 @@ class SegmentationModality(_Discrete):
     per-pixel cross-entropy."""
 
     kind = "segmentation"
+    value = "class_map"
     head_choices = ("output", "middle-up")
     encoder_choices = ("fixed",)
     default_source = "segmentation"
@@ -366,6 +370,7 @@ class VectorModality(Modality):
     loaded by ``prepare`` and is never part of the model's weights."""
 
     kind = "vector"
+    value = "vector"
     head_choices = ("middle",)
     encoder_choices = ("fixed", "backbone")
     default_source = "vector"
@@ -487,6 +492,7 @@ class TextModality(Modality):
     its captions without the text encoder. "Nothing known" (caption dropout) is the zero vector."""
 
     kind = "text"
+    value = "text"
     aggregates = False
     has_head = False
     uses_context = True
