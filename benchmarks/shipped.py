@@ -101,6 +101,9 @@ GOALS: dict[str, tuple[str, str, float]] = {
 }
 
 
+# scores without a goal that the tables show too
+EXTRA = ("head_test_digits", "joint_label_agreement", "seg_class_iou_own_head", "seg_inverse_pixel_accuracy",
+         "seg_inverse_class_iou", "restore_images")
 PRECISE = {"head_accuracy", *(k for k in GOALS if k.startswith("masked"))}  # shown with 4 digits
 
 
@@ -447,7 +450,8 @@ def load_sample_seconds(name: str, repeats: int = 3) -> float:
 
 
 def score_model(name: str, judges: Judges, args) -> tuple[dict, torch.Tensor, tuple]:
-    """(record, the first 16 joint samples, (picture, nrow, captions)) of shipped model ``name``."""
+    """(record, the first 16 joint samples, {task: (picture, nrow, captions)}) of shipped model ``name``; the last
+    task's picture is the model's."""
     from mtdiff.evaluate import classify, representation_cosine, restoration_grid, translate
     from mtdiff.runs import load_run, num_classes
 
@@ -463,7 +467,7 @@ def score_model(name: str, judges: Judges, args) -> tuple[dict, torch.Tensor, tu
     notes: list[str] = []
     digits = judges.digits(run)
     test = judges.test(run.config)
-    picture = None
+    pictures: dict[str, tuple] = {}  # task -> (images, nrow, captions): a picture of each task
 
     # joint samples: every model
     joint = sample_batches(run, args.num, seed=args.seed)
@@ -504,9 +508,9 @@ def score_model(name: str, judges: Judges, args) -> tuple[dict, torch.Tensor, tu
             guided = sample_batches(run, args.num, seed=args.seed, labels=asked, head_guidance=args.head_guidance)
             scores["class_conditional_head_guided"] = judges.agreement(guided.images, asked)
             scores["head_guidance"] = args.head_guidance
-            picture = (guided.images[:40], 10, [str(int(c)) for c in asked[:40]])
+            pictures["label"] = (guided.images[:40], 10, [str(int(c)) for c in asked[:40]])
         else:
-            picture = (joint.images[:40], 10, joint.captions[:40] if joint.captions else None)
+            pictures["label"] = (joint.images[:40], 10, joint.captions[:40] if joint.captions else None)
 
     # text with class names: captions of each class; the representation cosine
     text = run.modality("text")
@@ -524,7 +528,7 @@ def score_model(name: str, judges: Judges, args) -> tuple[dict, torch.Tensor, tu
             scores[f"caption_{key}"] = v
         for key, v in representation_cosine(run.model, joint, joint.images).items():
             scores[f"joint_{key}"] = v
-        picture = (caps.images[: 2 * k], k, [mod.class_names[int(c)] for c in named[: 2 * k]])
+        pictures["caption"] = (caps.images[: 2 * k], k, [mod.class_names[int(c)] for c in named[: 2 * k]])
     elif run.modality("vector") is not None:
         for key, v in representation_cosine(run.model, joint, joint.images).items():
             scores[f"joint_{key}"] = v
@@ -545,11 +549,14 @@ def score_model(name: str, judges: Judges, args) -> tuple[dict, torch.Tensor, tu
             own = t_scores.get("generated_by_own_head/class_iou")
             if own is not None:
                 scores["seg_class_iou_own_head"] = own
+            for key in ("pixel_accuracy", "class_iou"):  # image -> mask: the mask head on the test digits
+                if f"inverse_image_to_mask/{key}" in t_scores:
+                    scores[f"seg_inverse_{key}"] = t_scores[f"inverse_image_to_mask/{key}"]
             if scored_by + "class_iou" not in t_scores:
                 notes.append("segmentation by the MNIST-CNN skipped (ccexam not installed or not 11 classes)")
         if "generated_mse_to_ground_truth" in t_scores:
             scores[f"{prefix}_mse_to_ground_truth"] = t_scores["generated_mse_to_ground_truth"]
-        picture = (grid[: 8 * columns], 4 * columns, None)
+        pictures[f"translate-{src}"] = (grid[: 8 * columns], 4 * columns, None)
 
     # masked image: restoration error in the hole
     if run.modality("masked_image") is not None:
@@ -560,13 +567,13 @@ def score_model(name: str, judges: Judges, args) -> tuple[dict, torch.Tensor, tu
             details[f"restore_{k}"] = stats
             scores[f"masked_mse_{k}"] = stats["masked_region_mse"]
             if k == 10:
-                picture = (grid[: 8 * ncol], 2 * ncol, None)
+                pictures["restore"] = (grid[: 8 * ncol], 2 * ncol, None)
         scores["restore_images"] = min(args.restore_num, len(test))
 
     if args.speed_repeats:
         scores["load_sample_seconds"] = load_sample_seconds(name, args.speed_repeats)
-    if picture is None:
-        picture = (joint.images[:32], 8, None)
+    if not pictures:
+        pictures["joint"] = (joint.images[:32], 8, None)
     record = {
         "name": name,
         "preset": card.get("preset"),
@@ -582,7 +589,7 @@ def score_model(name: str, judges: Judges, args) -> tuple[dict, torch.Tensor, tu
         "notes": notes,
         "score_seconds": round(time.perf_counter() - t_start, 1),
     }
-    return record, joint.images[:16], picture
+    return record, joint.images[:16], pictures
 
 
 def meets(key: str, value) -> bool | None:
@@ -646,7 +653,7 @@ def markdown(r: dict) -> str:
                     f"| {m['name']} | {what} | {_f(s[key], 4 if key in PRECISE else 3)} | {op} {goal:g} "
                     f"| {'yes' if ok else 'no'} |"
                 )
-        for key in ("head_test_digits", "joint_label_agreement", "seg_class_iou_own_head", "restore_images"):
+        for key in EXTRA:
             if key in s:
                 task_rows.append(f"| {m['name']} | {key.replace('_', ' ')} | {_f(s[key])} | | |")
         for key, v in s.items():
@@ -722,7 +729,7 @@ def models_page(r: dict, table: Path, page: Path) -> str:
     ]
     for m in r["models"]:
         s = m["scores"]
-        shown = {k: v for k, v in s.items() if k in GOALS or "cosine" in k or k == "head_test_digits"}
+        shown = {k: v for k, v in s.items() if k in GOALS or "cosine" in k or k in EXTRA}
         lines += [
             "",
             f"## {m['name']}",
@@ -742,7 +749,11 @@ def models_page(r: dict, table: Path, page: Path) -> str:
                 for k, v in shown.items()
             ),
             "",
-            f"![{m['name']}]({rel(m['picture'])})",
+            *(
+                [f"![{m['name']}]({rel(m['picture'])})"]
+                if "pictures" not in m
+                else [f"{task}:\n\n![{m['name']} {task}]({rel(p)})\n" for task, p in m["pictures"].items()]
+            ),
         ]
     return "\n".join(lines) + "\n"
 
@@ -772,9 +783,15 @@ def cmd_score(args, argv: list[str]) -> dict:
     args.docs_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
         print(f"[shipped] scoring {name}", file=sys.stderr, flush=True)
-        rec, first, (images, nrow, captions) = score_model(name, judges, args)
+        rec, first, pictures = score_model(name, judges, args)
         write_scores(shipped.WEIGHTS_DIR / name, rec["scores"])
+        images, nrow, captions = list(pictures.values())[-1]
         rec["picture"] = str(save_grid(images, args.docs_dir / f"{name}.png", nrow=nrow, captions=captions))
+        if len(pictures) > 1:  # a model of several tasks: a picture of each
+            rec["pictures"] = {
+                task: str(save_grid(im, args.docs_dir / f"{name}-{task}.png", nrow=nr, captions=cap))
+                for task, (im, nr, cap) in pictures.items()
+            }
         records.append(rec)
         rows.append(first)
         print(f"[shipped] {name}: {json.dumps(rec['scores'])}", file=sys.stderr, flush=True)

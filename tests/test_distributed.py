@@ -189,3 +189,15 @@ def test_a_resumed_run_draws_each_process_its_own_dropout_masks(tmp_path):
     for r in range(2):
         assert torch.equal(torch.load(tmp_path / f"resumed-2p-4-rank{r}.rng"), rng[r]), f"rank {r}"
         _assert_close(resumed[r], straight[r], atol=1e-6)
+
+
+def test_two_processes_equal_one_with_every_modality_at_once(tmp_path):
+    """mnist-omni (masked image and class mask as backbone inputs, a caption, a label, a class mask and a
+    representation head, each dropped independently): 2 processes take 1 process's steps, and every parameter
+    gets a gradient (DDP stops at step 2 otherwise)."""
+    pytest.importorskip("sentence_transformers")
+    two = _launch(tmp_path, 2, "two", 2, "train.micro_batch=2", preset="mnist-omni")
+    one = _launch(tmp_path, 1, "one", 2, preset="mnist-omni")
+    for k in two[0]:
+        torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)
+    _assert_close(two[0], one[0])

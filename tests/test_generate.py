@@ -93,16 +93,38 @@ def test_partly_given_values_keep_their_known_pixels(five):
     assert not torch.equal(out.data["edges"], v["edges"])
 
 
-def test_backbone_inputs_not_given_are_nothing_known():
-    """In the -X variant every modality is a backbone input: one not given holds its "nothing known" value, as in
-    joint sampling and the unconditional branch of guidance; a caption-less run generates the rest."""
+def test_backbone_inputs_not_given_are_generated_unless_they_are_images():
+    """In the -X variant every modality is a backbone input. One not given is generated from its head with the
+    backbone seeing its "nothing known" value (as when train.cond_drop_prob dropped it), unless its data are
+    images (a masked image: a condition of the image): that one holds "nothing known" throughout."""
+    from mtdiff.sampling import NullInputs
+
     run = task_outputs.seeded_run("mnist-masked-x", FIVE[:2] + FIVE[4:5])
     model = run.model
+    assert set(model.conditioned) == {"masked", "label"}
     assert split_unknown(model, ["label"]) == ([], ["masked"])
-    assert split_unknown(model, [], ["masked"]) == (["masked"], ["label"])
+    assert split_unknown(model, []) == (["label"], ["masked"])
+    assert split_unknown(model, [], ["masked"]) == (["masked", "label"], [])
     out = run.generate({"label": 2}, 3, steps=1)
     assert torch.equal(out.data["masked"], model.null_data(["masked"], 3)["masked"])
     assert out.labels.tolist() == [2, 2, 2]
+    joint = run.generate(None, 3, steps=2, seed=1)
+    k = model.modalities["label"].num_classes
+    assert joint.data["label"].shape == (3, k)
+    assert not torch.equal(joint.data["label"], model.null_data(["label"], 3)["label"])
+    seen = []  # what the backbone is given for the label: its null at every step, never the estimate
+    real = model.predict
+    model.predict = lambda z, t, data, enc=None: seen.append(data["label"].clone()) or real(z, t, data, enc)
+    try:
+        run.generate(None, 3, steps=2, seed=1)
+    finally:
+        del model.predict
+    assert seen and all(torch.equal(x, model.null_data(["label"], 3)["label"]) for x in seen)
+    wrapped = NullInputs(model, ["label"], 3)
+    z, t = torch.randn(3, *model.z_shape), torch.full((3,), 5)
+    data = {"masked": model.null_data(["masked"], 3)["masked"], "label": torch.eye(k)[[1, 2, 3]]}
+    eps, _ = wrapped.predict(z, t, data)
+    assert torch.equal(eps, model.predict(z, t, {**data, "label": model.null_data(["label"], 3)["label"]})[0])
 
 
 # ---------------------------------------------------------------------------- the sampler's math, float64

@@ -27,6 +27,7 @@ PRESETS = [
     "mnist-text2img:modalities.representation.encoder=backbone",  # imagenet64-text-rep's shape
     "mnist-ddpm:diffusion.timestep_sampling=log-normal",
     "mnist-text2img:model.variant=U;modalities.representation.encoder=backbone",  # cross-attention fed by the caption
+    "mnist-omni",  # every modality at once: two backbone inputs, a caption, three heads
 ]
 STEP = [
     "train.sample_every=0",
@@ -47,7 +48,7 @@ def data():
 def _trainer(preset, tmp_path, data, *extra):
     preset, _, more = preset.partition(":")
     extra = (*filter(None, more.split(";")), *extra)
-    if preset == "mnist-text2img":
+    if preset in ("mnist-text2img", "mnist-omni"):
         pytest.importorskip("sentence_transformers")
     cond = [] if preset in ("mnist-ddpm",) or "label" in preset else ["model.variant=X"]
     drops = STEP if cond or preset == "mnist-masked-x" else STEP[:3]

@@ -119,6 +119,7 @@ def scalar_kind():
 
     class ScalarModality(Modality):
         kind = "scalar"
+        value = "vector"  # a one-number vector
         head_choices = ("middle",)
         encoder_choices = ("fixed",)
         default_source = "brightness"

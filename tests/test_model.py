@@ -232,3 +232,33 @@ def test_head_detach_needs_a_head():
 
     with pytest.raises(ConfigError, match="caption.head_detach"):
         tiny("mnist-text2img", "modalities.caption.head_detach=true")
+
+
+def test_per_modality_loss_weights_scale_each_head_term_of_eq6():
+    """L(lambda_i) = eps term + lam * sum_i lambda_i KL_i: with every weight 0 the loss is the eps term alone,
+    and raising one modality's weight by 1 adds exactly lam times its own logged term."""
+    base = ["modalities.label.kind=label", "modalities.label.num_classes=10"]
+    g = torch.Generator().manual_seed(3)
+    batch = _batch()
+    t = torch.randint(0, 1000, (B,), generator=g)
+    noise = torch.randn(B, 1, 32, 32, generator=g)
+
+    def loss_with(*weights):
+        torch.manual_seed(0)
+        cfg = tiny("mnist-masked-x", *base, *weights)
+        model, proc = build_model(cfg), build_process(cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.abs().sum() == 0:
+                    p.normal_(0, 0.02)
+        data = {n: m.derive(batch, torch.Generator().manual_seed(1)) for n, m in model.modalities.items()}
+        return mt_loss(model, proc, batch["image"], data, t=t, noise=noise, lam=0.1)
+
+    zero, terms = loss_with("modalities.label.loss_weight=0", "modalities.masked.loss_weight=0")
+    one, _ = loss_with("modalities.masked.loss_weight=0")
+    three, _ = loss_with("modalities.masked.loss_weight=0", "modalities.label.loss_weight=3")
+    assert terms["label"] > 0
+    torch.testing.assert_close(one - zero, 0.1 * terms["label"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(three - zero, 3 * (one - zero), rtol=1e-5, atol=1e-7)
+    with pytest.raises(Exception, match="loss_weight must be >= 0"):
+        tiny("mnist-masked-x", "modalities.masked.loss_weight=-1")

@@ -38,13 +38,16 @@ def _params(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_resume_in_process_is_bit_identical(tmp_path, toy_data):
+@pytest.mark.parametrize("preset", ["mnist-masked-x", "mnist-omni"])
+def test_resume_in_process_is_bit_identical(tmp_path, toy_data, preset):
+    if preset == "mnist-omni":
+        pytest.importorskip("sentence_transformers")
     const = "train.lr_schedule=constant"  # the part run is shorter: a decaying lr would follow its length
-    cfg = tiny("mnist-masked-x", *FAST, const, "train.steps=10", "train.ckpt_every=4")
+    cfg = tiny(preset, *FAST, const, "train.steps=10", "train.ckpt_every=4")
     straight = Trainer(cfg, tmp_path / "a", data=toy_data, progress=False)
     straight.run()
     part = Trainer(
-        tiny("mnist-masked-x", *FAST, const, "train.steps=6", "train.ckpt_every=4"),
+        tiny(preset, *FAST, const, "train.steps=6", "train.ckpt_every=4"),
         tmp_path / "b",
         data=toy_data,
         progress=False,
@@ -250,6 +253,28 @@ def test_dropping_encodings_and_inputs(tmp_path, toy_data):
     # every sample is either kept whole or whole "nothing known"
     assert bool(((some["masked"] == 1).flatten(1).all(1) | (some["masked"] == 0).flatten(1).all(1)).all())
     trainer.run()  # trains with both kinds of dropout
+
+
+def test_dropping_everything_at_once_is_on_top_of_each_drop(tmp_path, toy_data):
+    """train.*_drop_all_prob drops every name of a row together: with each drop p and all-at-once q, a row loses
+    all k names with probability q + (1 - q) p^k and exactly one of them with (1 - q) k p^(k-1) (1 - p)."""
+    cfg = tiny("mnist-masked-x", *FAST, "modalities.label.kind=label", "train.cond_drop_all_prob=0.3")
+    trainer = Trainer(cfg, tmp_path / "r", data=toy_data, progress=False)
+    names = ("label", "masked")
+    assert trainer._drop_masks(8, 0.0, names, 0.0) is None
+    every = trainer._drop_masks(8, 0.0, names, 1.0)
+    assert all(bool(d.all()) for d in every.values())
+    n, p, q = 40000, 0.5, 0.3
+    d = torch.stack(list(trainer._drop_masks(n, p, names, q).values()))  # [2, n]
+    all_rate, one_rate = float(d.all(0).float().mean()), float((d.sum(0) == 1).float().mean())
+    assert abs(all_rate - (q + (1 - q) * p**2)) < 0.015, all_rate
+    assert abs(one_rate - (1 - q) * 2 * p * (1 - p)) < 0.015, one_rate
+    only_all = torch.stack(list(trainer._drop_masks(n, 0.0, names, q).values()))
+    assert torch.equal(only_all[0], only_all[1])  # together or not at all
+    with pytest.raises(Exception, match="train.enc_drop_all_prob must be in"):
+        tiny("mnist-masked-x", "train.enc_drop_all_prob=1.5")
+    with pytest.raises(Exception, match="train.cond_drop_all_prob=0.2 drops backbone inputs"):
+        tiny("mnist-label-m", "train.cond_drop_all_prob=0.2")
 
 
 def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, toy_data, monkeypatch):

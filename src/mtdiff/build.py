@@ -161,26 +161,19 @@ def load_data(cfg: Config, split: str = "train", *, prepared: bool = False, work
             f"data {data.name!r} has {data.channels} channels at {data.image_size}px but the config says "
             f"data.channels={d.channels}, data.image_size={d.image_size}"
         )
-    for name, mc in cfg.modalities.items():
-        if mc.kind == "label":
-            if data.labels is None:
-                raise ConfigError(f"modalities.{name} is a label modality but {data.name!r} has no labels")
-            if int(data.labels.max()) >= mc.num_classes:
-                raise ConfigError(
-                    f"modalities.{name}.num_classes={mc.num_classes} but {data.name!r} has labels up to "
-                    f"{int(data.labels.max())}"
-                )
+    for name, mc in cfg.modalities.items():  # each kind checks what it reads of the data
+        try:
+            MODALITY_KINDS[mc.kind].check_data(mc, data, key=f"modalities.{name}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return data
 
 
 def resolve_class_names(cfg: Config, data: ImageSet) -> None:
-    """Text modalities caption classes by name: the config's names, else the data source's."""
+    """Fill what each modality's config leaves to the training data (``Modality.resolve_from_data``: a text
+    modality's class names, the config's, else the data source's)."""
     for name, mc in cfg.modalities.items():
-        if mc.kind != "text" or mc.class_names:
-            continue
-        if data.labels is None or not data.class_names:
-            raise ConfigError(
-                f"modalities.{name} makes captions from class names, but {data.name!r} has no labelled "
-                f"classes; set modalities.{name}.class_names"
-            )
-        mc.class_names = tuple(data.class_names)
+        try:
+            MODALITY_KINDS[mc.kind].resolve_from_data(mc, data, key=f"modalities.{name}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None

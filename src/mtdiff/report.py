@@ -118,7 +118,7 @@ def _fmt(v: Any) -> str:
 def _generated_sections(run: Run, test, num: int, steps: int, seed: int) -> list[tuple[str, str]]:
     """(title, html) for each kind of generation the run's modalities allow."""
     from .evaluate import representation_cosine, restoration_grid, translate
-    from .runs import num_classes
+    from .runs import num_classes, views_image
 
     m, kw = run.model, {"steps": steps, "seed": seed}
     s = run.sample(num, **kw)
@@ -129,7 +129,6 @@ def _generated_sections(run: Run, test, num: int, steps: int, seed: int) -> list
             + _kv(representation_cosine(m, s, s.images)),
         )
     ]
-    kinds = {mod.kind: name for name, mod in m.modalities.items()}
     if num_classes(m) is not None:
         c = run.sample(num, labels="each", **kw)
         out.append(
@@ -138,7 +137,7 @@ def _generated_sections(run: Run, test, num: int, steps: int, seed: int) -> list
                 _img(_grid_png(c.images, captions=c.captions), "class-conditional samples"),
             )
         )
-    if test is not None and "masked_image" in kinds:
+    if test is not None and run.modality(views_image) is not None:
         grid, ncol, stats = restoration_grid(run, test, num=min(num, 8), per_input=2, **kw)
         out.append(
             (
@@ -146,10 +145,9 @@ def _generated_sections(run: Run, test, num: int, steps: int, seed: int) -> list
                 _img(_grid_png(grid, nrow=ncol * 2), "restorations") + _kv(stats),
             )
         )
+    # translation sources: per-pixel data of another domain (class maps), or source images the backbone reads
     sources = [
-        n
-        for n, mod in m.modalities.items()
-        if mod.kind == "segmentation" or (mod.kind == "image" and n in m.conditioned)
+        n for n, mod in m.modalities.items() if mod.translation_source and (not mod.image_data or n in m.conditioned)
     ]
     if test is not None and sources:
         grid, scores = translate(run, test, modality=sources[0], num=min(num, 8), **kw)

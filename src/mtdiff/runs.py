@@ -30,6 +30,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, ConfigError, apply_overrides, from_dict, validate
 from .data.masking import make_mask
 from .errors import InputError
+from .modalities import MODALITY_KINDS, Modality
 from .models import MTModel
 from .models.autoencoder import PixelMap, SpaceMap
 from .precision import PRECISIONS, autocast, autocast_dtype
@@ -53,6 +54,10 @@ __all__ = [
     "Run",
     "Samples",
     "IMAGE",
+    "gives_class",
+    "takes_text",
+    "gives_vector",
+    "views_image",
     "translation_source",
     "load_run",
     "read_run_config",
@@ -64,6 +69,27 @@ __all__ = [
 
 IMAGE = "image"  # the image's key among the values given to Run.generate (the modalities' keys are their names)
 Images = Tensor | Any  # a pixel tensor, a PIL image or a list of PIL images
+
+
+# What a task asks of a modality, as a test on its kind (``Run.modality``): no task names a kind.
+def gives_class(kind: type[Modality]) -> bool:
+    """Its value is a class, estimated by its head: the labels of samples, classify, head guidance."""
+    return kind.value == "class"
+
+
+def takes_text(kind: type[Modality]) -> bool:
+    """Its value is a caption: prompts."""
+    return kind.value == "text"
+
+
+def gives_vector(kind: type[Modality]) -> bool:
+    """Its value is a representation vector: represent."""
+    return kind.value == "vector"
+
+
+def views_image(kind: type[Modality]) -> bool:
+    """Its data are a view of the image (a masked image): restore."""
+    return kind.image_view
 
 
 def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
@@ -179,20 +205,28 @@ class Run:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def modality(self, kind: str, *, required: str | None = None) -> str | None:
-        """The name of the run's first modality of ``kind``; None when it has none, unless ``required``
-        names the task that needs one (then an :class:`InputError`)."""
-        names = [n for n, m in self.model.modalities.items() if m.kind == kind]
+    def modality(self, kind: str | Callable[[type[Modality]], bool], *, required: str | None = None) -> str | None:
+        """The name of the run's first modality of ``kind``: a kind's name (``MODALITY_KINDS``) or a test on its
+        class (:func:`gives_class`, :func:`takes_text`, :func:`gives_vector`, :func:`views_image`); None when it
+        has none, unless ``required`` names the task that needs one (then an :class:`InputError` naming the
+        kinds that would do)."""
+        if callable(kind):
+            test = kind
+        else:
+            wanted = MODALITY_KINDS.get(kind)
+            test = lambda cls: cls is wanted  # noqa: E731
+        names = [n for n, m in self.model.modalities.items() if test(type(m))]
         if not names and required:
+            kinds = " or ".join(k for k, cls in MODALITY_KINDS.items() if test(cls)) or str(kind)
             raise InputError(
-                f"{required} needs a run with a {kind} modality; {self.directory} has {_kinds(self.model)}"
+                f"{required} needs a run with a {kinds} modality; {self.directory} has {_kinds(self.model)}"
             )
         return names[0] if names else None
 
     @property
     def guidable(self) -> bool:
         """Whether the run was trained for classifier-free guidance (backbone inputs or a caption dropped)."""
-        return self.config.train.cond_drop_prob > 0
+        return self.config.train.cond_drop_prob > 0 or self.config.train.cond_drop_all_prob > 0
 
     def _guided(self, guidance: float | None):
         """The model, wrapped for classifier-free guidance at ``guidance`` (None: as it is)."""
@@ -334,19 +368,20 @@ class Run:
             return model
         if guidance is not None:
             raise InputError("give guidance or head_guidance, not both")
-        label = self.modality("label")
+        label = self.modality(gives_class)
         y = None if label is None else known.get(label)
         if y is None or y.is_floating_point():
             raise InputError("head_guidance needs labels and a run with a label modality (the class to guide towards)")
         return HeadGuidance(model, self.process, label, y, _positive(head_guidance, "head_guidance"))
 
     def _named(self, out: Samples, g: _Given) -> Samples:
-        """``out`` with the labels (and their captions) of the run's label modality, else the captions given."""
-        label = self.modality("label")
+        """``out`` with the labels (and their captions, ``Modality.describe``) of the run's class modality, else
+        the captions given."""
+        label = self.modality(gives_class)
         if label is not None:
             y = out.data[label]
             out.labels = y.argmax(1) if y.ndim == 2 else y
-            out.captions = [str(int(k)) for k in out.labels]
+            out.captions = self.model.modalities[label].describe(y)
         elif g.captions:
             out.captions = g.captions
         return out
@@ -460,7 +495,7 @@ class Run:
             generator=kw["generator"],
             callback=callback,
         )
-        if self.modality("label") is None:
+        if self.modality(gives_class) is None:
             out.labels, out.captions = given, captions
         return out
 
@@ -469,7 +504,7 @@ class Run:
         if prompts is not None:
             if labels is not None:
                 raise InputError("give prompts or labels, not both")
-            text = self.modality("text", required="prompts")
+            text = self.modality(takes_text, required="prompts")
             prompts = [prompts] if isinstance(prompts, str) else list(prompts)
             if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
                 raise InputError(f"prompts must be non-empty strings, got {prompts!r}")
@@ -517,7 +552,7 @@ class Run:
         ``max_patches`` patches, or exactly ``patches``; "half": the right half kept) drawn from the seed.
         The result keeps the known pixels exactly; ``raw`` and ``drift`` show the model's own estimate.
         :meth:`generate` given the masked image as ``(images, keep)``."""
-        name = self.modality("masked_image", required="restore")
+        name = self.modality(views_image, required="restore")
         if not isinstance(self.latent, PixelMap):
             raise InputError("restore works in pixel space; this run diffuses autoencoder latents")
         x = self.pixels(images)
@@ -543,7 +578,7 @@ class Run:
         seed: int = 0,
     ) -> Tensor:
         """Keep masks [n, 1, H, W] for :meth:`restore`: every image gets at least one masked patch."""
-        name = self.modality("masked_image", required="restore")
+        name = self.modality(views_image, required="restore")
         mc, size = self.config.modalities[name], self.config.data.image_size
         g = self.generator(seed, generator)
         if mask == "half":
@@ -577,7 +612,7 @@ class Run:
         """Class probabilities [N, K] (label runs). ``method="head"``: the label head in inverse mode at time
         index ``t`` (:meth:`generate` given the images); ``"elbo"``: the softmax over classes of the diffusion
         loss with the label set to each class, at ``elbo_steps`` times (10 x K forward passes per image)."""
-        name = self.modality("label", required="classify")
+        name = self.modality(gives_class, required="classify")
         if method not in ("head", "elbo"):
             raise InputError(f"method must be 'head' or 'elbo', got {method!r}")
         if method == "head":
@@ -595,7 +630,7 @@ class Run:
     ) -> Tensor:
         """The representation vectors [N, D] that the vector head reads from ``images`` (inverse mode at t):
         :meth:`generate` given the images."""
-        name = self.modality("vector", required="represent")
+        name = self.modality(gives_vector, required="represent")
         return self.generate({IMAGE: images}, t=t, seed=seed, generator=generator).data[name]
 
     @_in_precision
@@ -713,33 +748,29 @@ def resolve_device(name: str | torch.device, *, what: str = "device") -> torch.d
 
 
 def _class_modality(model):
-    """(name, modality) through which classes can be asked for: the label modality, else a text modality
-    with class names; None when the model has neither."""
-    mods = list(model.modalities.items())
-    return next(((n, m) for n, m in mods if m.kind == "label"), None) or next(
-        ((n, m) for n, m in mods if m.kind == "text" and m.class_names), None
-    )
+    """(name, modality) through which classes can be asked for (``Modality.askable_classes``): the first whose
+    value is the class itself (a label), else the first other one (a text modality with class names); None when
+    no modality can be asked for classes."""
+    mods = [(n, m) for n, m in model.modalities.items() if m.askable_classes()]
+    return min(mods, key=lambda nm: not gives_class(type(nm[1])), default=None)
 
 
 def class_conditions(model, classes: Tensor) -> tuple[dict[str, Tensor], list[str]] | None:
-    """Known data asking for ``classes`` [N]: the label modality's indices, else the text modality's
-    captions of the class names; with a short caption per sample to print. None when the model has neither."""
+    """Known data asking for ``classes`` [N] (``Modality.ask_classes``: a label modality's indices, a text
+    modality's captions of the class names), with a short caption per sample to print. None when no modality
+    can be asked for classes."""
     found = _class_modality(model)
     if found is None:
         return None
     name, mod = found
-    if mod.kind == "label":
-        return {name: classes}, [str(int(k)) for k in classes]
-    return {name: mod.from_labels(classes)}, [mod.class_names[int(k)] for k in classes]
+    data, captions = mod.ask_classes(classes)
+    return {name: data}, captions
 
 
 def num_classes(model) -> int | None:
     """How many classes :func:`class_conditions` can ask for (None without a label or captioned text modality)."""
     found = _class_modality(model)
-    if found is None:
-        return None
-    mod = found[1]
-    return mod.num_classes if mod.kind == "label" else len(mod.class_names)
+    return None if found is None else found[1].askable_classes()
 
 
 # ---------------------------------------------------------------------------- checks

@@ -224,8 +224,8 @@ def _given_value(run, name: str, text: str):
         files = png_files(Path(text), f"--given {name}")
         if mod is None or mod.image_data:
             return read_images(run, files, f"--given {name}"), files
-        if not hasattr(mod, "num_classes"):
-            raise InputError(f"--given {name}: a PNG gives images or class maps; {name} is a {mod.kind} modality")
+        if mod.value != "class_map":
+            raise InputError(f"--given {name}: a PNG gives images or class maps; {name} takes a {mod.value}")
         return read_class_maps(run, name, files), files
     if name == IMAGE or mod.image_data:
         raise InputError(f"--given {name}={text}: no such PNG file or folder")
@@ -264,6 +264,7 @@ def _labels(spec: str | None):
 
 def cmd_sample(args) -> int:
     from ..evaluate import representation_cosine
+    from ..runs import gives_class
     from ..viz import save_grid
 
     run = load(args)
@@ -275,7 +276,7 @@ def cmd_sample(args) -> int:
         **sampler_options(args),
     }
     run.sampler_kwargs(**sampler_options(args))  # refused before any work
-    label = run.modality("label")
+    label = run.modality(gives_class)
     clf = None
     if args.agreement:
         if label is None and opts["labels"] is None:
@@ -325,10 +326,11 @@ def cmd_translate(args) -> int:
 def cmd_restore(args) -> int:
     from ..build import load_data
     from ..evaluate import restoration_grid
+    from ..runs import views_image
     from ..viz import save_grid
 
     run = load(args)
-    run.modality("masked_image", required="restore")
+    run.modality(views_image, required="restore")
     opts = sampler_options(args)
     run.sampler_kwargs(**opts)
     given = {}
@@ -365,9 +367,10 @@ def cmd_restore(args) -> int:
 def cmd_classify(args) -> int:
     from ..build import load_data
     from ..evaluate import classify
+    from ..runs import gives_class
 
     run = load(args)
-    label = run.modality("label", required="classify")
+    label = run.modality(gives_class, required="classify")
     run.check_t(args.t)
     head = run.config.modalities[label].head
     if args.input is not None:

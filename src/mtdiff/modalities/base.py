@@ -1,8 +1,12 @@
 """The Modality type: one object per modality says how its data enters the diffusion space
 (encoder E_i), how it is read back out (head D_i) and how the head is scored (the KL term of Eq. 6).
 
-A new modality is one subclass: setting ``kind`` registers it in :data:`MODALITY_KINDS`, which config
-validation (``configure``) and the builder (``from_config``) ask, so a config may name it at once.
+A new modality kind is one module with one subclass: setting ``kind`` registers it in :data:`MODALITY_KINDS`,
+which config validation (``configure``) and the builder (``from_config``) ask, so a config may name it at once.
+Everything outside this package asks the kind, never its name: what a user gives (``value``, ``given``), how a
+value is drawn (``draw``, ``describe``), which classes it can be asked for (``askable_classes``, ``ask_classes``),
+which scores apply to it (``sample_scores``, ``translation_scores``) and what it checks in the data
+(``check_data``, ``resolve_from_data``).
 Data of a modality is one tensor; discrete modalities accept either class indices or probability
 vectors (what their head estimates during sampling).
 
@@ -29,11 +33,14 @@ from .heads import HEADS
 
 if TYPE_CHECKING:
     from ..config import ModalityConfig
+    from ..data.imageset import ImageSet
 
-__all__ = ["ALL", "Modality", "BackboneEncode", "MODALITY_KINDS", "given_rows"]
+__all__ = ["ALL", "Modality", "BackboneEncode", "ReadBack", "MODALITY_KINDS", "VALUE_TYPES", "given_rows"]
 
 # (context tokens [B, L, D]) -> backbone eps output at z = 0, t = 0 (the "U-Net as encoder" option)
 BackboneEncode = Callable[[Tensor], Tensor]
+# images [N, C, H, W] in pixels -> a modality's head estimate read from them (inverse mode), for scores
+ReadBack = Callable[[Tensor], Tensor]
 ALL = slice(None)  # every row of a batch
 
 MODALITY_KINDS: dict[str, type[Modality]] = {}
@@ -79,7 +86,11 @@ class Modality(nn.Module):
     image_data: ClassVar[bool] = False  # its data are images: they go through data.autoencoder's map with z_0
     latent_refusal: ClassVar[str] = ""  # why the kind cannot be used with data.autoencoder ("": it can)
     translation_source: ClassVar[bool] = False  # per-pixel data of another domain that images translate from (E.1)
-    value: ClassVar[str] = ""  # what a user gives and gets back: image | class | class_map | vector | text (VALUE_TYPES)
+    value: ClassVar[str] = ""  # what a user gives and gets back (one of VALUE_TYPES)
+    image_view: ClassVar[bool] = False  # its data are a view of the image (``view_of_image``): restored with it
+    # model.variant -> the head that variant puts on this kind (MT-Diffusion-M / -E: a label head on the middle
+    # block / the output); a config of a variant named here needs a modality of such a kind
+    variant_heads: ClassVar[Mapping[str, str]] = {}
     cond_channels: int = 0  # channels this modality adds to the backbone input in the -X variant
     uses_context: bool = False  # whether it enters the backbone as cross-attention tokens
 
@@ -108,9 +119,11 @@ class Modality(nn.Module):
     def configure(cls, mc: ModalityConfig, *, key: str, variant: str) -> None:
         """Resolve the ``auto`` choices of this kind's config ``mc`` in place and check its kind's fields.
         Config validation calls it before any work; a problem is a ValueError whose message names the key
-        (``key`` is "modalities.<name>"), which validation raises as a ConfigError."""
+        (``key`` is "modalities.<name>"), which validation raises as a ConfigError. A variant in
+        ``variant_heads`` picks the head (``auto``) and refuses another."""
+        by_variant = cls.variant_heads.get(variant)
         if mc.head == "auto":
-            mc.head = cls.head_choices[0]
+            mc.head = by_variant or cls.head_choices[0]
         if mc.encoder == "auto":
             mc.encoder = cls.encoder_choices[0]
         for what, value, choices in (("head", mc.head, cls.head_choices), ("encoder", mc.encoder, cls.encoder_choices)):
@@ -118,14 +131,31 @@ class Modality(nn.Module):
                 raise ValueError(
                     f"{key}.{what}: {value!r} is not valid for kind {cls.kind!r}; choose one of {list(choices)}"
                 )
+        if by_variant and mc.head != by_variant:
+            heads = ", ".join(f"{v}: head {h!r}" for v, h in cls.variant_heads.items())
+            raise ValueError(f"{key}.head={mc.head!r} contradicts model.variant={variant!r} ({heads})")
         mc.source = mc.source or cls.default_source or None
         if mc.head_detach and not cls.has_head:
             raise ValueError(f"{key}.head_detach: kind {cls.kind!r} has no head to detach")
+        if mc.loss_weight != 1.0 and not cls.has_head:
+            raise ValueError(f"{key}.loss_weight: kind {cls.kind!r} has no head, so no loss term to weight")
+        if mc.loss_weight < 0:
+            raise ValueError(f"{key}.loss_weight must be >= 0, got {mc.loss_weight}")
 
     @classmethod
     def config_options(cls, mc: ModalityConfig, *, context_dim: int, latent: bool) -> dict[str, Any]:
         """The kind's own constructor arguments from its (configured) config; none in the base."""
         return {}
+
+    @classmethod
+    def check_data(cls, mc: ModalityConfig, data: ImageSet, *, key: str) -> None:
+        """Check the configured ``mc`` against the data set it will read (``mtdiff.build.load_data``); a
+        ValueError naming ``key`` otherwise. Nothing to check in the base."""
+
+    @classmethod
+    def resolve_from_data(cls, mc: ModalityConfig, data: ImageSet, *, key: str) -> None:
+        """Fill in place what ``mc`` leaves to the training data (a caption's class names), before training;
+        a ValueError naming ``key`` when the data cannot say. Nothing in the base."""
 
     @classmethod
     def from_config(
@@ -149,6 +179,7 @@ class Modality(nn.Module):
             encoder=mc.encoder,
             source=mc.source,
             head_detach=mc.head_detach,
+            loss_weight=mc.loss_weight,
             **cls.config_options(mc, context_dim=context_dim, latent=latent),
         )
 
@@ -162,6 +193,7 @@ class Modality(nn.Module):
         encoder: str,
         source: str | None = None,
         head_detach: bool = False,
+        loss_weight: float = 1.0,
     ):
         super().__init__()
         for what, value, choices in (("head", head, self.head_choices), ("encoder", encoder, self.encoder_choices)):
@@ -171,6 +203,7 @@ class Modality(nn.Module):
         self.source = source or name
         self.features = dict(features)
         self.head_detach = head_detach  # in training, the head reads the backbone's features under stop-gradient
+        self.loss_weight = float(loss_weight)  # lambda_i: its head's term in Eq. 6 is lambda * lambda_i * KL_i
 
     def _build_head(self, out: int, **kw) -> nn.Module:
         head = HEADS[self.head_name]
@@ -225,6 +258,14 @@ class Modality(nn.Module):
         speak in class indices or text override it; image-like data arrive as pixels already mapped."""
         return given_rows(torch.as_tensor(value), batch, self.data_shape(), f"{self.kind} data", floating=True)
 
+    def askable_classes(self) -> int:
+        """How many classes a user can ask for through this modality (``Run.sample(labels=...)``); 0: none."""
+        return 0
+
+    def ask_classes(self, classes: Tensor) -> tuple[Tensor, list[str]]:
+        """Known data asking for ``classes`` [N] (indices below ``askable_classes``), and a short caption each."""
+        raise NotImplementedError(f"modality {self.name!r} ({self.kind}) cannot be asked for classes")
+
     def data_shape(self) -> tuple[int, ...]:
         """The shape of one sample's data (float form)."""
         return tuple(self.z_shape)
@@ -233,6 +274,29 @@ class Modality(nn.Module):
         """This modality's value when the image is known on the pixels where ``keep`` [N, 1, H, W] is 1, if the
         modality is a view of the image (a masked image); None otherwise."""
         return None
+
+    # -- how a value is shown and scored ---------------------------------------------------
+    def draw(self, x: Tensor) -> Tensor | None:
+        """A picture of data ``x`` [N, ...] for grids and the report: [N, C, H, W] in [-1, 1]; None for a kind
+        whose value is no picture (``describe`` may print it)."""
+        return None
+
+    def describe(self, x: Tensor) -> list[str] | None:
+        """A short text per sample of data ``x`` [N, ...] to print on a grid; None for a kind with none."""
+        return None
+
+    def sample_scores(self, generated: Tensor, images: Tensor) -> dict[str, float]:
+        """Scores of this modality's values ``generated`` [N, ...] in joint samples against the images [N, C, H, W]
+        (pixels) generated with them, keyed by ``<name>_<score>``; none in the base."""
+        return {}
+
+    def translation_scores(
+        self, source: Tensor, generated: Tensor, real: Tensor | None, read: ReadBack
+    ) -> dict[str, float]:
+        """Scores of images ``generated`` [N, C, H, W] from ``source`` (this modality's data, Appendix E.1);
+        ``real``: the ground-truth images or None; ``read(images)``: this modality's head estimate from images
+        (inverse mode); none in the base."""
+        return {}
 
     # -- encoder E_i, head D_i, likelihood -------------------------------------------------
     def encode(self, x: Tensor, backbone_encode: BackboneEncode | None = None) -> Tensor:

@@ -1,6 +1,6 @@
 """Samplers (pure functions on the y-chain) and the joint / conditional / inverse modes."""
 
-from .given import KnownPixels, generate_given, read_heads, split_unknown
+from .given import KnownPixels, NullInputs, generate_given, generate_joint, read_heads, split_unknown
 from .guidance import ClassifierFreeGuidance, HeadGuidance
 from .samplers import (
     SAMPLERS,
@@ -20,7 +20,6 @@ from .tasks import (
     elbo_timesteps,
     generate,
     generate_conditional,
-    generate_joint,
     inverse,
     restore,
 )
@@ -29,6 +28,7 @@ __all__ = [
     "ClassifierFreeGuidance",
     "HeadGuidance",
     "KnownPixels",
+    "NullInputs",
     "generate_given",
     "read_heads",
     "split_unknown",

@@ -4,9 +4,11 @@ Every inference mode is one of these with a different given set:
 
 - Nothing or some modalities given exactly: their encodings enter the shift from the start (conditional
   generation; nothing given is joint generation). A modality that is not given is generated from its head
-  (Algorithm 1, line 10) when it has one and is not a backbone input; a backbone input that is not given
-  (the -X variant's inputs, a caption) is "nothing known" (``Modality.null``), as in training with
-  ``train.cond_drop_prob`` and in the unconditional branch of classifier-free guidance.
+  (Algorithm 1, line 10) when it has one; where it is also a backbone input (-X) the backbone sees "nothing
+  known" for it (``Modality.null``) while its estimate's encoding shifts the chain, as in training with
+  ``train.cond_drop_prob`` (the input dropped, its encoding kept). A backbone input without a head (a caption)
+  or whose data are images (a masked image, an edge map: conditions of the image, not outputs) is held at
+  "nothing known", as in the unconditional branch of classifier-free guidance.
 - A modality given on some pixels only, ``(x, keep)``: generated from its head, with the known pixels pasted
   into its start and into every head estimate (:class:`KnownPixels`).
 - z_0 given on some pixels, ``(x, keep)``: every z_0 estimate takes the known pixels (hard data consistency,
@@ -27,7 +29,7 @@ from .guidance import _Wrapper
 from .samplers import Denoiser, SampleState
 from .tasks import generate
 
-__all__ = ["KnownPixels", "split_unknown", "generate_given", "read_heads"]
+__all__ = ["KnownPixels", "NullInputs", "split_unknown", "generate_given", "generate_joint", "read_heads"]
 
 Partial = tuple[Tensor, Tensor]  # (value, keep [N, 1, H, W]: 1 = known pixel)
 
@@ -59,14 +61,38 @@ class KnownPixels(_Wrapper):
         return self.paste(self.model.init_data(names, batch, generator=generator, device=device))
 
 
+class NullInputs(_Wrapper):
+    """A Denoiser whose backbone sees "nothing known" (``Modality.null``) for the backbone inputs ``names``,
+    which the sampler generates from their heads: as in training with ``train.cond_drop_prob``, where the
+    backbone input is dropped and its encoding still forms z_t."""
+
+    def __init__(self, model, names: Sequence[str], batch: int, device=None):
+        super().__init__(model)
+        self.null = model.null_data(names, batch, device=device)
+
+    def predict(
+        self, z: Tensor, t: Tensor, data: Mapping[str, Tensor], enc: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        enc = self.model.encode(data) if enc is None else enc  # z_t was formed with the estimates' encodings
+        null = {n: v.to(z.device) for n, v in self.null.items()}
+        return self.model.predict(z, t, {**data, **null}, enc)
+
+
 def split_unknown(model: Denoiser, known: Collection[str], partial: Collection[str] = ()) -> tuple[list, list]:
     """(generated, held) of the modalities not in ``known``, in the model's order: generated from their heads
-    (those with a head that are no backbone input, and those known on some pixels only); held at "nothing
-    known" (the rest: backbone inputs, captions)."""
+    (those with a head, but for backbone inputs whose data are images, and those known on some pixels only);
+    held at "nothing known" (the rest: captions, masked images and edge maps as backbone inputs)."""
     m, inputs = model.modalities, set(model.conditioned)
     rest = [n for n in m if n not in known]
-    generated = [n for n in rest if n in partial or (m[n].has_head and n not in inputs)]
+    generated = [n for n in rest if n in partial or (m[n].has_head and not (n in inputs and m[n].image_data))]
     return generated, [n for n in rest if n not in generated]
+
+
+def generate_joint(model, process: MTProcess, *, batch: int, device=None, **kw) -> SampleState:
+    """Joint generation from nothing (:func:`generate_given` with nothing known): z_0 and every modality with a
+    head; a masked image or an edge map as a backbone input gets its "nothing known" value (the complete mask,
+    the zero image), as in training with ``train.cond_drop_prob``."""
+    return generate_given(model, process, batch=batch, z_shape=model.z_shape, known={}, device=device, **kw)[0]
 
 
 def generate_given(
@@ -90,6 +116,8 @@ def generate_given(
     generated, held = split_unknown(model, known, partial)
     null = model.null_data(held, batch, device=device)
     known = {n: known[n] if n in known else null[n] for n in model.modalities if n in known or n in null}
+    inputs = [n for n in generated if n in model.conditioned and n not in partial]
+    model = NullInputs(model, inputs, batch, device) if inputs else model
     model = KnownPixels(model, partial) if partial else model
     if image is not None and project:
         x0, keep = image

@@ -50,14 +50,16 @@ class ClassifierFreeGuidance(_Wrapper):
 
 
 class HeadGuidance(_Wrapper):
-    """Steer sampling towards labels ``y`` [B] with the gradient of the model's own label head."""
+    """Steer sampling towards labels ``y`` [B] with the gradient of the model's own label head (of a modality whose
+    ``value`` is a class)."""
 
     needs_grad = True  # samplers leave inference mode for it
 
     def __init__(self, model, process: MTProcess, name: str, y: Tensor, scale: float):
         super().__init__(model)
-        if model.modalities[name].kind != "label":
-            raise ValueError(f"head guidance needs a label modality; {name!r} is {model.modalities[name].kind!r}")
+        mod = model.modalities[name]
+        if mod.value != "class":  # its head gives class logits [B, K]
+            raise ValueError(f"head guidance needs a modality whose value is a class; {name!r} is a {mod.value}")
         self.process, self.name, self.y, self.scale = process, name, y, float(scale)
 
     def predict(

@@ -13,7 +13,6 @@ from .samplers import Denoiser, SampleState, init_state, sampler_named
 
 __all__ = [
     "generate",
-    "generate_joint",
     "generate_conditional",
     "restore",
     "inverse",
@@ -64,27 +63,6 @@ def generate(
         callback=callback,
         clip=clip,
         constraint=constraint,
-    )
-
-
-def generate_joint(
-    model, process: MTProcess, *, batch: int, generator: torch.Generator | None = None, device=None, **kw
-) -> SampleState:
-    """Joint generation from nothing: every modality is generated from its head, except those the
-    backbone takes as input (-X), which get their "nothing known" value (``Modality.null``: the complete
-    mask, the zero image, the uniform label ...), as in training with ``train.cond_drop_prob``."""
-    known = model.null_data(model.conditioned, batch, device=device)
-    unknown = [n for n in model.modalities if n not in known]
-    return generate(
-        model,
-        process,
-        batch=batch,
-        z_shape=model.z_shape,
-        known=known,
-        unknown=unknown,
-        generator=generator,
-        device=device,
-        **kw,
     )
 
 

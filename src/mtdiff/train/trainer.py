@@ -309,8 +309,8 @@ class Trainer:
         B = batch["image"].shape[0]
         tt = Prediction.of(model, self.process).timesteps(B, self.gen, self.device)
         noise = torch.randn((B, *model.z_shape), generator=self.gen, device=self.device)
-        cond_drop = self._drop_masks(B, t.cond_drop_prob, model.conditioned)  # classifier-free guidance
-        enc_drop = self._drop_masks(B, t.enc_drop_prob, tuple(model.modalities))  # heads learn image -> x
+        cond_drop = self._drop_masks(B, t.cond_drop_prob, model.conditioned, t.cond_drop_all_prob)  # guidance
+        enc_drop = self._drop_masks(B, t.enc_drop_prob, tuple(model.modalities), t.enc_drop_all_prob)  # image -> x
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
         self.opt.zero_grad(set_to_none=True)
@@ -381,16 +381,19 @@ class Trainer:
         with torch.no_grad():
             return self.latent.encode(batch["image"]), self.latent.encode_data(data, self.model.modalities)
 
-    def _drop_masks(self, batch: int, prob: float, names) -> dict[str, torch.Tensor] | None:
+    def _drop_masks(self, batch: int, prob: float, names, all_prob: float = 0.0) -> dict[str, torch.Tensor] | None:
         """Per sample of the global batch, True where each modality of ``names`` becomes "nothing known",
-        with probability ``prob``; None when prob is 0 (nothing is drawn from the generator then)."""
-        if prob <= 0:
+        with probability ``prob`` each, and all of them at once with probability ``all_prob``; None when both
+        are 0 (nothing is drawn from the generator then; a probability of 0 draws nothing for itself)."""
+        if prob <= 0 and all_prob <= 0:
             return None
-        return {
-            n: torch.rand(batch, generator=self.gen, device=self.device) < prob
-            for n in self.model.modalities
-            if n in names
-        }
+        names = [n for n in self.model.modalities if n in names]
+        none = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        drop = {n: torch.rand(batch, generator=self.gen, device=self.device) < prob if prob > 0 else none for n in names}
+        if all_prob > 0:
+            every = torch.rand(batch, generator=self.gen, device=self.device) < all_prob
+            drop = {n: d | every for n, d in drop.items()}
+        return drop
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict[str, float]:

@@ -130,7 +130,7 @@ def _vector_overrides(ctx: Ctx, preset: str) -> list[str]:
     in a smoke run or where the network's package is missing."""
     from ...config import load_config
 
-    names = [n for n, mc in load_config(preset).modalities.items() if mc.kind == "vector" and mc.extractor]
+    names = [n for n, mc in load_config(preset).modalities.items() if mc.extractor]  # only vector kinds read it
     out = []
     for name in names:
         extractor = load_config(preset).modalities[name].extractor
