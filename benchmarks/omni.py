@@ -249,7 +249,9 @@ def anytoany_markdown(r: dict) -> str:
         ex = row["exact"]
         flags = [k for k, v in ex.items() if isinstance(v, bool)]
         exact = "yes" if all(ex[k] for k in flags) else "NO: " + ", ".join(k for k in flags if not ex[k])
-        lines.append(f"| {q} | {exact if flags else '(nothing given)'} | " + " | ".join(_v(row.get(c)) for c in cols) + " |")
+        lines.append(
+            f"| {q} | {exact if flags else '(nothing given)'} | " + " | ".join(_v(row.get(c)) for c in cols) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -269,8 +271,17 @@ def compare(omni: dict, specialists: dict[str, dict]) -> list[dict]:
             else:
                 met = o <= 1.2 * s if not higher else o >= s / 1.2
             better = o > s if higher else o < s
-        rows.append({"task": key, "omni": o, "specialist": spec, "specialist_score": s, "rule": rule, "met": met,
-                     "better": better})
+        rows.append(
+            {
+                "task": key,
+                "omni": o,
+                "specialist": spec,
+                "specialist_score": s,
+                "rule": rule,
+                "met": met,
+                "better": better,
+            }
+        )
     return rows
 
 
@@ -280,9 +291,14 @@ def cmd_table(args, argv: list[str]) -> dict:
     if args.omni not in scores:
         raise SystemExit(f"{args.omni} is not scored in {args.out_dir / 'shipped.json'}: run benchmarks.shipped score")
     rows = compare(scores[args.omni], scores)
-    result = {"command": "python -m benchmarks.omni " + shlex.join(argv), "omni": args.omni, "rows": rows,
-              "models": {m["name"]: {k: m.get(k) for k in ("step", "parameters", "train_minutes")}
-                         for m in shipped["models"]}}
+    result = {
+        "command": "python -m benchmarks.omni " + shlex.join(argv),
+        "omni": args.omni,
+        "rows": rows,
+        "models": {
+            m["name"]: {k: m.get(k) for k in ("step", "parameters", "train_minutes")} for m in shipped["models"]
+        },
+    }
     (args.out_dir / "omni.json").write_text(json.dumps(result, indent=1))
     lines = [
         f"Command: `{result['command']}` (from the scores of `python -m benchmarks.shipped score`).",

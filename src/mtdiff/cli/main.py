@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 from ..errors import MtdiffError
-from . import evaluate, generate, machine, train
+from . import evaluate, generate, machine, serve, train
 from .args import add_seed, positive_int
 
 __all__ = ["main", "build_parser"]
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parsers(sub)
     evaluate.add_parsers(sub)
     machine.add_parsers(sub)
+    serve.add_parsers(sub)
 
     p = sub.add_parser("report", help="one self-contained HTML page about a run: samples, curves, schedule, metrics")
     p.add_argument(
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-COMMANDS = {**train.COMMANDS, **generate.COMMANDS, **evaluate.COMMANDS, **machine.COMMANDS}
+COMMANDS = {**train.COMMANDS, **generate.COMMANDS, **evaluate.COMMANDS, **machine.COMMANDS, **serve.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
