@@ -182,7 +182,10 @@ def _make_folder(root):
     grey16.save(root / "dog" / "d.png")
     assert Image.open(root / "dog" / "d.png").mode.startswith("I")
     Image.new("RGB", (16, 16), (0, 0, 255)).save(root / "dog" / "e.JPEG", quality=95)
-    Image.new("P", (17, 33), 3).save(root / "dog" / "f.bmp")
+    palette = Image.new("P", (17, 33), 3)  # a palette image with its palette written out (Pillow 12 cannot
+    palette.putpalette([v for c in range(256) for v in (c, 255 - c, c // 2)])  # read back one without a palette)
+    palette.save(root / "dog" / "f.bmp")
+    assert Image.open(root / "dog" / "f.bmp").mode == "P"
     (root / "dog" / "notes.txt").write_text("not an image")
     return {"cat": 3, "dog": 3}
 

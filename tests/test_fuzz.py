@@ -189,16 +189,16 @@ def no_work(monkeypatch):
     """Stop at the first sign of real work: training steps, a sampler or a head run, a data set loaded.
     Everything a command checks comes before it, so every check runs for real."""
     import mtdiff.build
-    import mtdiff.runs
     import mtdiff.train.trainer as tr
+    import mtdiff.trained
 
     def stop(*a, **k):
         raise WorkStarted
 
     monkeypatch.setattr(tr.Trainer, "__init__", stop)
     monkeypatch.setattr(mtdiff.build, "load_data", stop)
-    for name in ("generate_given", "read_heads", "elbo_logits"):  # every sampler and head run of mtdiff.runs
-        monkeypatch.setattr(mtdiff.runs, name, stop)
+    for name in ("generate_given", "read_heads", "elbo_logits"):  # every sampler and head run of a Run
+        monkeypatch.setattr(mtdiff.trained, name, stop)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

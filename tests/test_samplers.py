@@ -176,7 +176,12 @@ def test_restore_keeps_known_pixels_exactly_and_reports_drift():
     proc = MTProcess(betas, {"masked": Bridge(1.0).weights(1 - betas)})
 
     class Img(ToyModel):
+        modalities = {"masked": None}  # the masked image only: nothing else to generate or hold
+
         def init_data(self, names, batch, *, generator, device):
+            return {}
+
+        def null_data(self, names, batch, *, device=None):
             return {}
 
     model = Img(lambda z, t, data: 0.1 * z, proc)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from mtdiff.checkpoint import has_checkpoints, latest_checkpoint
 from mtdiff.config import Config, load_config, to_dict
-from mtdiff.runs import read_run_config
+from mtdiff.runs import gives_class, read_run_config
 from mtdiff.train import Trainer
 
 # Single-task conditional diffusion: the mask stays a backbone input (-X) but leaves the forward process
@@ -212,22 +212,28 @@ def run_state(run_dir: Path, cfg: Config, objective: str) -> int:
 class ClassifierOnly(Trainer):
     """Figure 6's baseline: the same network, optimiser, warm-up, clipping, EMA, batches and seed as a
     Trainer run, but the loss is only the label head's cross-entropy on clean images in inverse mode
-    (z_t at t = 0, the label as "nothing known", as ``mtdiff.sampling.inverse`` builds it)."""
+    (z_t at t = 0, the label as "nothing known", as ``mtdiff.sampling.read_heads`` builds it). Only the
+    objective is its own (``draw``, ``loss``): micro-batches, DDP, autocast and exact resume are the Trainer's."""
 
-    def train_step(self):
-        model, name = self.model, next(n for n, m in self.model.modalities.items() if m.kind == "label")
-        batch = self.stream.next()
-        z0, y = batch["image"], batch["label"]
+    @property
+    def label(self) -> str:
+        """The modality whose value is the class (a label)."""
+        return next(n for n, m in self.model.modalities.items() if gives_class(type(m)))
+
+    def draw(self, batch):
+        b = batch["image"].shape[0]
+        return {
+            "unknown": self.model.init_data([self.label], b, generator=self.gen, device=self.device),
+            "noise": torch.randn((b, *self.model.z_shape), generator=self.gen, device=self.device),
+        }
+
+    def loss(self, batch, drawn, rows):
+        name = self.label
+        z0, _ = self.diffusion_data({"image": batch["image"][rows]}, {})
+        unknown = {name: drawn["unknown"][name][rows]}
         t0 = torch.zeros(z0.shape[0], dtype=torch.long, device=self.device)
-        unknown = model.init_data([name], z0.shape[0], generator=self.gen, device=self.device)
-        noise = torch.randn(z0.shape, generator=self.gen, device=self.device)
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(self.step)
-        with self._autocast():
-            zt = self.process.q_sample(z0, t0, model.encode(unknown), noise)
-            loss = F.cross_entropy(model(zt, t0, unknown)[1][name].float(), y)
-        grad_norm = self.optimize(loss)
-        return None if grad_norm is None else {"loss": loss.detach(), "grad_norm": grad_norm}
+        zt = self.process.q_sample(z0, t0, self.model.encode(unknown), drawn["noise"][rows])
+        return F.cross_entropy(self.net(zt, t0, unknown)[1][name].float(), batch["label"][rows]), {}
 
 
 def objective_of(arm: str) -> str:

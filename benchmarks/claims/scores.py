@@ -12,7 +12,7 @@ from mtdiff.evaluate import joint_images, translate
 from mtdiff.metrics.quality import sample_quality
 from mtdiff.metrics.task import calibration, masked_errors, perceptual_distance
 from mtdiff.runs import Run, load_run
-from mtdiff.sampling import inverse, timesteps
+from mtdiff.sampling import head_estimates, timesteps
 
 from .arms import TABLES, Scale, arms_of
 from .paper import NAMES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE4, PATCHES, SEG_METRICS, TABLE2_METRICS
@@ -224,7 +224,7 @@ def head_probs(
         if not told:
             return run.classify(test.to_float(idx), t=t, generator=g)
         z0 = run.latent.encode(run.pixels(test.to_float(idx)))
-        return inverse(run.model, run.process, z0, name, t=t, known={name: test.labels[idx]}, generator=g)
+        return head_estimates(run.model, run.process, z0, {name: test.labels[idx]}, t=t, generator=g)[name]
 
     out = [probs(torch.arange(i, min(i + batch, n))).double().cpu() for i in range(0, n, batch)]
     return torch.cat(out), test.labels[:n]

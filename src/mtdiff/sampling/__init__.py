@@ -1,6 +1,18 @@
 """Samplers (pure functions on the y-chain) and the joint / conditional / inverse modes."""
 
-from .given import KnownPixels, NullInputs, generate_given, generate_joint, read_heads, split_unknown
+from .given import (
+    KnownPixels,
+    NullInputs,
+    Restoration,
+    drift,
+    generate_given,
+    generate_joint,
+    head_estimates,
+    inverse,
+    read_heads,
+    restore,
+    split_unknown,
+)
 from .guidance import ClassifierFreeGuidance, HeadGuidance
 from .samplers import (
     SAMPLERS,
@@ -14,15 +26,7 @@ from .samplers import (
     sampler_named,
     timesteps,
 )
-from .tasks import (
-    Restoration,
-    elbo_logits,
-    elbo_timesteps,
-    generate,
-    generate_conditional,
-    inverse,
-    restore,
-)
+from .tasks import elbo_logits, elbo_timesteps, generate, generate_conditional
 
 __all__ = [
     "ClassifierFreeGuidance",
@@ -30,7 +34,9 @@ __all__ = [
     "KnownPixels",
     "NullInputs",
     "generate_given",
+    "head_estimates",
     "read_heads",
+    "drift",
     "split_unknown",
     "SAMPLERS",
     "Sampler",

@@ -12,14 +12,15 @@ Every inference mode is one of these with a different given set:
 - A modality given on some pixels only, ``(x, keep)``: generated from its head, with the known pixels pasted
   into its start and into every head estimate (:class:`KnownPixels`).
 - z_0 given on some pixels, ``(x, keep)``: every z_0 estimate takes the known pixels (hard data consistency,
-  Section 4.1) and the result pastes them in again (:func:`generate_given`).
+  Section 4.1) and the result pastes them in again (:func:`generate_given`; :func:`restore`).
 - z_0 given everywhere: nothing is sampled; every head reads z_t drawn from Eq. 4 at one time index with the
-  unknown modalities "nothing known" (inverse mode, :func:`read_heads`).
+  unknown modalities "nothing known" (inverse mode, :func:`read_heads`; :func:`inverse`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -29,7 +30,19 @@ from .guidance import _Wrapper
 from .samplers import Denoiser, SampleState
 from .tasks import generate
 
-__all__ = ["KnownPixels", "NullInputs", "split_unknown", "generate_given", "generate_joint", "read_heads"]
+__all__ = [
+    "KnownPixels",
+    "NullInputs",
+    "split_unknown",
+    "generate_given",
+    "generate_joint",
+    "drift",
+    "Restoration",
+    "restore",
+    "head_estimates",
+    "read_heads",
+    "inverse",
+]
 
 Partial = tuple[Tensor, Tensor]  # (value, keep [N, 1, H, W]: 1 = known pixel)
 
@@ -131,7 +144,74 @@ def generate_given(
     return state, raw
 
 
+def drift(raw: Tensor, x0: Tensor, keep: Tensor) -> Tensor:
+    """The mean absolute difference between the model's own z_0 estimate ``raw`` and the known pixels ``x0``
+    (where ``keep`` is 1), per sample."""
+    denom = (keep.expand_as(raw).flatten(1).sum(1)).clamp(min=1)
+    return ((raw - x0).abs() * keep).flatten(1).sum(1) / denom
+
+
+@dataclass
+class Restoration:
+    """``restored`` keeps the known pixels exactly; ``raw`` is the model's own last z_0 estimate;
+    ``drift`` is the mean absolute difference between ``raw`` and the input on the known pixels, per sample;
+    ``keep`` the known-pixel mask [N, 1, H, W] (1 = known)."""
+
+    restored: Tensor
+    raw: Tensor
+    drift: Tensor
+    keep: Tensor | None = None
+
+
+def restore(
+    model: Denoiser,
+    process: MTProcess,
+    masked: Tensor,
+    keep: Tensor,
+    *,
+    modality: str = "masked",
+    project: bool = True,
+    **kw,
+) -> Restoration:
+    """Constrained restoration (Section 4.1): :func:`generate_given` with the masked image known as
+    ``modality`` and as z_0 on the pixels where ``keep`` is 1 (``kw``: the sampler's keywords). With ``project``
+    each step's z_0 estimate takes the known pixels (hard data consistency); the result keeps them exactly
+    either way, and ``drift`` reports how far the model's own estimate was."""
+    if keep.shape[0] != masked.shape[0] or keep.shape[-2:] != masked.shape[-2:]:
+        raise ValueError(f"keep mask {tuple(keep.shape)} does not match masked image {tuple(masked.shape)}")
+    state, raw = generate_given(
+        model,
+        process,
+        batch=masked.shape[0],
+        z_shape=masked.shape[1:],
+        known={modality: masked},
+        image=(masked, keep),
+        project=project,
+        device=masked.device,
+        **kw,
+    )
+    return Restoration(state.z, raw, drift(raw, masked, keep), keep)
+
+
 @torch.no_grad()
+def head_estimates(
+    model: Denoiser,
+    process: MTProcess,
+    z0: Tensor,
+    data: Mapping[str, Tensor],
+    *,
+    t: int = 0,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Every head's estimate from z_t drawn from Eq. 4 at time index t with the encodings of ``data`` (and
+    ``data`` as the backbone inputs); ``generator`` draws the noise. :func:`read_heads` gives it "nothing known"
+    for every modality not known."""
+    tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
+    noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+    zt = process.q_sample(z0, tt, model.encode(data), noise)
+    return model.predict(zt, tt, data)[1]
+
+
 def read_heads(
     model: Denoiser,
     process: MTProcess,
@@ -146,9 +226,24 @@ def read_heads(
     and every other modality's head estimate (its null where it has no head). ``generator`` draws the noise."""
     known = dict(known or {})
     names = [n for n in model.modalities if n not in known]
-    tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
     data = {**model.null_data(names, z0.shape[0], device=z0.device), **known}
-    noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-    zt = process.q_sample(z0, tt, model.encode(data), noise)
-    _, est = model.predict(zt, tt, data)
+    est = head_estimates(model, process, z0, data, t=t, generator=generator)
     return {n: est.get(n, data[n]) if n in names else data[n] for n in model.modalities}
+
+
+def inverse(
+    model: Denoiser,
+    process: MTProcess,
+    z0: Tensor,
+    name: str,
+    *,
+    t: int = 0,
+    known: Mapping[str, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Inverse mode for one modality: :func:`read_heads`' estimate of ``name`` (image -> label is
+    classification, photo -> mask is segmentation). ``name`` must not be in ``known`` (:func:`head_estimates`
+    reads a head with its own value known)."""
+    if known is not None and name in known:
+        raise ValueError(f"inverse reads {name!r} by its head; it cannot also be known")
+    return read_heads(model, process, z0, t=t, known=known, generator=generator)[name]

@@ -1,9 +1,9 @@
-"""The three inference modes of one model (docs/DESIGN.md, section "Inference modes"): joint, conditional, inverse."""
+"""The sampler's entry point (joint and conditional generation, docs/DESIGN.md, section "Inference modes") and
+classification by the diffusion loss; what is given and what generated is :mod:`mtdiff.sampling.given`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -11,15 +11,7 @@ from torch import Tensor
 from ..process import MTProcess
 from .samplers import Denoiser, SampleState, init_state, sampler_named
 
-__all__ = [
-    "generate",
-    "generate_conditional",
-    "restore",
-    "inverse",
-    "Restoration",
-    "elbo_logits",
-    "elbo_timesteps",
-]
+__all__ = ["generate", "generate_conditional", "elbo_logits", "elbo_timesteps"]
 
 
 def generate(
@@ -70,72 +62,6 @@ def generate_conditional(model, process: MTProcess, *, known: Mapping[str, Tenso
     """Conditional generation: the ``known`` modalities given, z_0 and every other modality with a head generated."""
     unknown = [n for n in model.modalities if n not in known and model.modalities[n].has_head]
     return generate(model, process, batch=batch, z_shape=model.z_shape, known=known, unknown=unknown, **kw)
-
-
-@dataclass
-class Restoration:
-    """``restored`` keeps the known pixels exactly; ``raw`` is the model's own last z_0 estimate;
-    ``drift`` is the mean absolute difference between ``raw`` and the input on the known pixels, per sample;
-    ``keep`` the known-pixel mask [N, 1, H, W] (1 = known)."""
-
-    restored: Tensor
-    raw: Tensor
-    drift: Tensor
-    keep: Tensor | None = None
-
-
-def restore(
-    model: Denoiser,
-    process: MTProcess,
-    masked: Tensor,
-    keep: Tensor,
-    *,
-    modality: str = "masked",
-    unknown: Sequence[str] = (),
-    project: bool = True,
-    **kw,
-) -> Restoration:
-    """Constrained restoration (Section 4.1): generate z_0 given the masked image and keep the known
-    pixels exactly. With ``project`` each step's z_0 estimate takes the known pixels (hard data
-    consistency), which keeps the deterministic chain from drifting off them; the known pixels are
-    pasted into the result either way. ``drift`` reports how far the model's own estimate was."""
-    if keep.shape[0] != masked.shape[0] or keep.shape[-2:] != masked.shape[-2:]:
-        raise ValueError(f"keep mask {tuple(keep.shape)} does not match masked image {tuple(masked.shape)}")
-    kw["device"] = masked.device
-    if project:
-        kw["constraint"] = lambda z0: keep * masked + (1 - keep) * z0
-    state = generate(
-        model, process, batch=masked.shape[0], z_shape=masked.shape[1:], known={modality: masked}, unknown=unknown, **kw
-    )
-    raw = state.raw_z0 if state.raw_z0 is not None else state.z
-    restored = keep * masked + (1 - keep) * raw
-    denom = (keep.expand_as(raw).flatten(1).sum(1)).clamp(min=1)
-    drift = ((raw - masked).abs() * keep).flatten(1).sum(1) / denom
-    return Restoration(restored, raw, drift, keep)
-
-
-@torch.no_grad()
-def inverse(
-    model: Denoiser,
-    process: MTProcess,
-    z0: Tensor,
-    name: str,
-    *,
-    t: int = 0,
-    known: Mapping[str, Tensor] | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Inverse mode: z_0 known, modality ``name`` read from its head at time index t
-    (image -> label is classification, photo -> mask is segmentation). The forward process and the
-    -X backbone see ``name`` as "nothing known" (``Modality.null``), as in training with ``train.enc_drop_prob``;
-    ``generator`` draws the forward process's noise."""
-    known = dict(known or {})
-    tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
-    data = {**model.null_data([name], z0.shape[0], device=z0.device), **known}
-    noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-    zt = process.q_sample(z0, tt, model.encode(data), noise)  # the unknown modality as "nothing known"
-    _, est = model.predict(zt, tt, data)
-    return est[name]
 
 
 def elbo_timesteps(num_timesteps: int, steps: int = 10) -> list[int]:

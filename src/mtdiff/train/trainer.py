@@ -43,12 +43,13 @@ from ..data.imageset import ImageSet
 from ..data.loader import BatchStream
 from ..distributed import init_world, main_first, wrap_ddp
 from ..errors import MtdiffError
+from ..loading import resolve_device
 from ..loss import mt_loss
 from ..memory import estimate_training_memory
+from ..models import MTModel
 from ..precision import autocast, autocast_dtype
-from ..process import Prediction
+from ..process import MTProcess, Prediction
 from ..rundir import CONFIG_FILE, LOG_FILE, SAMPLES_DIR, TB_DIR, checkpoints_dir
-from ..runs import resolve_device
 from ..sampling import generate_joint
 from ..viz import save_grid
 from .ema import EMA
@@ -105,27 +106,13 @@ class Trainer:
         progress: bool = True,
     ):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        has_ckpt = has_checkpoints(self.run_dir)
-        if has_ckpt and not resume:
-            raise ConfigError(
-                f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose another --out"
-            )
-        if resume and not has_ckpt:
-            raise ConfigError(f"--resume: {self.run_dir} holds no checkpoint to resume")
+        _check_resume(self.run_dir, resume)
         self.world, device = init_world(cfg.train.device)
         self.device = resolve_device(device, what="train.device")
         t = cfg.train
         self.local_batch, self.micro_batch = _shares(t.batch_size, t.micro_batch, self.world.size)
         self.amp_dtype = autocast_dtype(t.precision, self.device)
-        # under torchrun a cached folder is only mapped (mtdiff prepare-data decodes it): no process waits
-        # for another's decoding at a barrier with a timeout; a missing entry stops every process at once
-        prepared = self.world.distributed
-        self.data = data if data is not None else main_first(self.world, lambda: load_data(cfg, prepared=prepared))
-        if t.batch_size > len(self.data):
-            raise ConfigError(
-                f"train.batch_size={t.batch_size} exceeds the {len(self.data)} images of {self.data.name!r}"
-            )
-        resolve_class_names(cfg, self.data)
+        self.data = self._training_data(data)
         self.latent = build_space_map(cfg, self.device)  # frozen, outside the model and checkpoints
         if cfg.data.autoencoder and cfg.data.latent_scale is None:  # record the VAE's scale in the run config
             cfg.data.latent_scale = self.latent.scale
@@ -133,18 +120,7 @@ class Trainer:
             use_deterministic_kernels()
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # static shapes: each convolution is tuned once
-        torch.manual_seed(t.seed)  # initial weights: the same on every process
-        self.process = build_process(cfg)
-        self.model = build_model(cfg)
-        torch.manual_seed(t.seed + 1_000_003 * self.world.rank)  # dropout: each process its own masks
-        self.initialised = None
-        if not resume:
-            self.model.prepare()  # frozen encoders; restored otherwise
-            if t.init_from:
-                self.initialised = init_from(self.model, Path(t.init_from))
-        self.model.to(self.device)
-        if t.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.process, self.model, self.initialised = self._build_model(resume)
         self.ema = EMA(self.model, t.ema_decay)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
@@ -159,11 +135,7 @@ class Trainer:
         self.skipped_on_device = torch.zeros((), device=self.device)
         if resume:
             self._restore()
-        try:  # eager passes at batch 2 and 4, before compiling; advisory, so it never keeps a run from starting
-            self.memory = estimate_training_memory(self)
-        except Exception as e:
-            warnings.warn(f"no memory estimate ({type(e).__name__}: {e}); training goes on", stacklevel=2)
-            self.memory = None
+        self.memory = self._estimate_memory()
         if t.compile:  # in place (parameter names stay unchanged); static shapes, so it compiles once
             self.model.backbone.compile(dynamic=False)
         self.net = self.model  # what the loss calls: the model, or its DDP wrapper
@@ -172,6 +144,47 @@ class Trainer:
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    def _training_data(self, data: ImageSet | None) -> ImageSet:
+        """``data``, else the config's data set (under torchrun a cached folder is only mapped: mtdiff
+        prepare-data decodes it, so no process waits for another's decoding at a barrier with a timeout, and a
+        missing entry stops every process at once); checked against the batch size, its class names recorded."""
+        cfg = self.cfg
+        prepared = self.world.distributed
+        data = data if data is not None else main_first(self.world, lambda: load_data(cfg, prepared=prepared))
+        if cfg.train.batch_size > len(data):
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} exceeds the {len(data)} images of {data.name!r}"
+            )
+        resolve_class_names(cfg, data)
+        return data
+
+    def _build_model(self, resume: bool) -> tuple[MTProcess, MTModel, dict[str, Any] | None]:
+        """(process, model on the device, where its weights were initialised from): the initial weights the same
+        on every process, dropout then seeded per process; the frozen encoders loaded unless resuming."""
+        t = self.cfg.train
+        torch.manual_seed(t.seed)  # initial weights: the same on every process
+        process = build_process(self.cfg)
+        model = build_model(self.cfg)
+        torch.manual_seed(t.seed + 1_000_003 * self.world.rank)  # dropout: each process its own masks
+        initialised = None
+        if not resume:
+            model.prepare()  # frozen encoders; restored otherwise
+            if t.init_from:
+                initialised = init_from(model, Path(t.init_from))
+        model.to(self.device)
+        if t.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return process, model, initialised
+
+    def _estimate_memory(self):
+        """The memory estimate (eager passes at batch 2 and 4, before compiling); advisory, so it never keeps a
+        run from starting (None, with a warning, when it fails)."""
+        try:
+            return estimate_training_memory(self)
+        except Exception as e:
+            warnings.warn(f"no memory estimate ({type(e).__name__}: {e}); training goes on", stacklevel=3)
+            return None
 
     @property
     def skipped(self) -> int:
@@ -297,56 +310,74 @@ class Trainer:
         return t.lr * decay
 
     def train_step(self) -> dict[str, torch.Tensor]:
-        """One optimizer step (Algorithm 2) on this process's rows of the global batch, in micro-batches.
+        """One optimizer step (Algorithm 2) on this process's rows of the global batch: the step's random draws
+        (:meth:`draw`), then the :meth:`loss` of each micro-batch, backward under autocast and gradient scaling
+        (DDP synchronises the last micro-batch only), then the update.
 
         Returns the loss terms and the gradient norm as device tensors; a non-finite gradient norm
         means the update was skipped.
         """
-        t, model = self.cfg.train, self.model
         batch = self.stream.next()  # the global batch: every random draw is made for all of it, on every process
-        mine = self.world.rank * self.local_batch
-        data = model.derive(batch, self.gen, slice(mine, mine + self.local_batch))  # this process's rows only
-        B = batch["image"].shape[0]
-        tt = Prediction.of(model, self.process).timesteps(B, self.gen, self.device)
-        noise = torch.randn((B, *model.z_shape), generator=self.gen, device=self.device)
-        cond_drop = self._drop_masks(B, t.cond_drop_prob, model.conditioned, t.cond_drop_all_prob)  # guidance
-        enc_drop = self._drop_masks(B, t.enc_drop_prob, tuple(model.modalities), t.enc_drop_all_prob)  # image -> x
+        drawn = self.draw(batch)
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
         self.opt.zero_grad(set_to_none=True)
+        mine = self.world.rank * self.local_batch
         chunks = range(mine, mine + self.local_batch, self.micro_batch)
+        share = self.micro_batch / self.local_batch
         terms: dict[str, torch.Tensor] = {}
         for i, start in enumerate(chunks):
-            rows, own = slice(start, start + self.micro_batch), slice(start - mine, start - mine + self.micro_batch)
-            z0, x = self.diffusion_data({"image": batch["image"][rows]}, {n: v[own] for n, v in data.items()})
             last = i == len(chunks) - 1
             sync = nullcontext() if last or not self.world.distributed else self.net.no_sync()
             with sync, self._autocast():
-                loss, parts = mt_loss(
-                    model,
-                    self.process,
-                    z0,
-                    x,
-                    t=tt[rows],
-                    noise=noise[rows],
-                    lam=self.cfg.diffusion.lam,
-                    inputs=_apply_drop(model, x, cond_drop, rows),
-                    encoded=_apply_drop(model, x, enc_drop, rows),
-                    net=self.net,
-                )
-                self.scaler.scale(loss * (self.micro_batch / self.local_batch)).backward()
+                loss, parts = self.loss(batch, drawn, slice(start, start + self.micro_batch))
+                self.scaler.scale(loss * share).backward()
             for k, v in {"loss": loss.detach(), **parts}.items():
-                terms[k] = terms.get(k, 0.0) + v * (self.micro_batch / self.local_batch)
+                terms[k] = terms.get(k, 0.0) + v * share
         return {**terms, "grad_norm": self._update()}
+
+    # -- the objective: another one overrides draw and loss ------------------------------
+    def draw(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The step's random draws for every row of the global ``batch``, from ``self.gen`` in a fixed order
+        (every process draws the same, so K processes take the steps of one and a resumed run continues
+        exactly): the modality data X of this process's rows (their masks drawn for the whole batch), the time
+        indices, the noise, and the condition and encoding drop masks."""
+        t, model = self.cfg.train, self.model
+        mine, b = self.world.rank * self.local_batch, batch["image"].shape[0]
+        return {  # evaluated in this order
+            "x": model.derive(batch, self.gen, slice(mine, mine + self.local_batch)),  # this process's rows only
+            "t": Prediction.of(model, self.process).timesteps(b, self.gen, self.device),
+            "noise": torch.randn((b, *model.z_shape), generator=self.gen, device=self.device),
+            "cond_drop": self._drop_masks(b, t.cond_drop_prob, model.conditioned, t.cond_drop_all_prob),  # guidance
+            "enc_drop": self._drop_masks(b, t.enc_drop_prob, tuple(model.modalities), t.enc_drop_all_prob),  # image->x
+        }
+
+    def loss(
+        self, batch: dict[str, torch.Tensor], drawn: dict[str, Any], rows: slice
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of the micro-batch ``rows`` (rows of the global ``batch``, within this process's share) and
+        its terms to log, run under the run's autocast: the multi-task loss of Eq. 6 with the draws of
+        :meth:`draw` (the drop masks applied). A trainer with another objective overrides this and
+        :meth:`draw`, and keeps the micro-batches, DDP, autocast, gradient scaling, the non-finite skip and exact
+        resume of :meth:`train_step`."""
+        mine = self.world.rank * self.local_batch
+        own = slice(rows.start - mine, rows.stop - mine)  # the same rows within this process's share
+        z0, x = self.diffusion_data({"image": batch["image"][rows]}, {n: v[own] for n, v in drawn["x"].items()})
+        return mt_loss(
+            self.model,
+            self.process,
+            z0,
+            x,
+            t=drawn["t"][rows],
+            noise=drawn["noise"][rows],
+            lam=self.cfg.diffusion.lam,
+            inputs=_apply_drop(self.model, x, drawn["cond_drop"], rows),
+            encoded=_apply_drop(self.model, x, drawn["enc_drop"], rows),
+            net=self.net,
+        )
 
     def _autocast(self):
         return autocast(self.device, self.amp_dtype)
-
-    def optimize(self, loss: torch.Tensor) -> torch.Tensor:
-        """Backward and update for one loss on the whole batch (for trainers with another objective)."""
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        return self._update()
 
     def _update(self) -> torch.Tensor:
         """Unscale, clip, step and EMA; a non-finite gradient norm skips the step on the device. Returns the norm.
@@ -377,8 +408,8 @@ class Trainer:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """z_0 and the modality data X of pixel images and their derived data: the images (z_0 and
         image modalities) go through the space map (identity, or the frozen autoencoder's encoder:
-        latent diffusion, Appendix E.1)."""
-        with torch.no_grad():
+        latent diffusion, Appendix E.1), in full precision also inside the loss's autocast."""
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             return self.latent.encode(batch["image"]), self.latent.encode_data(data, self.model.modalities)
 
     def _drop_masks(self, batch: int, prob: float, names, all_prob: float = 0.0) -> dict[str, torch.Tensor] | None:
@@ -389,7 +420,9 @@ class Trainer:
             return None
         names = [n for n in self.model.modalities if n in names]
         none = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        drop = {n: torch.rand(batch, generator=self.gen, device=self.device) < prob if prob > 0 else none for n in names}
+        drop = {
+            n: torch.rand(batch, generator=self.gen, device=self.device) < prob if prob > 0 else none for n in names
+        }
         if all_prob > 0:
             every = torch.rand(batch, generator=self.gen, device=self.device) < all_prob
             drop = {n: d | every for n, d in drop.items()}
@@ -519,6 +552,15 @@ class Trainer:
                 self.ema.model, self.process, batch=s.num, generator=g, device=self.device, **s.kwargs()
             )
         return save_grid(self.latent.decode(state.z), path)
+
+
+def _check_resume(run_dir: Path, resume: bool) -> None:
+    """A new run goes into a directory without checkpoints; ``resume`` needs one with them."""
+    has_ckpt = has_checkpoints(run_dir)
+    if has_ckpt and not resume:
+        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
+    if resume and not has_ckpt:
+        raise ConfigError(f"--resume: {run_dir} holds no checkpoint to resume")
 
 
 def _shares(batch_size: int, micro_batch: int, world_size: int) -> tuple[int, int]:
