@@ -102,8 +102,14 @@ GOALS: dict[str, tuple[str, str, float]] = {
 
 
 # scores without a goal that the tables show too
-EXTRA = ("head_test_digits", "joint_label_agreement", "seg_class_iou_own_head", "seg_inverse_pixel_accuracy",
-         "seg_inverse_class_iou", "restore_images")
+EXTRA = (
+    "head_test_digits",
+    "joint_label_agreement",
+    "seg_class_iou_own_head",
+    "seg_inverse_pixel_accuracy",
+    "seg_inverse_class_iou",
+    "restore_images",
+)
 PRECISE = {"head_accuracy", *(k for k in GOALS if k.startswith("masked"))}  # shown with 4 digits
 
 
