@@ -45,6 +45,11 @@ class Discrete(Modality):
 
     num_classes: int
 
+    @classmethod
+    def configure(cls, mc, *, key, variant):
+        super().configure(mc, key=key, variant=variant)
+        check_num_classes(mc, key)
+
     def probs(self, x: Tensor) -> Tensor:
         """Indices [B, ...] or probabilities [B, K, ...] -> probabilities [B, K, ...] (float)."""
         if x.dtype in (torch.int64, torch.int32, torch.uint8, torch.int16):

@@ -7,7 +7,7 @@ from torch import nn
 
 from .base import BackboneEncode, given_rows
 from .common import fixed_normal
-from .discrete import Discrete, check_num_classes
+from .discrete import Discrete
 
 __all__ = ["LabelModality"]
 
@@ -25,11 +25,6 @@ class LabelModality(Discrete):
     default_source = "label"
     token_input = True
     variant_heads = {"M": "middle", "E": "classifier"}  # MT-Diffusion-M / -E: the variant is the head
-
-    @classmethod
-    def configure(cls, mc, *, key, variant):
-        super().configure(mc, key=key, variant=variant)
-        check_num_classes(mc, key)
 
     @classmethod
     def config_options(cls, mc, *, context_dim, latent):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .common import fixed_normal
-from .discrete import Discrete, check_num_classes
+from .discrete import Discrete
 
 __all__ = ["SegmentationModality"]
 
@@ -26,11 +26,6 @@ class SegmentationModality(Discrete):
         "its class maps and head live at pixel resolution; in latent space they would need masks at "
         "the latent resolution, which mtdiff does not make"
     )
-
-    @classmethod
-    def configure(cls, mc, *, key, variant):
-        super().configure(mc, key=key, variant=variant)
-        check_num_classes(mc, key)
 
     @classmethod
     def config_options(cls, mc, *, context_dim, latent):
