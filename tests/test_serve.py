@@ -61,6 +61,19 @@ def test_model_sized_upload_is_kept_and_whole_factor_enlargement_comes_back_exac
     assert to_pixels(rgb, 32, channels=3)[0].shape == (1, 3, 32, 32)
 
 
+def test_an_upload_onto_the_hole_editor_is_enlarged_once_then_left_alone():
+    """The editor fires "upload" when its value is set, so a value written back would fire it again, forever."""
+    gr = pytest.importorskip("gradio")
+    from mtdiff.app.page import CANVAS, _enlarge
+
+    digit = np.zeros((32, 32), np.uint8)
+    digit[6:26, 13:19] = 255
+    big = np.asarray(_enlarge({"background": digit, "layers": [], "composite": digit}))
+    assert big.shape == CANVAS and np.array_equal(big[::8, ::8], digit)
+    for settled in ({"background": big, "layers": [], "composite": big}, {"background": None}, None):
+        assert _enlarge(settled) == gr.skip()
+
+
 @pytest.mark.parametrize(
     "value, message",
     [

@@ -291,10 +291,12 @@ def _enlarge(value):
 
     from .convert import upscale
 
+    import gradio as gr
+
     if not isinstance(value, dict) or value.get("background") is None:
-        return value
+        return gr.skip()
     bg = np.asarray(value["background"])
     factor = math.ceil(max(CANVAS) / max(bg.shape[:2]))
     if factor <= 1:
-        return value
+        return gr.skip()  # writing the value back would be an upload again: an endless loop of them
     return upscale(bg, factor)
