@@ -287,11 +287,10 @@ def build(tasks: Tasks):
 def _enlarge(value):
     """An upload onto a hole editor, enlarged (nearest, a whole factor) to fill the canvas, so the brush is
     finer than the pixels; the task gets the same pixels back."""
+    import gradio as gr
     import numpy as np
 
     from .convert import upscale
-
-    import gradio as gr
 
     if not isinstance(value, dict) or value.get("background") is None:
         return gr.skip()
