@@ -37,7 +37,8 @@ sampler (its ``sample`` config) and one seed:
 - speed: seconds for ``load_run(NAME)`` + 16 samples with DPM-Solver++ at 20 steps, median of 3 after a warm-up.
 
 Writes the scores into each card, ``OUT/shipped.json``, ``shipped.md`` (the tables, with their goals) and
-``shipped.png`` (the first 16 joint samples of each model, a row each), and ``DOCS/NAME.png``: a picture of each
+``shipped/NAME.png`` (the first 16 joint samples of each model) stacked into ``shipped.png`` (a row each, in the
+table's order), and ``DOCS/NAME.png``: a picture of each
 model's task for its card. The parts that need the external MNIST classifiers are skipped, and say so, where
 those are not installed.
 """
@@ -827,10 +828,29 @@ def cmd_score(args, argv: list[str]) -> dict:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "shipped.json").write_text(json.dumps(result, indent=1, default=str))
     write_pages(result, args)
-    if rows:
-        save_grid(torch.cat(rows), args.out_dir / "shipped.png", nrow=16)
+    for name, first in zip(names, rows):
+        save_grid(first, args.out_dir / "shipped" / f"{name}.png", nrow=16)
+    joint_rows(records, args.out_dir)
     print(markdown(result))
     return result
+
+
+def joint_rows(records: list[dict], out_dir: Path, pad: int = 4) -> Path | None:
+    """``OUT/shipped.png``: the rows ``OUT/shipped/NAME.png`` (each model's first 16 joint samples, kept from the
+    last time it was scored) stacked in the table's order, so scoring some models keeps the others' rows."""
+    from PIL import Image
+
+    found = [out_dir / "shipped" / f"{r['name']}.png" for r in records]
+    found = [Image.open(f).convert("RGB") for f in found if f.is_file()]
+    if not found:
+        return None
+    width = max(im.width for im in found)
+    tops = [0] + [sum(im.height - pad for im in found[: i + 1]) for i in range(len(found) - 1)]
+    sheet = Image.new("RGB", (width, tops[-1] + found[-1].height), (128, 128, 128))
+    for top, im in zip(tops, found):  # each row's top padding overlaps the row above's bottom padding
+        sheet.paste(im, (0, top))
+    sheet.save(out_dir / "shipped.png")
+    return out_dir / "shipped.png"
 
 
 def cmd_demo(args, argv: list[str]) -> dict:

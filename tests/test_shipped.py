@@ -244,7 +244,7 @@ def test_score_runs_end_to_end_on_the_tiny_models(made, tmp_path, monkeypatch):
     assert "python -m benchmarks.shipped score --num 8" in md and "| tiny-m | mnist-label-m | 3 |" in md
     assert "restoration, masked-pixel MSE, 20 patches" in md and "< 0.302" in md
     assert json.loads((out / "shipped.json").read_text())["models"][0]["name"] == "tiny-m"
-    assert (out / "shipped.png").is_file()
+    assert (out / "shipped.png").is_file() and (out / "shipped" / "tiny-m.png").is_file()
 
 
 def test_models_lists_and_checks_every_shipped_model_and_presets_marks_them(weights, capsys):
