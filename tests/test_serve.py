@@ -138,12 +138,15 @@ def test_offer_follows_the_modalities(label_run, demo_run):
     assert d.tabs == ("generate", "restore") and d.masked == "masked" and d.label is None and d.guidance is None
 
 
-def test_default_run_prefers_omni_then_a_label_head():
+def test_default_run_prefers_the_default_then_a_label_head(monkeypatch):
+    from mtdiff import app
     from mtdiff.app import default_run
     from mtdiff.shipped import shipped_names
 
-    names = shipped_names()
-    assert default_run() == ("mnist-omni" if "mnist-omni" in names else "mnist-label-m")
+    assert default_run() == "mnist-label-m"
+    monkeypatch.setattr(app, "DEFAULT", "not-shipped")  # then the first shipped model with a label head
+    first = next(n for n in shipped_names() if n not in ("mnist-demo",))
+    assert default_run() == first == "mnist-label-m"
 
 
 def test_generate_is_run_generate_with_the_seed_and_bad_requests_say_why(label_run):

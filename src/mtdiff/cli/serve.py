@@ -25,7 +25,7 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--run",
         default=None,
-        help="run directory or shipped model's name (default: mnist-omni where shipped, else a shipped model "
+        help="run directory or shipped model's name (default: mnist-label-m where shipped, else a shipped model "
         "with a label head)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
