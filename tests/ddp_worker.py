@@ -3,7 +3,8 @@
 usage: ddp_worker.py OUT_DIR DUMP_PREFIX [--resume] [--preset=NAME] [KEY=VALUE ...]   (preset: mnist-masked-x)
 
 With ``data.source=...`` among the overrides the trainer loads that source itself (else random toy images),
-and each rank writes how many image folders it decoded to DUMP_PREFIX-rankR.decoded.
+and each rank writes how many image folders it decoded to DUMP_PREFIX-rankR.decoded, and how many images it
+put through a VAE encoder to DUMP_PREFIX-rankR.encoded.
 """
 
 import sys
@@ -15,6 +16,7 @@ from conftest import tiny
 import mtdiff.data
 from mtdiff.data import ImageSet
 from mtdiff.distributed import close_world
+from mtdiff.models.autoencoder import LatentMap
 from mtdiff.train import Trainer
 
 
@@ -33,6 +35,9 @@ def main(argv: list[str]) -> None:
     decoded = []
     real = mtdiff.data.load_image_folder
     mtdiff.data.load_image_folder = lambda *a, **k: decoded.append(1) or real(*a, **k)
+    encoded = []
+    real_encode = LatentMap.encode
+    LatentMap.encode = lambda self, x: encoded.append(len(x)) or real_encode(self, x)
     own_data = any(a.startswith("data.source=") for a in overrides)
     trainer = Trainer(
         tiny(preset, *overrides), out, data=None if own_data else toy_data(), resume=resume, progress=False
@@ -40,6 +45,7 @@ def main(argv: list[str]) -> None:
     trainer.run()
     close_world()
     Path(f"{prefix}-rank{trainer.world.rank}.decoded").write_text(str(len(decoded)))
+    Path(f"{prefix}-rank{trainer.world.rank}.encoded").write_text(str(sum(encoded)))
     torch.save(
         {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, f"{prefix}-rank{trainer.world.rank}.pt"
     )

@@ -37,6 +37,7 @@ def _launch(
     resume: bool = False,
     preset: str = "mnist-masked-x",
     fails: bool = False,
+    settings: list[str] = SETTINGS,
 ) -> list[dict] | str:
     """Train ``preset`` in ``nproc`` processes; returns each rank's final parameters (``fails``: its stderr)."""
     prefix = tmp_path / f"{out}-{nproc}p-{steps}"
@@ -45,7 +46,7 @@ def _launch(
         str(prefix),
         *(["--resume"] if resume else []),
         f"--preset={preset}",
-        *SETTINGS,
+        *settings,
         f"train.steps={steps}",
         f"train.ckpt_every={steps}",
         *extra,
@@ -127,6 +128,32 @@ def test_two_processes_equal_one_with_an_image_backbone_input_from_an_image_fold
     ]
     assert decoded == [0, 0, 0]
     assert len(list((tmp_path / "cache").iterdir())) == 1  # one entry, no leftover temporary folder
+    for k in two[0]:
+        torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)
+    _assert_close(two[0], one[0])
+
+
+def test_rank_zero_encodes_the_latents_once_and_the_other_maps_them(tmp_path):
+    """With data.autoencoder and no latents in the data cache yet, rank 0 encodes every training image (and source
+    image) once into the data cache while the other rank waits, then maps them; neither runs the encoder in the
+    steps, and 2 processes take 1 process's steps (the latter maps the same entry)."""
+    pytest.importorskip("diffusers", reason="the latent-space tests need diffusers (pip install diffusers)")
+    from conftest import paired_folder, tiny_vae
+
+    from mtdiff.cli.main import main as cli
+
+    root, vae = paired_folder(tmp_path / "pairs", n=8, size=32), tiny_vae(tmp_path / "vae")
+    data = ["data.source=paired", f"data.root={root}", "data.image_size=32", f"data.autoencoder={vae}"]
+    data.append(f"data.cache={tmp_path / 'cache'}")
+    sets = [f"--set={x}" for x in [*data, "data.latent_cache=false"]]  # the images only
+    assert cli(["prepare-data", "--config", "cityscapes256-latent-x", *sets, "--workers", "2"]) == 0
+    settings = [s for s in SETTINGS if not s.startswith("modalities.label")]  # pairs have no labels
+    latent = dict(preset="cityscapes256-latent-x", settings=settings)
+    two = _launch(tmp_path, 2, "two", 2, "train.micro_batch=2", *data, **latent)
+    one = _launch(tmp_path, 1, "one", 2, *data, **latent)
+    encoded = [int((tmp_path / f"{run}-rank{r}.encoded").read_text()) for run, r in (("two-2p-2", 0), ("two-2p-2", 1))]
+    assert encoded == [16, 0] and (tmp_path / "one-1p-2-rank0.encoded").read_text() == "0"
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.name.startswith("latents-")]) == 1
     for k in two[0]:
         torch.testing.assert_close(two[0][k], two[1][k], rtol=0, atol=0)
     _assert_close(two[0], one[0])

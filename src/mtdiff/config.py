@@ -55,6 +55,7 @@ class DataConfig:
     latent_scale: float | None = (
         None  # z_0 = latent_scale * posterior mean; null: the VAE's scaling_factor (else 0.18215)
     )
+    latent_cache: bool = True  # with autoencoder: encode each training image once, keep z_0 in the data cache
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The commands for a new machine or cluster: prepare-data (decode an image folder into the data cache once,
-before a torchrun job maps it) and check (every GPU path once, PASS/FAIL/SKIP per section)."""
+"""The commands for a new machine or cluster: prepare-data (decode an image folder into the data cache once, and
+with data.autoencoder encode its latents, before a torchrun job maps them) and check (every GPU path once,
+PASS/FAIL/SKIP per section)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,23 @@ def cmd_prepare_data(args) -> int:
         raise InputError("prepare-data writes the data cache, but data.cache is false; set data.cache=true or a path")
     data = load_data(cfg, args.split, workers=args.workers)
     print(f"{len(data)} images of {d.root} ({args.split}) in the data cache {cache_dir(d.cache)}; ready for torchrun")
+    if d.autoencoder and d.latent_cache and args.split == "train":
+        _prepare_latents(cfg, data)
     return 0
+
+
+def _prepare_latents(cfg, data) -> None:
+    """Encode the training images' latents into the data cache too (data.latent_cache), on train.device."""
+    from ..build import build_space_map
+    from ..data.cache import cache_dir
+    from ..loading import resolve_device
+    from ..train.latents import latent_sources, with_latents
+
+    device = resolve_device(cfg.train.device, what="train.device")
+    sources = latent_sources(cfg, data)
+    latent = build_space_map(cfg, device)
+    with_latents(data, latent, sources, directory=cache_dir(cfg.data.cache), device=device, progress=True)
+    print(f"their VAE latents ({', '.join(sources)}) too, encoded on {device}")
 
 
 def cmd_check(args) -> int:

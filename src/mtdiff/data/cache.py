@@ -7,6 +7,10 @@ folder (every image file's relative path, size and modification time) and of the
 later load, and every other process, maps those files read-only-shared (``mmap_mode="c"``: the operating
 system keeps one copy in its page cache for all processes, and a write would stay private to the writer).
 A changed, added or removed file changes the fingerprint, so a stale entry is never read.
+
+:func:`cached_tensors` keeps other per-sample arrays the same way (the VAE latents of a training set,
+:mod:`mtdiff.train.latents`), keyed by :func:`tensor_fingerprint` of what they are computed from; their entries
+also record each array's SHA-256, so a damaged file is found and the entry made again.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +28,7 @@ import torch
 
 from .imageset import IMAGE_EXTENSIONS, DataError, ImageSet
 
-__all__ = ["cached", "cache_dir", "fingerprint"]
+__all__ = ["cached", "cached_tensors", "cache_dir", "fingerprint", "tensor_fingerprint"]
 
 FORMAT = 1  # bumped when the layout of an entry changes
 PREPARE = "decode it first, in one process: mtdiff prepare-data --config CONFIG [--set ...] (the training run's)"
@@ -54,6 +58,16 @@ def fingerprint(root: Path, options: dict) -> str:
                 path = Path(dirpath) / name
                 st = path.stat()
                 h.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def tensor_fingerprint(tensors: Mapping[str, torch.Tensor], options: dict) -> str:
+    """A digest of ``options`` and of every tensor's name, dtype, shape and bytes (on the host)."""
+    h = hashlib.sha256(json.dumps({"format": FORMAT, **options}, sort_keys=True, default=str).encode())
+    for name in sorted(tensors):
+        x = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{x.dtype}\0{tuple(x.shape)}\n".encode())
+        h.update(memoryview(x.view(torch.uint8).numpy()) if x.numel() else b"")
     return h.hexdigest()[:24]
 
 
@@ -95,19 +109,65 @@ def cached(load: Callable[[], ImageSet], directory: Path, key: str, *, prepared:
     return _read(entry)
 
 
+def cached_tensors(
+    make: Callable[[], dict[str, torch.Tensor]], directory: Path | None, key: str, *, what: str
+) -> dict[str, torch.Tensor]:
+    """``make()``'s tensors, memory-mapped from ``directory/key`` when an intact entry is there, else made and
+    written there first (``directory`` None: made, not kept). A damaged entry (unreadable, truncated, another
+    checksum) is made again with a warning; one that cannot be written costs a warning. ``what`` names them."""
+    entry = directory / key if directory is not None else None
+    if entry is not None and (entry / _META).is_file():
+        try:
+            return _read_tensors(entry)
+        except (OSError, ValueError, KeyError) as e:
+            warnings.warn(f"damaged cache entry {entry} of {what} ({e}); making it again", stacklevel=2)
+            shutil.rmtree(entry, ignore_errors=True)
+    tensors = make()
+    if entry is None:
+        return tensors
+    try:
+        _write_arrays(tensors, entry, {"kind": "tensors", "what": what, "sha256": _digests(tensors)})
+    except OSError as e:
+        warnings.warn(
+            f"cannot keep {what} in {entry} ({e.strerror or e}); every run makes them again "
+            "(set data.cache to a writable directory)",
+            stacklevel=2,
+        )
+        return tensors
+    return _read_tensors(entry)
+
+
+def _digests(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    return {name: hashlib.sha256(memoryview(np.ascontiguousarray(x))).hexdigest() for name, x in tensors.items()}
+
+
+def _read_tensors(entry: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an entry of :func:`cached_tensors`, each checked against its recorded SHA-256."""
+    meta = json.loads((entry / _META).read_text())
+    tensors = {name: torch.from_numpy(np.load(entry / f"{name}.npy", mmap_mode="c")) for name in meta["sha256"]}
+    bad = [name for name, digest in _digests(tensors).items() if digest != meta["sha256"][name]]
+    if bad:
+        raise ValueError(f"{', '.join(f'{b}.npy' for b in bad)} does not match its checksum")
+    return tensors
+
+
 def _write(data: ImageSet, entry: Path, notes: list[str]) -> None:
-    """The set's tensors as .npy files and its metadata, in a private folder renamed into place at once."""
+    """The set's tensors as .npy files and its metadata (:func:`_write_arrays`)."""
+    arrays = {"images": data.images, **({"labels": data.labels} if data.labels is not None else {})}
+    arrays.update({f"extra.{k}": v for k, v in data.extras.items()})
+    _write_arrays(arrays, entry, {"name": data.name, "class_names": data.class_names, "warnings": notes})
+
+
+def _write_arrays(arrays: Mapping[str, torch.Tensor], entry: Path, meta: dict) -> None:
+    """``arrays`` as .npy files and ``meta`` as meta.json, in a private folder renamed into place at once."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.parent / f".{entry.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        arrays = {"images": data.images, **({"labels": data.labels} if data.labels is not None else {})}
-        arrays.update({f"extra.{k}": v for k, v in data.extras.items()})
         for name, x in arrays.items():
             np.save(tmp / f"{name}.npy", x.numpy())
-        meta = {"format": FORMAT, "name": data.name, "class_names": data.class_names, "warnings": notes}
-        (tmp / _META).write_text(json.dumps(meta))
+        (tmp / _META).write_text(json.dumps({"format": FORMAT, **meta}))
         try:
             tmp.rename(entry)
         except OSError:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError
+from ..data.cache import tensor_fingerprint
 
 __all__ = [
     "DEFAULT_LATENT_SCALE",
@@ -152,6 +153,12 @@ class LatentMap(SpaceMap):
 
     def shape(self, image_shape):
         return latent_shape(self.config, image_shape[0], image_shape[-1])
+
+    def identity(self) -> dict[str, Any]:
+        """What z_0 depends on besides the images: a digest of the VAE's config and weights, scale and shift
+        (the key of cached latents: another VAE, or another scale, never reads them)."""
+        weights = tensor_fingerprint(self.vae.state_dict(), {"config": self.config})
+        return {"vae": weights, "scale": self.scale, "shift": self.shift}
 
     def _chunked(self, fn, x: Tensor) -> Tensor:
         return torch.cat([fn(part) for part in x.split(self.chunk)]) if len(x) else x

@@ -39,6 +39,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..config import Config, ConfigError, to_dict
+from ..data.cache import cache_dir
 from ..data.imageset import ImageSet
 from ..data.loader import BatchStream
 from ..distributed import init_world, main_first, wrap_ddp
@@ -53,6 +54,9 @@ from ..rundir import CONFIG_FILE, LOG_FILE, SAMPLES_DIR, TB_DIR, checkpoints_dir
 from ..sampling import generate_joint
 from ..viz import save_grid
 from .ema import EMA
+from .latents import PREFIX as LATENT
+from .latents import diffusion_data as latent_diffusion_data
+from .latents import latent_sources, with_latents
 
 __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "autocast_dtype"]
 
@@ -116,6 +120,7 @@ class Trainer:
         self.latent = build_space_map(cfg, self.device)  # frozen, outside the model and checkpoints
         if cfg.data.autoencoder and cfg.data.latent_scale is None:  # record the VAE's scale in the run config
             cfg.data.latent_scale = self.latent.scale
+        self.data = self._cache_latents(self.data)
         if t.deterministic:
             use_deterministic_kernels()
         elif self.device.type == "cuda":
@@ -158,6 +163,20 @@ class Trainer:
             )
         resolve_class_names(cfg, data)
         return data
+
+    def _cache_latents(self, data: ImageSet) -> ImageSet:
+        """``data`` with its images' latents encoded once (``data.latent_cache``, :mod:`.latents`): under torchrun
+        rank 0 encodes them into the data cache and the others map them."""
+        d = self.cfg.data
+        if not (d.autoencoder and d.latent_cache):
+            return data
+        sources, directory = latent_sources(self.cfg, data), cache_dir(d.cache)
+        show = self.progress and self.world.main
+
+        def encode() -> ImageSet:
+            return with_latents(data, self.latent, sources, directory=directory, device=self.device, progress=show)
+
+        return main_first(self.world, encode)
 
     def _build_model(self, resume: bool) -> tuple[MTProcess, MTModel, dict[str, Any] | None]:
         """(process, model on the device, where its weights were initialised from): the initial weights the same
@@ -362,7 +381,8 @@ class Trainer:
         resume of :meth:`train_step`."""
         mine = self.world.rank * self.local_batch
         own = slice(rows.start - mine, rows.stop - mine)  # the same rows within this process's share
-        z0, x = self.diffusion_data({"image": batch["image"][rows]}, {n: v[own] for n, v in drawn["x"].items()})
+        pixels = {k: v[rows] for k, v in batch.items() if k == "image" or k.startswith(LATENT)}  # cached latents too
+        z0, x = self.diffusion_data(pixels, {n: v[own] for n, v in drawn["x"].items()})
         return mt_loss(
             self.model,
             self.process,
@@ -408,9 +428,10 @@ class Trainer:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """z_0 and the modality data X of pixel images and their derived data: the images (z_0 and
         image modalities) go through the space map (identity, or the frozen autoencoder's encoder:
-        latent diffusion, Appendix E.1), in full precision also inside the loss's autocast."""
+        latent diffusion, Appendix E.1), in full precision also inside the loss's autocast; the batch's
+        cached latents (``data.latent_cache``) are taken as they are."""
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-            return self.latent.encode(batch["image"]), self.latent.encode_data(data, self.model.modalities)
+            return latent_diffusion_data(self.latent, batch, data, self.model.modalities)
 
     def _drop_masks(self, batch: int, prob: float, names, all_prob: float = 0.0) -> dict[str, torch.Tensor] | None:
         """Per sample of the global batch, True where each modality of ``names`` becomes "nothing known",
