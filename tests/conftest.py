@@ -77,6 +77,18 @@ def paired_folder(root, splits=("train", "test"), n: int = 4, size: int = 16, se
     return root
 
 
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    """A tiny random VAE on disk (:func:`tiny_vae`), one per test module."""
+    return tiny_vae(tmp_path_factory.mktemp("vae") / "vae")
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """A paired folder of 8 pairs of 32 px images (:func:`paired_folder`), one per test module."""
+    return paired_folder(tmp_path_factory.mktemp("data") / "pairs", n=8, size=32)
+
+
 def tiny_vae(path, channels: int = 3):
     """A random diffusers AutoencoderKL (two blocks: 32 -> 16 px, 4 latent channels) saved to ``path``."""
     diffusers = pytest.importorskip("diffusers", reason="the latent-space tests need diffusers (pip install diffusers)")

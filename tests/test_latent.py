@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import paired_folder, tiny, tiny_vae
+from conftest import tiny
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -25,16 +25,6 @@ from mtdiff.runs import load_run
 from mtdiff.train import Trainer
 
 pytest.importorskip("diffusers", reason="the latent-space tests need diffusers (pip install diffusers)")
-
-
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    return tiny_vae(tmp_path_factory.mktemp("vae") / "vae")
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return paired_folder(tmp_path_factory.mktemp("data") / "pairs", n=8, size=32)
 
 
 def _cfg(pairs, vae_dir, *extra):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import paired_folder, tiny, tiny_vae
+from conftest import tiny
 from safetensors.torch import load_file, save_file
 
 from mtdiff.checkpoint import latest_checkpoint
@@ -17,16 +17,6 @@ from mtdiff.train import Trainer
 from mtdiff.train.latents import PREFIX
 
 pytest.importorskip("diffusers", reason="the latent-space tests need diffusers (pip install diffusers)")
-
-
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    return tiny_vae(tmp_path_factory.mktemp("vae") / "vae")
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return paired_folder(tmp_path_factory.mktemp("data") / "pairs", n=8, size=32)
 
 
 @pytest.fixture

@@ -59,35 +59,23 @@ def build(tasks: Tasks):
     brush = gr.Brush(colors=["#000000"], default_color="#000000", default_size=14, color_mode="fixed")
     hole_brush = gr.Brush(colors=["#ff3030"], default_color="#ff3030", default_size=24, color_mode="fixed")
 
+    # what every drawing surface shares: a numpy RGBA value on a fixed-size canvas, one layer, PNG
+    canvas = dict(
+        type="numpy", image_mode="RGBA", canvas_size=CANVAS, layers=False, format="png", elem_classes=["pixels"]
+    )
+
     def sketchpad(label: str, elem_id: str):
-        return gr.Sketchpad(
-            label=label,
-            elem_id=elem_id,
-            type="numpy",
-            image_mode="RGBA",
-            sources=("upload",),
-            brush=brush,
-            canvas_size=CANVAS,
-            fixed_canvas=True,
-            layers=False,
-            format="png",
-            elem_classes=["pixels"],
-        )
+        return gr.Sketchpad(label=label, elem_id=elem_id, sources=("upload",), brush=brush, fixed_canvas=True, **canvas)
 
     def hole_editor(label: str, elem_id: str):
         return gr.ImageEditor(
             label=label,
             elem_id=elem_id,
-            type="numpy",
-            image_mode="RGBA",
             sources=("upload", "clipboard"),
             brush=hole_brush,
             eraser=gr.Eraser(default_size=24),
             transforms=(),
-            layers=False,
-            canvas_size=CANVAS,
-            format="png",
-            elem_classes=["pixels"],
+            **canvas,
         )
 
     def converted(label: str, elem_id: str):
