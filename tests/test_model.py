@@ -40,6 +40,7 @@ ALL = [
         ("X", ALL),
         ("X", ALL + ["modalities.label.encoder=backbone", "modalities.vec.encoder=backbone"]),
         ("X", ALL + ["modalities.seg.head=middle-up"]),
+        ("X", ALL + ["modalities.label.encoder=backbone", "model.encoded_flags=true"]),
     ],
 )
 def test_every_modality_trains_through_the_loss(variant, extra):
@@ -59,6 +60,8 @@ def test_every_modality_trains_through_the_loss(variant, extra):
     loss.backward()
     for name, m in model.modalities.items():
         assert all(p.grad is not None for p in m.decoder.parameters()), f"head of {name} gets no gradient"
+    if model.flag_embed is not None:
+        assert model.flag_embed.weight.grad.abs().sum() > 0
     eps, preds = model(torch.zeros(B, 1, 32, 32), t, data)
     assert eps.shape == (B, 1, 32, 32)
     shapes = {"masked_image": (B, 1, 32, 32), "label": (B, 10), "segmentation": (B, 3, 32, 32), "vector": (B, 6)}
@@ -138,6 +141,51 @@ def test_inverse_mode_reads_a_label_distribution_from_the_head():
     torch.testing.assert_close(probs.sum(1), torch.ones(B))
     again = inverse(model, proc, z0, "label", generator=torch.Generator().manual_seed(0))
     assert torch.equal(probs, again)
+
+
+FLAGGED = [*ALL, "model.encoded_flags=true"]
+
+
+@pytest.mark.parametrize(
+    "encoder,precision", [("fixed", torch.float32), ("fixed", torch.bfloat16), ("backbone", torch.float32)]
+)
+def test_encoded_flags_say_which_encodings_formed_z_t(encoder, precision):
+    """The flags of encoding dropout's rows are 0 (the "nothing known" shift), the rest 1 (but a completely
+    masked image, which is "nothing known" itself), also under bf16 autocast and with the backbone as encoder
+    (whose label encodings differ from E(null) by only 1e-5 in a randomised network); a head's estimate (a
+    generated modality) counts as encoded."""
+    model, _ = _randomised(tiny("mnist-masked-x", *FLAGGED, f"modalities.label.encoder={encoder}"))
+    assert model.flagged == ("masked", "label", "seg", "vec")
+    g = torch.Generator().manual_seed(3)
+    data = {n: m.derive(_batch(), g) for n, m in model.modalities.items()}
+    drop = {n: torch.rand(B, generator=g) < 0.5 for n in model.flagged}
+    drop["label"] = torch.tensor([True, False, True, False])  # both kinds of rows for every kind at least once
+    encoded = {n: model.modalities[n].drop(x, drop[n]) for n, x in data.items()}
+    with torch.autocast("cpu", dtype=precision, enabled=precision != torch.float32):
+        flags = model.encoded(model.encode(encoded), B)
+    null = model.null_data(model.flagged, 1)
+    known = {n: (encoded[n] != null[n]).flatten(1).any(1) for n in model.flagged}  # the data, not its encoding
+    assert torch.equal(flags, torch.stack([known[n].float() for n in model.flagged], 1))
+    assert not all(known["masked"] == ~drop["masked"])  # a complete mask (full_mask_prob) among the rows
+    estimates = {n: p for n, p in model.predict(torch.randn(B, 1, 32, 32), torch.full((B,), 999), data)[1].items()}
+    generated = model.encoded(model.encode(estimates), B)[:, 1:]  # label, seg, vec from their heads
+    assert generated.all() if encoder == "fixed" else generated[:, 1:].all()  # (not the random backbone's 1e-9s)
+    assert not model.encoded({}, B).any()
+
+
+def test_all_flags_off_is_the_network_without_flags():
+    """The flags enter only as an added embedding: with every encoding "nothing known" the flagged network is the
+    plain one with the same weights; one encoding present changes its output."""
+    flagged, _ = _randomised(tiny("mnist-masked-x", *FLAGGED))
+    plain = build_model(tiny("mnist-masked-x", *ALL)).eval()
+    missing, unexpected = plain.load_state_dict(flagged.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["flag_embed.weight"]
+    z, t = torch.randn(B, 1, 32, 32), torch.full((B,), 400)
+    nothing = flagged.null_data(list(flagged.modalities), B)
+    torch.testing.assert_close(flagged.predict(z, t, nothing)[0], plain.predict(z, t, nothing)[0], rtol=0, atol=0)
+    label = {**nothing, "label": torch.nn.functional.one_hot(torch.arange(B), 10).float()}
+    enc = flagged.encode(label)
+    assert not torch.allclose(flagged.predict(z, t, nothing, enc)[0], plain.predict(z, t, nothing, enc)[0])
 
 
 def test_condition_dropout_replaces_exactly_the_dropped_samples():

@@ -136,7 +136,9 @@ def build_model(cfg: Config) -> MTModel:
         )
     except ValueError as e:  # the U-Net's own checks name the model.* setting at fault
         raise ConfigError(f"model: {e}") from None
-    return MTModel(backbone, modalities, conditioned=cond_names, prediction=build_prediction(cfg))
+    return MTModel(
+        backbone, modalities, conditioned=cond_names, prediction=build_prediction(cfg), encoded_flags=m.encoded_flags
+    )
 
 
 def load_data(cfg: Config, split: str = "train", *, prepared: bool = False, workers: int = 1) -> ImageSet:

@@ -114,6 +114,10 @@ class ModelConfig:
     resblock_updown: bool = False
     context_dim: int = 0  # cross-attention width; 0: 4 * channels when a modality needs it
     gradient_checkpointing: bool = False
+    # Tell the network which encodings form z_t: a learned embedding per aggregating modality, added to the time
+    # embedding where the modality's shift is not its "nothing known" one (MTModel.encoded). Off: the paper's
+    # network, which must infer it from z_t; on: for several modalities with train.enc_drop_prob (docs/TRAINING.md).
+    encoded_flags: bool = False
 
 
 @dataclass

@@ -42,7 +42,7 @@ def mt_loss(
     """
     enc = model.encode(data if encoded is None else encoded)  # {i: E_i(x_i)}  [B, C, H, W]
     zt = process.q_sample(z0, t, enc, noise)  # Eq. 4
-    out, preds = (net or model)(zt, t, data if inputs is None else inputs)  # eps_theta (or v, z_0), {i: D_i(c_t)}
+    out, preds = (net or model)(zt, t, data if inputs is None else inputs, enc)  # eps_theta (or v, z_0), {i: D_i(c_t)}
     pred = Prediction.of(model, process)
     target = pred.target(z0.float(), noise.float(), t)
     mse = ((out.float() - target) ** 2).flatten(1).mean(1)  # [B]

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MTModel"]
 
+_NULL_TOLERANCE = 1e-6  # relative: what separates E_i(x_i) from E_i(null) computed by the same kernels
+
 
 class MTModel(nn.Module):
     """eps_theta and the heads D_i on one backbone.
@@ -24,6 +26,11 @@ class MTModel(nn.Module):
     eps_theta(z_t, t); non-empty is MT-Diffusion-X, eps_theta(z_t, X, t). Image-like modalities
     enter as extra input channels, label, vector and text modalities as cross-attention tokens.
     A pure condition (a caption: ``aggregates`` and ``has_head`` False) is an input in every variant.
+
+    ``encoded_flags``: the backbone is also told which encodings formed z_t (:meth:`encoded`), by a learned
+    vector per aggregating modality added to its time embedding (zero at the start; all flags off is the plain
+    network). Without it the network must tell from z_t alone which of its shifts are "nothing known" ones,
+    which it learns for one modality but not reliably for several (docs/RESULTS.md, "One model, every modality").
     """
 
     def __init__(
@@ -33,6 +40,7 @@ class MTModel(nn.Module):
         *,
         conditioned: Sequence[str] = (),
         prediction: Prediction | None = None,
+        encoded_flags: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -42,6 +50,10 @@ class MTModel(nn.Module):
         if unknown:
             raise ValueError(f"conditioned modalities {unknown} are not among {list(self.modalities)}")
         self.conditioned = tuple(conditioned)
+        self.flagged = tuple(n for n, m in self.modalities.items() if m.aggregates) if encoded_flags else ()
+        self.flag_embed = nn.Linear(len(self.flagged), backbone.emb_dim, bias=False) if self.flagged else None
+        if self.flag_embed is not None:
+            nn.init.zeros_(self.flag_embed.weight)
         for name, m in self.modalities.items():
             token = getattr(m, "token", None)
             if token is not None and m.aggregates and name not in self.conditioned:
@@ -88,6 +100,26 @@ class MTModel(nn.Module):
             if name in self.modalities and self.modalities[name].aggregates
         }
 
+    @torch.no_grad()
+    def encoded(self, enc: Mapping[str, Tensor], batch: int, device=None) -> Tensor:
+        """[batch, len(flagged)]: 1 where modality i's encoding in ``enc`` is not its "nothing known" one
+        E_i(null) (``Modality.null``), else 0, also where ``enc`` lacks it. The same rule serves training
+        (encoding dropout puts E_i(null)) and sampling (a held modality keeps E_i(null); a given one, or a
+        generated one once its head has estimated it, does not), so no sampler has to say what it did.
+        E_i(null) is encoded here at the batch's size, in the ambient precision, so that a null row comes out
+        of the same kernels as the caller's and matches it to the last bit or nearly."""
+        cols = []
+        for name in self.flagged:
+            e = enc.get(name)
+            if e is None:
+                cols.append(torch.zeros(batch, device=device))
+                continue
+            m = self.modalities[name]
+            null = m.encode(m.null(e.shape[0], device=e.device), self._backbone_encode).float()
+            gap = (e.float() - null).flatten(1).abs().amax(1)  # [B]
+            cols.append((gap > _NULL_TOLERANCE * (1 + null.abs().amax())).float())
+        return torch.stack(cols, 1)
+
     # -- reverse model -------------------------------------------------------------------
     def _inputs(self, data: Mapping[str, Tensor] | None) -> tuple[Tensor | None, Tensor | None]:
         """Backbone inputs of the -X variant: (extra channels, cross-attention tokens)."""
@@ -104,14 +136,23 @@ class MTModel(nn.Module):
         return cond, context
 
     def forward(
-        self, z: Tensor, t: Tensor, data: Mapping[str, Tensor] | None = None
+        self,
+        z: Tensor,
+        t: Tensor,
+        data: Mapping[str, Tensor] | None = None,
+        enc: Mapping[str, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """(backbone output, {name: head output}) for z_t [B, C, H, W] at timesteps t [B]; the output is
-        eps_theta, or v or z_0 where ``prediction`` says so (:meth:`predict` always returns eps). In training a
+        eps_theta, or v or z_0 where ``prediction`` says so (:meth:`predict` always returns eps). ``enc``: the
+        encodings that formed z_t, read with ``encoded_flags`` only (default: those of ``data``). In training a
         head with ``head_detach`` reads the features under stop-gradient (its loss then shapes only the head);
         in eval mode it reads them as they are, so head guidance still differentiates through the backbone."""
         cond, context = self._inputs(data)
-        feats = self.backbone(z, t, cond=cond, context=context)
+        emb = None
+        if self.flag_embed is not None:
+            flags = self.encoded(self.encode(data or {}) if enc is None else enc, z.shape[0], z.device)
+            emb = self.flag_embed(flags.to(self.flag_embed.weight.dtype))
+        feats = self.backbone(z, t, cond=cond, context=context, emb=emb)
         detach = self.training and any(m.head_detach for m in self.modalities.values())
         detached = {k: v.detach() for k, v in feats.items()} if detach else feats
         heads = {n: m.head(detached if m.head_detach else feats) for n, m in self.modalities.items() if m.has_head}
@@ -123,7 +164,7 @@ class MTModel(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """(eps_theta, {name: estimated x_i}) for sampling (Algorithm 1 lines 8-10). ``enc``: the encodings
         that formed z_t (default: those of ``data``); a v or z_0 output needs them to become eps."""
-        out, preds = self(z, t, data)
+        out, preds = self(z, t, data, enc)
         eps = self.to_eps(out, z, t, data, enc)
         return eps.to(z.dtype), {name: self.modalities[name].estimate(p) for name, p in preds.items()}
 

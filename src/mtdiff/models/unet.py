@@ -244,7 +244,7 @@ class UNet(nn.Module):
         self.model_channels, self.cond_channels, self.context_dim = model_channels, cond_channels, context_dim
         self.gradient_checkpointing = gradient_checkpointing
 
-        emb_dim = 4 * model_channels
+        self.emb_dim = emb_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         def res(ch_in: int, ch_out: int, **kw) -> ResBlock:
@@ -294,13 +294,20 @@ class UNet(nn.Module):
         return block(h, emb, context)
 
     def forward(
-        self, z: Tensor, t: Tensor, *, cond: Tensor | None = None, context: Tensor | None = None
+        self,
+        z: Tensor,
+        t: Tensor,
+        *,
+        cond: Tensor | None = None,
+        context: Tensor | None = None,
+        emb: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Predict noise and expose trunk features.
 
         z: [B, in_channels, H, W]; t: [B] timesteps (long or float) or a scalar;
         cond: [B, cond_channels, H, W], required iff ``cond_channels > 0``;
-        context: [B, L, context_dim] or None (cross-attention is then skipped).
+        context: [B, L, context_dim] or None (cross-attention is then skipped);
+        emb: [B, emb_dim] added to the time embedding, or None.
         Returns {"middle": [B, C_mid, h, w], "output": [B, C0, H, W], "eps": [B, out_channels, H, W]}.
         """
         B, _, H, W = z.shape
@@ -321,7 +328,9 @@ class UNet(nn.Module):
                 raise ValueError(f"context must have shape [{B}, L, {self.context_dim}], got {list(context.shape)}")
 
         t = t.expand(B) if t.ndim == 0 else t
-        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(z.dtype))  # [B, 4*C]
+        extra, emb = emb, self.time_embed(timestep_embedding(t, self.model_channels).to(z.dtype))  # [B, 4*C]
+        if extra is not None:
+            emb = emb + extra.to(emb.dtype)
 
         h, hs = z, []
         for block in self.input_blocks:

@@ -67,7 +67,7 @@ class HeadGuidance(_Wrapper):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.enable_grad():
             zg = z.detach().requires_grad_(True)
-            out, preds = self.model(zg, t, data)
+            out, preds = self.model(zg, t, data, enc)
             logp = torch.log_softmax(preds[self.name].float(), dim=1)
             selected = logp.gather(1, self.y.to(z.device)[:, None]).sum()
             grad = torch.autograd.grad(selected, zg)[0]
