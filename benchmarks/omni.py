@@ -2,6 +2,7 @@
 
     python -m benchmarks.omni anytoany [--run mnist-omni] [--num 100] [--sampler S --steps N] [--threads N]
     python -m benchmarks.omni table [--omni mnist-omni]
+    python -m benchmarks.omni samplers [--runs mnist-omni,mnist-label-m] [--num 32] [--threads N]
 
 ``anytoany`` asks one run (a shipped name or a run directory) the questions of ``SUBSETS``, each about ``--num``
 test digits: nothing known; the label only; the class mask only; the caption only; the image with 10 random patches
@@ -24,6 +25,13 @@ found by what a user gives (``Modality.value``: class, class_map, text, image), 
 ``table`` reads ``benchmarks/results/shipped.json`` (``python -m benchmarks.shipped score``) and sets every task of
 the omni model beside the shipped specialist of that task, with the goal of the omni issue: within 1 point of the
 specialist for shares and accuracies, within 1.2x for FID and MSE. Writes ``omni.json`` and ``omni.md``.
+
+``samplers`` asks each run of ``--runs`` for ``--num`` samples with the label given (the classes in turn, seed 0)
+with each sampler of ``SAMPLER_ARMS`` and scores the class asked and the recognised share (MNIST-CNN); and it
+measures the network's noise prediction on ``--num`` test digits at t = 500 with the label's encoding in z_t
+(the label given, everything else "nothing known") and without (everything "nothing known"): where the two
+errors part, the network cannot tell which encodings z_t holds, and a deterministic sampler, which keeps every
+error of eps, fails first. Writes ``omni-samplers.json`` and ``omni-samplers.md``.
 """
 
 from __future__ import annotations
@@ -53,6 +61,13 @@ SUBSETS: dict[str, tuple[str, ...]] = {
     "caption + masked image": ("text", "patches"),
 }
 PATCHES = 10
+# name -> Run.sample keywords: the run's ancestral sampler, and the deterministic ones at few steps
+SAMPLER_ARMS: dict[str, dict[str, Any]] = {
+    "ancestral, 250 steps": {"sampler": "ancestral", "steps": 250},
+    "DDIM eta 0, 50 steps": {"sampler": "ddim", "steps": 50, "eta": 0.0},
+    "DPM-Solver++(2M), 20 steps": {"sampler": "dpm-solver", "steps": 20},
+}
+EPS_T = 500
 
 # task score of the omni model -> (its specialist, the score key there, "share" | "ratio", higher is better)
 # "share": within 1 point (0.01) of the specialist; "ratio": within 1.2x of it
@@ -285,6 +300,83 @@ def compare(omni: dict, specialists: dict[str, dict]) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------- samplers
+
+
+def eps_errors(run, test, n: int, seed: int, t: int = EPS_T) -> dict[str, float]:
+    """Noise-prediction MSE on ``n`` test digits at time index ``t``: with the label given (its encoding in z_t
+    and, for a backbone input, in the backbone's inputs) and with nothing given."""
+    name = modalities_by_value(run)["class"]
+    model, process = run.model, run.process
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(test), generator=g)[:n]
+    z0, labels = test.to_float(idx).to(run.device), test.labels[idx]
+    noise = torch.randn(z0.shape, generator=g).to(run.device)
+    tt = torch.full((n,), t, device=run.device)
+    nothing = model.null_data(list(model.modalities), n, device=run.device)
+    out = {}
+    for case, data in (("label", {**nothing, name: labels.to(run.device)}), ("nothing", nothing)):
+        data = {k: model.modalities[k].canonical(v) for k, v in data.items()}
+        enc = model.encode(data)
+        zt = process.q_sample(z0, tt, enc, noise)
+        eps, _ = model.predict(zt, tt, data, enc)
+        out[f"eps_mse_{case}"] = float(((eps.float() - noise) ** 2).mean())
+    return out
+
+
+def cmd_samplers(args, argv: list[str]) -> dict:
+    from mtdiff.build import load_data
+    from mtdiff.pretrained.mnist import load_mnist_classifier
+    from mtdiff.runs import load_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows: dict[str, Any] = {}
+    for name in args.runs.split(","):
+        run = load_run(name)
+        clf = load_mnist_classifier(run.device)
+        test = load_data(run.config, "test")
+        asked = torch.arange(args.num) % 10
+        row: dict[str, Any] = {"step": run.step, "encoded_flags": run.model.flag_embed is not None}
+        row.update(eps_errors(run, test, args.num, args.seed))
+        for arm, kw in SAMPLER_ARMS.items():
+            t0 = time.perf_counter()
+            images = run.sample(args.num, labels=asked, seed=args.seed, **kw).images.float()
+            probs = clf(images).softmax(1)
+            row[arm] = {
+                "class_asked": float((probs.argmax(1).cpu() == asked).float().mean()),
+                "recognised": float((probs.max(1).values > 0.9).float().mean()),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        rows[name] = row
+        print(f"[omni] {name}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    result = {
+        "command": "python -m benchmarks.omni " + shlex.join(argv),
+        "machine": machine("cpu"),
+        "date": date.today().isoformat(),
+        "num": args.num,
+        "seed": args.seed,
+        "runs": rows,
+    }
+    (args.out_dir / "omni-samplers.json").write_text(json.dumps(result, indent=1))
+    head = " | ".join(f"{a}: class asked / recognised" for a in SAMPLER_ARMS)
+    lines = [
+        f"Command: `{result['command']}` ({where_run(result['machine'], result['date'])}); label given,"
+        f" {args.num} samples,"
+        f" the MNIST-CNN (ccexam) reading them; eps MSE on {args.num} test digits at t = {EPS_T}.",
+        "",
+        f"| run | encoded flags | eps MSE, label in z_t | eps MSE, nothing in z_t | {head} |",
+        "|---|---|---|---|" + "---|" * len(SAMPLER_ARMS),
+    ]
+    for name, r in rows.items():
+        arms = " | ".join(f"{r[a]['class_asked']:.3f} / {r[a]['recognised']:.3f}" for a in SAMPLER_ARMS)
+        flags = "yes" if r["encoded_flags"] else "no"
+        lines.append(f"| {name} | {flags} | {r['eps_mse_label']:.4f} | {r['eps_mse_nothing']:.4f} | {arms} |")
+    (args.out_dir / "omni-samplers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
 def cmd_table(args, argv: list[str]) -> dict:
     shipped = json.loads((args.out_dir / "shipped.json").read_text())
     scores = {m["name"]: m["scores"] for m in shipped["models"]}
@@ -329,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="default: the run's")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p = sub.add_parser("samplers", help="label given: the samplers, and eps with and without its encoding")
+    p.add_argument("--runs", default="mnist-omni,mnist-label-m", help="shipped names or run directories")
+    p.add_argument("--num", type=int, default=32, help="samples per sampler and test digits for eps (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
     p = sub.add_parser("table", help="the omni model beside its specialists, from shipped.json")
     p.add_argument("--omni", default="mnist-omni")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -341,7 +439,8 @@ def main(argv: list[str] | None = None):
     from mtdiff.errors import MtdiffError
 
     try:
-        return cmd_anytoany(args, argv) if args.command == "anytoany" else cmd_table(args, argv)
+        commands = {"anytoany": cmd_anytoany, "samplers": cmd_samplers, "table": cmd_table}
+        return commands[args.command](args, argv)
     except MtdiffError as e:
         raise SystemExit(f"benchmarks.omni {args.command}: error: {e}") from None
 

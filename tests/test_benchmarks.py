@@ -241,3 +241,20 @@ def test_presets_trains_each_preset_then_reuses_it_and_refuses_another_presets_r
     stale = ["--presets", "mnist-label-e", "--reuse", f"mnist-label-e={tmp_path / 'runs' / 'mnist-label-m'}"]
     with pytest.raises(SystemExit, match="differs in .*modalities.label.head"):
         presets.main([*stale, "--set", "train.steps=2", "--num", "8", "--runs", str(tmp_path / "runs"), "--quiet"])
+
+
+def test_omni_samplers_scores_each_sampler_and_eps_with_and_without_the_label(tmp_path, monkeypatch):
+    pytest.importorskip("ccexam")
+    from conftest import tiny_run
+
+    omni = _load("omni")
+    arms = {"ancestral, 6 steps": {"sampler": "ancestral", "steps": 6}, "DPM, 3": {"sampler": "dpm-solver", "steps": 3}}
+    monkeypatch.setattr(omni, "SAMPLER_ARMS", arms)
+    run = tiny_run(tmp_path / "run", "mnist-label-m", "model.encoded_flags=true", steps=1)
+    r = omni.main(["samplers", "--runs", str(run), "--num", "4", "--out-dir", str(tmp_path)])
+    row = r["runs"][str(run)]
+    assert row["encoded_flags"] is True and row["step"] == 1
+    assert row["eps_mse_label"] != row["eps_mse_nothing"]  # the label's encoding is in z_t in one case only
+    assert all(0 <= row[a]["class_asked"] <= 1 and 0 <= row[a]["recognised"] <= 1 for a in arms)
+    md = (tmp_path / "omni-samplers.md").read_text()
+    assert "| encoded flags |" in md and "DPM, 3: class asked / recognised" in md
