@@ -813,7 +813,8 @@ def cmd_score(args, argv: list[str]) -> dict:
         reference = score(
             test.to_float(torch.arange(min(args.num, len(test)))), judges.features, judges.reference(cfg), judges.strict
         )
-    records = merged(args.out_dir / "shipped.json", records, available)
+    # the names shipped now: a model exported while this scoring ran keeps its record too
+    records = merged(args.out_dir / "shipped.json", records, shipped.shipped_names())
     result = {
         "command": "python -m benchmarks.shipped " + shlex.join(argv),
         "machine": machine("cpu"),
