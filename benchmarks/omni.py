@@ -27,11 +27,12 @@ the omni model beside the shipped specialist of that task, with the goal of the 
 specialist for shares and accuracies, within 1.2x for FID and MSE. Writes ``omni.json`` and ``omni.md``.
 
 ``samplers`` asks each run of ``--runs`` for ``--num`` samples with the label given (the classes in turn, seed 0)
-with each sampler of ``SAMPLER_ARMS`` and scores the class asked and the recognised share (MNIST-CNN); and it
-measures the network's noise prediction on ``--num`` test digits at t = 500 with the label's encoding in z_t
-(the label given, everything else "nothing known") and without (everything "nothing known"): where the two
-errors part, the network cannot tell which encodings z_t holds, and a deterministic sampler, which keeps every
-error of eps, fails first. Writes ``omni-samplers.json`` and ``omni-samplers.md``.
+with each sampler of ``SAMPLER_ARMS`` (``--hold``: these modalities held at "nothing known", the rest generated) and
+scores the class asked, the recognised share (MNIST-CNN) and the share of non-black pixels (a grey or speckled
+background shows there); and it measures the network's noise prediction on ``--num`` test digits at t = 500 with
+the label's encoding in z_t (the label given, everything else "nothing known") and without (everything "nothing
+known"): where the two errors part, the network cannot tell which encodings z_t holds, and a deterministic sampler, which keeps every
+error of eps, fails first. Writes ``omni-samplers[-hold-NAME].json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ SAMPLER_ARMS: dict[str, dict[str, Any]] = {
     "DPM-Solver++(2M), 20 steps": {"sampler": "dpm-solver", "steps": 20},
 }
 EPS_T = 500
+BLACK = -0.9  # a pixel above this is not background
 
 # task score of the omni model -> (its specialist, the score key there, "share" | "ratio", higher is better)
 # "share": within 1 point (0.01) of the specialist; "ratio": within 1.2x of it
@@ -324,6 +326,24 @@ def eps_errors(run, test, n: int, seed: int, t: int = EPS_T) -> dict[str, float]
     return out
 
 
+def label_given(run, asked: torch.Tensor, hold: tuple[str, ...], *, seed: int, **sampler_kw) -> torch.Tensor:
+    """Images of the classes ``asked`` with the label given, the modalities ``hold`` held at "nothing known" (their
+    encodings off z_t, as when a user asks for none of them) and the rest generated from their heads."""
+    from mtdiff.sampling import generate_given
+
+    model, name = run.model, modalities_by_value(run)["class"]
+    known = {**model.null_data(hold, len(asked), device=run.device), name: model.modalities[name].canonical(asked)}
+    kw = run.sampler_kwargs(seed=seed, **sampler_kw)
+    state, _ = generate_given(model, run.process, batch=len(asked), z_shape=model.z_shape, known=known, **kw)
+    return run.latent.decode(state.z).float().cpu()
+
+
+def background(images: torch.Tensor) -> float:
+    """Share of pixels brighter than near-black (> -0.9 in [-1, 1]): MNIST's digits cover a fifth of the image, so
+    much more is a grey or speckled background."""
+    return float((images > BLACK).float().mean())
+
+
 def cmd_samplers(args, argv: list[str]) -> dict:
     from mtdiff.build import load_data
     from mtdiff.pretrained.mnist import load_mnist_classifier
@@ -331,21 +351,30 @@ def cmd_samplers(args, argv: list[str]) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    hold = tuple(n for n in args.hold.split(",") if n)
     rows: dict[str, Any] = {}
+    real = None
     for name in args.runs.split(","):
         run = load_run(name)
+        unknown = [n for n in hold if n not in run.model.modalities]
+        if unknown:
+            raise SystemExit(
+                f"--hold: {name} has no modality {', '.join(unknown)} (it has {list(run.model.modalities)})"
+            )
         clf = load_mnist_classifier(run.device)
         test = load_data(run.config, "test")
+        real = background(test.to_float(torch.arange(args.num)))
         asked = torch.arange(args.num) % 10
         row: dict[str, Any] = {"step": run.step, "encoded_flags": run.model.flag_embed is not None}
         row.update(eps_errors(run, test, args.num, args.seed))
         for arm, kw in SAMPLER_ARMS.items():
             t0 = time.perf_counter()
-            images = run.sample(args.num, labels=asked, seed=args.seed, **kw).images.float()
-            probs = clf(images).softmax(1)
+            images = label_given(run, asked, hold, seed=args.seed, **kw)
+            probs = clf(images.to(run.device)).softmax(1).cpu()
             row[arm] = {
-                "class_asked": float((probs.argmax(1).cpu() == asked).float().mean()),
+                "class_asked": float((probs.argmax(1) == asked).float().mean()),
                 "recognised": float((probs.max(1).values > 0.9).float().mean()),
+                "background": background(images),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         rows[name] = row
@@ -356,23 +385,29 @@ def cmd_samplers(args, argv: list[str]) -> dict:
         "date": date.today().isoformat(),
         "num": args.num,
         "seed": args.seed,
+        "hold": list(hold),
+        "test_background": real,
         "runs": rows,
     }
-    (args.out_dir / "omni-samplers.json").write_text(json.dumps(result, indent=1))
-    head = " | ".join(f"{a}: class asked / recognised" for a in SAMPLER_ARMS)
+    stem = args.out_dir / ("omni-samplers" + "".join(f"-hold-{n}" for n in hold))
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    head = " | ".join(f"{a}: class asked / recognised / background" for a in SAMPLER_ARMS)
+    held = f", {', '.join(hold)} held at nothing known" if hold else ", every other modality with a head generated"
     lines = [
-        f"Command: `{result['command']}` ({where_run(result['machine'], result['date'])}); label given,"
-        f" {args.num} samples,"
-        f" the MNIST-CNN (ccexam) reading them; eps MSE on {args.num} test digits at t = {EPS_T}.",
+        f"Command: `{result['command']}` ({where_run(result['machine'], result['date'])}); label given{held},"
+        f" {args.num} samples, the MNIST-CNN (ccexam) reading them; background: share of pixels > {BLACK}"
+        f" ({real:.3f} in the test digits); eps MSE on {args.num} test digits at t = {EPS_T}.",
         "",
         f"| run | encoded flags | eps MSE, label in z_t | eps MSE, nothing in z_t | {head} |",
         "|---|---|---|---|" + "---|" * len(SAMPLER_ARMS),
     ]
     for name, r in rows.items():
-        arms = " | ".join(f"{r[a]['class_asked']:.3f} / {r[a]['recognised']:.3f}" for a in SAMPLER_ARMS)
+        arms = " | ".join(
+            f"{r[a]['class_asked']:.3f} / {r[a]['recognised']:.3f} / {r[a]['background']:.3f}" for a in SAMPLER_ARMS
+        )
         flags = "yes" if r["encoded_flags"] else "no"
         lines.append(f"| {name} | {flags} | {r['eps_mse_label']:.4f} | {r['eps_mse_nothing']:.4f} | {arms} |")
-    (args.out_dir / "omni-samplers.md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result
 
@@ -424,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("samplers", help="label given: the samplers, and eps with and without its encoding")
     p.add_argument("--runs", default="mnist-omni,mnist-label-m", help="shipped names or run directories")
     p.add_argument("--num", type=int, default=32, help="samples per sampler and test digits for eps (default 32)")
+    p.add_argument("--hold", default="", help="modalities held at nothing known, comma-separated (default none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)

@@ -256,5 +256,8 @@ def test_omni_samplers_scores_each_sampler_and_eps_with_and_without_the_label(tm
     assert row["encoded_flags"] is True and row["step"] == 1
     assert row["eps_mse_label"] != row["eps_mse_nothing"]  # the label's encoding is in z_t in one case only
     assert all(0 <= row[a]["class_asked"] <= 1 and 0 <= row[a]["recognised"] <= 1 for a in arms)
+    assert all(0 < row[a]["background"] <= 1 for a in arms) and 0.05 < r["test_background"] < 0.4  # MNIST's ink
     md = (tmp_path / "omni-samplers.md").read_text()
-    assert "| encoded flags |" in md and "DPM, 3: class asked / recognised" in md
+    assert "| encoded flags |" in md and "DPM, 3: class asked / recognised / background" in md
+    with pytest.raises(SystemExit, match="no modality mask"):
+        omni.main(["samplers", "--runs", str(run), "--num", "4", "--hold", "mask", "--out-dir", str(tmp_path)])
