@@ -31,8 +31,8 @@ with each sampler of ``SAMPLER_ARMS`` (``--hold``: these modalities held at "not
 scores the class asked, the recognised share (MNIST-CNN) and the share of non-black pixels (a grey or speckled
 background shows there); and it measures the network's noise prediction on ``--num`` test digits at t = 500 with
 the label's encoding in z_t (the label given, everything else "nothing known") and without (everything "nothing
-known"): where the two errors part, the network cannot tell which encodings z_t holds, and a deterministic sampler, which keeps every
-error of eps, fails first. Writes ``omni-samplers[-hold-NAME].json`` and ``.md``.
+known"): where the two errors part, the network cannot tell which encodings z_t holds, and a deterministic
+sampler, which keeps every error of eps, fails first. Writes ``omni-samplers[-hold-NAME].json`` and ``.md``.
 """
 
 from __future__ import annotations
